@@ -1,0 +1,306 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// Config is the daemon's configuration: built-in defaults, then the TOML
+// file (--config), then command-line flags. Every key is listed, commented,
+// with its default in packaging/dmarc-milter.toml and in README.md.
+type Config struct {
+	// Listen is where Postfix connects: "unix:/path", "inet:host:port" or
+	// sendmail's "inet:port@host".
+	Listen ListenSpec `toml:"listen"`
+	// SocketMode is the permission of a unix socket.
+	SocketMode FileMode `toml:"socket_mode"`
+	// DNS lists the upstream resolvers ("host:port"); empty means the
+	// nameservers of /etc/resolv.conf.
+	DNS []string `toml:"dns"`
+	// DNSTimeout bounds one DNS query attempt.
+	DNSTimeout Duration `toml:"dns_timeout"`
+	// DNSCacheSize bounds the number of cached DNS answers.
+	DNSCacheSize int `toml:"dns_cache_size"`
+	// CheckTimeout bounds the DNS work for one message.
+	CheckTimeout Duration `toml:"check_timeout"`
+	// AuthservID goes into Authentication-Results; default: the host name.
+	AuthservID string `toml:"authserv_id"`
+	// Monitor evaluates, stamps and logs without enforcing.
+	Monitor bool `toml:"monitor"`
+	// Quarantine: "hold" (milter quarantine, Postfix hold queue) or "mark"
+	// (only the Authentication-Results field).
+	Quarantine Choice `toml:"quarantine"`
+	// TempError: "tempfail" (451 4.7.5) or "accept".
+	TempError Choice `toml:"temperror"`
+	// RejectBadFrom rejects mail without exactly one From address.
+	RejectBadFrom bool `toml:"reject_bad_from"`
+	// RejectText is the text of the 550 5.7.1 reply; {domain} is replaced.
+	RejectText string `toml:"reject_text"`
+	// TrustedNetworks are never enforced (A-R still added).
+	TrustedNetworks []Prefix `toml:"trusted_networks"`
+	// ExemptDomains are RFC5322.From domains never enforced.
+	ExemptDomains []string `toml:"exempt_domains"`
+	// MaxDKIMSignatures bounds the signatures verified per message.
+	MaxDKIMSignatures int `toml:"max_dkim_signatures"`
+	// Timeouts of milter connections.
+	IdleTimeout     Duration `toml:"idle_timeout"`
+	ReadTimeout     Duration `toml:"read_timeout"`
+	WriteTimeout    Duration `toml:"write_timeout"`
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	// StateDir holds the report spool and database.
+	StateDir string `toml:"state_dir"`
+	// ReportSMTP is the relay outgoing reports are handed to.
+	ReportSMTP string `toml:"report_smtp"`
+	// ReportFrom is the From address of outgoing reports.
+	ReportFrom string `toml:"report_from"`
+	// LogFormat: "json" or "text"; LogLevel: debug, info, warn, error.
+	LogFormat Choice `toml:"log_format"`
+	LogLevel  Choice `toml:"log_level"`
+}
+
+// defaultConfig returns the built-in defaults; hostname fills the
+// authserv-id and the report address.
+func defaultConfig(hostname string) Config {
+	return Config{
+		Listen:            ListenSpec{Network: "tcp", Address: "127.0.0.1:8893"},
+		SocketMode:        0o660,
+		DNSTimeout:        Duration(2 * time.Second),
+		DNSCacheSize:      50000,
+		CheckTimeout:      Duration(20 * time.Second),
+		AuthservID:        hostname,
+		Quarantine:        Choice{Value: "hold", allowed: []string{"hold", "mark"}},
+		TempError:         Choice{Value: "tempfail", allowed: []string{"tempfail", "accept"}},
+		RejectBadFrom:     true,
+		RejectText:        "Message rejected: DMARC policy of {domain} says reject",
+		TrustedNetworks:   []Prefix{{netip.MustParsePrefix("127.0.0.0/8")}, {netip.MustParsePrefix("::1/128")}},
+		MaxDKIMSignatures: 5,
+		IdleTimeout:       Duration(5 * time.Minute),
+		ReadTimeout:       Duration(30 * time.Second),
+		WriteTimeout:      Duration(30 * time.Second),
+		ShutdownTimeout:   Duration(30 * time.Second),
+		StateDir:          "/var/lib/dmarc-milter",
+		ReportSMTP:        "127.0.0.1:25",
+		ReportFrom:        "postmaster@" + hostname,
+		LogFormat:         Choice{Value: "json", allowed: []string{"json", "text"}},
+		LogLevel:          Choice{Value: "info", allowed: []string{"debug", "info", "warn", "error"}},
+	}
+}
+
+// ConfigError is a configuration problem; it formats as one line naming the
+// file, line and key.
+type ConfigError struct {
+	File string
+	Line int
+	Key  string
+	Err  error
+}
+
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+	}
+	if e.Key != "" {
+		fmt.Fprintf(&b, ": %s", e.Key)
+	}
+	fmt.Fprintf(&b, ": %v", e.Err)
+	return strings.ReplaceAll(b.String(), "\n", " ")
+}
+
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// loadConfigFile decodes path over cfg. Unknown keys and bad values are
+// errors.
+func loadConfigFile(path string, cfg *Config) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return &ConfigError{File: path, Err: err}
+	}
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(cfg); err != nil {
+		var strict *toml.StrictMissingError
+		var de *toml.DecodeError
+		switch {
+		case errors.As(err, &strict) && len(strict.Errors) > 0:
+			e := strict.Errors[0]
+			line, _ := e.Position()
+			return &ConfigError{File: path, Line: line, Key: strings.Join(e.Key(), "."), Err: errors.New("unknown key")}
+		case errors.As(err, &de):
+			line, _ := de.Position()
+			key := strings.Join(de.Key(), ".")
+			if key == "" {
+				key = keyOnLine(data, line)
+			}
+			return &ConfigError{File: path, Line: line, Key: key, Err: errors.New(strings.TrimPrefix(de.Error(), "toml: "))}
+		}
+		return &ConfigError{File: path, Err: err}
+	}
+	return nil
+}
+
+// keyOnLine returns the key of a "key = value" line (1-based), or "".
+func keyOnLine(data []byte, line int) string {
+	lines := bytes.Split(data, []byte("\n"))
+	if line < 1 || line > len(lines) {
+		return ""
+	}
+	k, _, ok := bytes.Cut(lines[line-1], []byte("="))
+	if !ok {
+		return ""
+	}
+	return strings.Trim(string(bytes.TrimSpace(k)), `"'`)
+}
+
+// Duration is a time.Duration written as "2s", "5m".
+type Duration time.Duration
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil || v < 0 {
+		return fmt.Errorf("invalid duration %q (want e.g. \"2s\", \"5m\")", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// Set and String make Duration a flag.Value.
+func (d *Duration) Set(s string) error { return d.UnmarshalText([]byte(s)) }
+
+// Choice is a string limited to a few values.
+type Choice struct {
+	Value   string
+	allowed []string
+}
+
+func (c *Choice) UnmarshalText(b []byte) error {
+	v := strings.ToLower(strings.TrimSpace(string(b)))
+	for _, a := range c.allowed {
+		if v == a {
+			c.Value = v
+			return nil
+		}
+	}
+	return fmt.Errorf("invalid value %q (want %s)", b, strings.Join(c.allowed, " or "))
+}
+
+func (c *Choice) Set(s string) error { return c.UnmarshalText([]byte(s)) }
+func (c *Choice) String() string {
+	if c == nil {
+		return ""
+	}
+	return c.Value
+}
+
+// FileMode is an octal permission such as "0660".
+type FileMode os.FileMode
+
+func (m *FileMode) UnmarshalText(b []byte) error {
+	v, err := strconv.ParseUint(string(b), 8, 32)
+	if err != nil || v > 0o777 {
+		return fmt.Errorf("invalid mode %q (want octal, e.g. \"0660\")", b)
+	}
+	*m = FileMode(v)
+	return nil
+}
+
+// Prefix is a network in CIDR notation; a bare address is a single host.
+type Prefix struct{ netip.Prefix }
+
+func (p *Prefix) UnmarshalText(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return fmt.Errorf("invalid network %q", b)
+		}
+		p.Prefix = netip.PrefixFrom(a, a.BitLen())
+		return nil
+	}
+	v, err := netip.ParsePrefix(s)
+	if err != nil {
+		return fmt.Errorf("invalid network %q", b)
+	}
+	p.Prefix = v.Masked()
+	return nil
+}
+
+// ListenSpec is a milter socket in Postfix's spelling ("unix:/path",
+// "inet:host:port", "inet6:[::1]:port"), or sendmail's ("inet:port@host",
+// "local:/path").
+type ListenSpec struct {
+	Network string // "unix" or "tcp"
+	Address string
+}
+
+func (l *ListenSpec) UnmarshalText(b []byte) error {
+	v, err := parseListen(string(b))
+	if err != nil {
+		return err
+	}
+	*l = v
+	return nil
+}
+
+func (l *ListenSpec) Set(s string) error { return l.UnmarshalText([]byte(s)) }
+func (l *ListenSpec) String() string {
+	if l == nil {
+		return ""
+	}
+	if l.Network == "unix" {
+		return "unix:" + l.Address
+	}
+	return "inet:" + l.Address
+}
+
+func parseListen(s string) (ListenSpec, error) {
+	kind, rest, ok := strings.Cut(s, ":")
+	if !ok || rest == "" {
+		return ListenSpec{}, fmt.Errorf("invalid listen address %q (want unix:PATH or inet:HOST:PORT)", s)
+	}
+	switch strings.ToLower(kind) {
+	case "unix", "local":
+		if !strings.HasPrefix(rest, "/") {
+			return ListenSpec{}, fmt.Errorf("invalid listen address %q: unix socket path must be absolute", s)
+		}
+		return ListenSpec{Network: "unix", Address: rest}, nil
+	case "inet", "inet6", "tcp":
+		var host, port string
+		if p, h, ok := strings.Cut(rest, "@"); ok { // sendmail: inet:port@host
+			host, port = h, p
+		} else {
+			i := strings.LastIndex(rest, ":")
+			if i < 0 {
+				return ListenSpec{}, fmt.Errorf("invalid listen address %q: no port", s)
+			}
+			host, port = rest[:i], rest[i+1:]
+		}
+		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+			return ListenSpec{}, fmt.Errorf("invalid listen address %q: bad port %q", s, port)
+		}
+		if host == "" {
+			host = "127.0.0.1"
+		}
+		return ListenSpec{Network: "tcp", Address: joinHostPort(host, port)}, nil
+	}
+	return ListenSpec{}, fmt.Errorf("invalid listen address %q: unknown type %q (want unix or inet)", s, kind)
+}
+
+func joinHostPort(host, port string) string {
+	if strings.Contains(host, ":") {
+		return "[" + host + "]:" + port
+	}
+	return host + ":" + port
+}

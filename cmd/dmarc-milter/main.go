@@ -1,0 +1,310 @@
+// Command dmarc-milter is a milter for Postfix (smtpd_milters) that checks
+// SPF (RFC 7208), verifies DKIM (RFC 6376) and evaluates DMARC (RFC 9989) for
+// every message, applies the sending domain's policy and stamps an
+// Authentication-Results header field (RFC 8601).
+//
+// Usage:
+//
+//	dmarc-milter serve [--config FILE] [flags]
+//	dmarc-milter --version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dmarc-milter/dmarc-milter/milter"
+	"github.com/dmarc-milter/dmarc-milter/policy"
+	"github.com/dmarc-milter/dmarc-milter/policy/resolver"
+)
+
+// Set at build time: -ldflags "-X main.version=1.2.3 -X main.commit=abc".
+var (
+	version = "dev"
+	commit  = ""
+)
+
+const usage = `usage: dmarc-milter serve [--config FILE] [flags]
+       dmarc-milter --version
+
+Run "dmarc-milter serve -h" for the flags.`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// run is main without the exit, for tests. Exit status: 0 after a clean
+// shutdown, 2 for usage and configuration errors, 1 for runtime failures.
+func run(args []string, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "--version", "-version", "version":
+		fmt.Fprintf(os.Stdout, "dmarc-milter %s\n", versionString())
+		return 0
+	case "serve":
+		return serve(args[1:], stderr)
+	case "-h", "--help", "help":
+		fmt.Fprintln(stderr, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "dmarc-milter: unknown command %q\n%s\n", args[0], usage)
+	return 2
+}
+
+func versionString() string {
+	c := commit
+	if c == "" {
+		if bi, ok := debug.ReadBuildInfo(); ok {
+			for _, s := range bi.Settings {
+				if s.Key == "vcs.revision" {
+					c = s.Value
+				}
+			}
+		}
+	}
+	if c == "" {
+		c = "unknown"
+	}
+	return fmt.Sprintf("%s (commit %s)", version, c)
+}
+
+// parseFlags builds the configuration: defaults, then the file named by
+// --config, then the flags that were given.
+func parseFlags(args []string, stderr io.Writer) (Config, error) {
+	hostname, _ := os.Hostname()
+	if hostname == "" {
+		hostname = "localhost"
+	}
+	cfg := defaultConfig(hostname)
+
+	fs := flag.NewFlagSet("dmarc-milter serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "TOML configuration `file`")
+	var f Config
+	f.Listen = cfg.Listen
+	fs.Var(&f.Listen, "listen", "milter socket: unix:PATH, inet:HOST:PORT or inet:PORT@HOST")
+	dns := fs.String("dns", "", "upstream DNS resolvers, HOST:PORT[,HOST:PORT...] (default: /etc/resolv.conf)")
+	authserv := fs.String("authserv-id", "", "authserv-id of Authentication-Results (default: host name)")
+	stateDir := fs.String("state-dir", "", "`dir`ectory for the report spool and database")
+	reportSMTP := fs.String("report-smtp", "", "SMTP relay `HOST:PORT` for outgoing reports")
+	reportFrom := fs.String("report-from", "", "From `address` of outgoing reports")
+	f.TempError = cfg.TempError
+	fs.Var(&f.TempError, "temperror", "on a DNS temporary error: tempfail (451 4.7.5) or accept")
+	f.LogFormat = cfg.LogFormat
+	fs.Var(&f.LogFormat, "log-format", "log format: json or text")
+	f.LogLevel = cfg.LogLevel
+	fs.Var(&f.LogLevel, "log-level", "log level: debug, info, warn or error")
+	monitor := fs.Bool("monitor", false, "evaluate, stamp and log, but never enforce")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+
+	if *configPath != "" {
+		if err := loadConfigFile(*configPath, &cfg); err != nil {
+			return cfg, err
+		}
+	}
+
+	var err error
+	fs.Visit(func(fl *flag.Flag) {
+		switch fl.Name {
+		case "listen":
+			cfg.Listen = f.Listen
+		case "dns":
+			cfg.DNS = nil
+			for _, s := range strings.Split(*dns, ",") {
+				s = strings.TrimSpace(s)
+				if s == "" {
+					continue
+				}
+				if _, _, e := net.SplitHostPort(s); e != nil {
+					err = fmt.Errorf("--dns: %q is not HOST:PORT", s)
+				}
+				cfg.DNS = append(cfg.DNS, s)
+			}
+		case "authserv-id":
+			cfg.AuthservID = *authserv
+		case "state-dir":
+			cfg.StateDir = *stateDir
+		case "report-smtp":
+			cfg.ReportSMTP = *reportSMTP
+		case "report-from":
+			cfg.ReportFrom = *reportFrom
+		case "temperror":
+			cfg.TempError = f.TempError
+		case "log-format":
+			cfg.LogFormat = f.LogFormat
+		case "log-level":
+			cfg.LogLevel = f.LogLevel
+		case "monitor":
+			cfg.Monitor = *monitor
+		}
+	})
+	if err != nil {
+		return cfg, err
+	}
+	if strings.ContainsAny(cfg.AuthservID, " \t;()\"") || cfg.AuthservID == "" {
+		return cfg, fmt.Errorf("authserv-id %q is not a valid token", cfg.AuthservID)
+	}
+	return cfg, nil
+}
+
+func newLogger(cfg Config, w io.Writer) zerolog.Logger {
+	if cfg.LogFormat.Value == "text" {
+		w = zerolog.ConsoleWriter{Out: w, NoColor: true, TimeFormat: time.RFC3339}
+	}
+	level, err := zerolog.ParseLevel(cfg.LogLevel.Value)
+	if err != nil {
+		level = zerolog.InfoLevel
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+}
+
+func serve(args []string, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+		return 2
+	}
+	logger := newLogger(cfg, stderr)
+	// Libraries that log through the standard logger end up in ours.
+	log.SetFlags(0)
+	log.SetOutput(logger.With().Str("source", "stdlog").Logger())
+
+	servers := cfg.DNS
+	if len(servers) == 0 {
+		servers, err = resolver.ServersFromResolvConf("/etc/resolv.conf")
+		if err != nil {
+			fmt.Fprintf(stderr, "dmarc-milter: no --dns given and %v\n", err)
+			return 2
+		}
+	}
+	res, err := resolver.New(resolver.Config{
+		Servers:   servers,
+		Timeout:   time.Duration(cfg.DNSTimeout),
+		CacheSize: cfg.DNSCacheSize,
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "dmarc-milter: dns: %v\n", err)
+		return 2
+	}
+
+	ev := policy.New(policyConfig(cfg), res)
+	srv := &milter.Server{
+		NewHandler: milter.NewSessionHandler(milter.Settings{
+			Evaluator:         ev,
+			LookupTXT:         res.LookupTXT,
+			MaxDKIMSignatures: cfg.MaxDKIMSignatures,
+			CheckTimeout:      time.Duration(cfg.CheckTimeout),
+			Log:               logger,
+		}),
+		Log: logger,
+		Timeouts: milter.Timeouts{
+			Idle:  time.Duration(cfg.IdleTimeout),
+			Read:  time.Duration(cfg.ReadTimeout),
+			Write: time.Duration(cfg.WriteTimeout),
+		},
+		Actions: milter.DefaultActions,
+	}
+
+	ln, err := listen(cfg)
+	if err != nil {
+		logger.Error().Err(err).Str("listen", cfg.Listen.String()).Msg("cannot listen")
+		return 1
+	}
+	logger.Info().Str("listen", cfg.Listen.String()).Strs("dns", servers).
+		Str("authserv_id", cfg.AuthservID).Str("version", versionString()).
+		Bool("monitor", cfg.Monitor).Msg("dmarc-milter ready")
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	select {
+	case sig := <-sigs:
+		logger.Info().Str("signal", sig.String()).Int("open_sessions", srv.ActiveConns()).Msg("shutting down; draining sessions")
+	case err := <-served:
+		logger.Error().Err(err).Msg("milter server stopped")
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		logger.Warn().Err(err).Msg("shutdown timeout; closed remaining sessions")
+	}
+	if cfg.Listen.Network == "unix" {
+		os.Remove(cfg.Listen.Address)
+	}
+	logger.Info().Msg("stopped")
+	return 0
+}
+
+func policyConfig(cfg Config) policy.Config {
+	pc := policy.Config{
+		AuthservID:      cfg.AuthservID,
+		Monitor:         cfg.Monitor,
+		Quarantine:      policy.QuarantineMode(cfg.Quarantine.Value),
+		TempErrorAccept: cfg.TempError.Value == "accept",
+		RejectBadFrom:   cfg.RejectBadFrom,
+		RejectText:      cfg.RejectText,
+		ExemptDomains:   cfg.ExemptDomains,
+	}
+	for _, p := range cfg.TrustedNetworks {
+		pc.TrustedNetworks = append(pc.TrustedNetworks, p.Prefix)
+	}
+	return pc
+}
+
+// listen opens the milter socket. A stale unix socket (nobody listening) is
+// replaced; a live one is an error. The socket gets cfg.SocketMode.
+func listen(cfg Config) (net.Listener, error) {
+	if cfg.Listen.Network != "unix" {
+		return net.Listen("tcp", cfg.Listen.Address)
+	}
+	path := cfg.Listen.Address
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s is in use by another process", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing stale socket: %w", err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(path, os.FileMode(cfg.SocketMode)); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod socket: %w", err)
+	}
+	return ln, nil
+}

@@ -1,0 +1,306 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	gomilter "github.com/emersion/go-milter"
+
+	"github.com/dmarc-milter/dmarc-milter/policy/dnstest"
+)
+
+func TestParseListen(t *testing.T) {
+	tests := []struct {
+		in      string
+		network string
+		addr    string
+		err     bool
+	}{
+		{"unix:/run/dmarc-milter/dmarc-milter.sock", "unix", "/run/dmarc-milter/dmarc-milter.sock", false},
+		{"local:/var/spool/postfix/dmarc/sock", "unix", "/var/spool/postfix/dmarc/sock", false},
+		{"inet:127.0.0.1:8893", "tcp", "127.0.0.1:8893", false},
+		{"inet:8893@127.0.0.1", "tcp", "127.0.0.1:8893", false},
+		{"inet:8893@[::1]", "tcp", "[::1]:8893", false},
+		{"inet6:[::1]:8893", "tcp", "[::1]:8893", false},
+		{"inet::8893", "tcp", "127.0.0.1:8893", false},
+		{"unix:relative.sock", "", "", true},
+		{"inet:127.0.0.1", "", "", true},
+		{"inet:127.0.0.1:99999", "", "", true},
+		{"tcp", "", "", true},
+		{"udp:127.0.0.1:53", "", "", true},
+	}
+	for _, tc := range tests {
+		got, err := parseListen(tc.in)
+		if (err != nil) != tc.err {
+			t.Errorf("%q: err = %v, want error %v", tc.in, err, tc.err)
+			continue
+		}
+		if !tc.err && (got.Network != tc.network || got.Address != tc.addr) {
+			t.Errorf("%q = %+v, want %s %s", tc.in, got, tc.network, tc.addr)
+		}
+	}
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "dmarc-milter.toml")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Bad configuration stops start-up with a one-line error naming the file,
+// line and key, and exit status 2.
+func TestConfigErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		file string
+		want string // regexp after the path
+	}{
+		{"unknown key", "listen = \"inet:127.0.0.1:8893\"\n\nbogus_key = 1\n", `:3: bogus_key: unknown key$`},
+		{"bad choice", "monitor = false\ntemperror = \"sometimes\"\n", `:2: temperror: .*invalid value "sometimes" \(want tempfail or accept\)`},
+		{"bad duration", "dns_timeout = \"soon\"\n", `:1: dns_timeout: .*invalid duration`},
+		{"bad type", "monitor = \"yes\"\n", `:1: monitor: `},
+		{"bad network", "trusted_networks = [\"10.0.0.0/8\", \"not-a-net\"]\n", `:1: trusted_networks: .*invalid network`},
+		{"bad listen", "listen = \"udp:1.2.3.4:5\"\n", `:1: listen: .*unknown type`},
+		{"syntax", "listen = \n", `:1`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeFile(t, tc.file)
+			var stderr bytes.Buffer
+			code := run([]string{"serve", "--config", path, "--dns", "127.0.0.1:1"}, &stderr)
+			if code != 2 {
+				t.Errorf("exit %d, want 2 (stderr %q)", code, stderr.String())
+			}
+			out := strings.TrimSuffix(stderr.String(), "\n")
+			if strings.Contains(out, "\n") {
+				t.Errorf("error is not one line: %q", out)
+			}
+			if !strings.Contains(out, path) || !regexp.MustCompile(regexp.QuoteMeta(path)+tc.want).MatchString(out) {
+				t.Errorf("error %q does not match %s%s", out, path, tc.want)
+			}
+		})
+	}
+
+	t.Run("unreadable file", func(t *testing.T) {
+		var stderr bytes.Buffer
+		if code := run([]string{"serve", "--config", "/nonexistent/dm.toml"}, &stderr); code != 2 {
+			t.Errorf("exit %d, want 2", code)
+		}
+		if !strings.Contains(stderr.String(), "/nonexistent/dm.toml") {
+			t.Errorf("error does not name the file: %q", stderr.String())
+		}
+	})
+	t.Run("bad flag value", func(t *testing.T) {
+		var stderr bytes.Buffer
+		if code := run([]string{"serve", "--temperror", "maybe"}, &stderr); code != 2 {
+			t.Errorf("exit %d, want 2", code)
+		}
+	})
+}
+
+func TestFlagsOverrideFile(t *testing.T) {
+	path := writeFile(t, `listen = "unix:/tmp/from-file.sock"
+dns = ["192.0.2.1:53"]
+authserv_id = "file.example"
+temperror = "accept"
+trusted_networks = ["10.0.0.0/8"]
+quarantine = "mark"
+check_timeout = "7s"
+`)
+	cfg, err := parseFlags([]string{"--config", path, "--listen", "inet:8894@127.0.0.1", "--dns", "127.0.0.1:5300,[::1]:5300",
+		"--temperror", "tempfail", "--state-dir", "/tmp/st", "--report-smtp", "127.0.0.1:2526", "--report-from", "dmarc@x.example"}, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen.String() != "inet:127.0.0.1:8894" || strings.Join(cfg.DNS, ",") != "127.0.0.1:5300,[::1]:5300" ||
+		cfg.TempError.Value != "tempfail" || cfg.AuthservID != "file.example" || cfg.Quarantine.Value != "mark" ||
+		cfg.StateDir != "/tmp/st" || cfg.ReportSMTP != "127.0.0.1:2526" || cfg.ReportFrom != "dmarc@x.example" ||
+		time.Duration(cfg.CheckTimeout) != 7*time.Second {
+		t.Errorf("merged config wrong: %+v", cfg)
+	}
+	if len(cfg.TrustedNetworks) != 1 || cfg.TrustedNetworks[0].String() != "10.0.0.0/8" {
+		t.Errorf("trusted_networks from the file should replace the default: %v", cfg.TrustedNetworks)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := parseFlags(nil, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	if cfg.AuthservID != host || cfg.TempError.Value != "tempfail" || cfg.Listen.String() != "inet:127.0.0.1:8893" ||
+		len(cfg.TrustedNetworks) != 2 || !cfg.RejectBadFrom || cfg.Quarantine.Value != "hold" {
+		t.Errorf("defaults: %+v", cfg)
+	}
+}
+
+// The example configuration in packaging lists every key with its default.
+func TestPackagedConfigMatchesDefaults(t *testing.T) {
+	path := filepath.Join("..", "..", "packaging", "dmarc-milter.toml")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Skipf("no packaged config yet: %v", err)
+	}
+	// Uncomment every "# key = value" line and load it.
+	var b strings.Builder
+	for _, line := range strings.Split(string(data), "\n") {
+		if m := regexp.MustCompile(`^#\s?([a-z_]+ = .*)$`).FindStringSubmatch(line); m != nil {
+			b.WriteString(m[1] + "\n")
+		}
+	}
+	uncommented := writeFile(t, b.String())
+	cfg := defaultConfig("HOST")
+	if err := loadConfigFile(uncommented, &cfg); err != nil {
+		t.Fatalf("packaged config does not load: %v", err)
+	}
+	def := defaultConfig("HOST")
+	if fmt.Sprintf("%+v", stripChoices(cfg)) != fmt.Sprintf("%+v", stripChoices(def)) {
+		t.Errorf("packaged config defaults differ from built-in ones:\nfile:    %+v\nbuiltin: %+v", cfg, def)
+	}
+}
+
+func stripChoices(c Config) Config {
+	for _, ch := range []*Choice{&c.Quarantine, &c.TempError, &c.LogFormat, &c.LogLevel} {
+		ch.allowed = nil
+	}
+	return c
+}
+
+// buildDaemon builds the real binary once per test run.
+func buildDaemon(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "dmarc-milter")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("go build: %v", err)
+	}
+	return bin
+}
+
+// The daemon runs on built-in defaults with no config file, answers milter
+// connections on a unix socket (replacing a stale one, with the configured
+// mode) and drains and exits 0 on SIGTERM.
+func TestServeUnixSocketAndSIGTERM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the daemon")
+	}
+	zone, err := dnstest.LoadZoneFile("../../testdata/zones/example.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dnsSrv := dnstest.NewServer(t, zone)
+	bin := buildDaemon(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "milter.sock")
+
+	// A stale socket left by a killed daemon.
+	stale, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close()
+
+	cmd := exec.Command(bin, "serve", "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--authserv-id", "mx.cli.example", "--log-format", "json")
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	defer cmd.Process.Kill()
+
+	var log []string
+	waitFor := func(substr string) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("daemon exited before logging %q:\n%s", substr, strings.Join(log, "\n"))
+				}
+				log = append(log, l)
+				if strings.Contains(l, substr) {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no %q in log:\n%s", substr, strings.Join(log, "\n"))
+			}
+		}
+	}
+	waitFor("dmarc-milter ready")
+
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Perm() != 0o660 || fi.Mode()&os.ModeSocket == 0 {
+		t.Errorf("socket mode: %v %v", fi.Mode(), err)
+	}
+
+	c := gomilter.NewClientWithOptions("unix", sock, gomilter.ClientOptions{
+		ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
+		ActionMask: gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptQuarantine,
+	})
+	s, err := c.Session()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Conn("h", gomilter.FamilyInet, 25, "203.0.113.66")
+	s.Helo("x.example")
+	s.Mail("bob@pass.example", nil)
+	s.HeaderField("From", "bob@pass.example")
+	s.HeaderEnd()
+	s.Macros(gomilter.CodeEOB, "i", "CLI1")
+	_, act, err := s.End()
+	if err != nil || act.Code != gomilter.ActReplyCode || act.SMTPCode != 550 {
+		t.Fatalf("spoofed message: %+v %v", act, err)
+	}
+	waitFor(`"queue_id":"CLI1"`)
+
+	// A second daemon on the same live socket refuses to start.
+	var out bytes.Buffer
+	second := exec.Command(bin, "serve", "--listen", "unix:"+sock, "--dns", dnsSrv.Addr)
+	second.Stderr = &out
+	if err := second.Run(); err == nil || !strings.Contains(out.String(), "in use") {
+		t.Errorf("second daemon on a live socket: %v %q", err, out.String())
+	}
+
+	s.Close()
+	cmd.Process.Signal(syscall.SIGTERM)
+	waitFor("stopped")
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("exit after SIGTERM: %v", err)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket left behind: %v", err)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	if code := run([]string{"--version"}, os.Stderr); code != 0 {
+		t.Errorf("--version exit %d", code)
+	}
+	if code := run([]string{"frobnicate"}, &bytes.Buffer{}); code != 2 {
+		t.Errorf("unknown command exit %d, want 2", code)
+	}
+}

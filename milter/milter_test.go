@@ -1,0 +1,592 @@
+package milter_test
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	gomilter "github.com/emersion/go-milter"
+	msgdkim "github.com/emersion/go-msgauth/dkim"
+	"github.com/miekg/dns"
+
+	"github.com/dmarc-milter/dmarc-milter/milter"
+	"github.com/dmarc-milter/dmarc-milter/policy"
+)
+
+func contextWithTimeout(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+const (
+	goodIP = "192.0.2.10"
+	badIP  = "203.0.113.66"
+)
+
+// want describes the expected outcome of one message.
+type want struct {
+	code       int      // SMTP code: 250 accept, 550, 451
+	text       string   // substring of the reply text
+	quarantine bool     // the quarantine action was sent
+	ar         []string // substrings of our Authentication-Results ("" AR means none expected)
+	noAR       bool
+}
+
+func check(t *testing.T, got outcome, w want) {
+	t.Helper()
+	if got.code() != w.code {
+		t.Errorf("reply code = %d (%c %q), want %d", got.code(), got.act.Code, got.act.SMTPText, w.code)
+	}
+	if w.text != "" && !strings.Contains(got.act.SMTPText, w.text) {
+		t.Errorf("reply text %q does not contain %q", got.act.SMTPText, w.text)
+	}
+	if got.quarantined() != w.quarantine {
+		t.Errorf("quarantined = %v, want %v", got.quarantined(), w.quarantine)
+	}
+	ar := got.authResults()
+	if w.noAR && ar != "" {
+		t.Errorf("unexpected Authentication-Results: %q", ar)
+	}
+	for _, s := range w.ar {
+		if !strings.Contains(ar, s) {
+			t.Errorf("Authentication-Results %q does not contain %q", ar, s)
+		}
+	}
+}
+
+func TestPolicies(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.dns.SetServfail("_dmarc.servfail.example.", dns.TypeTXT)
+	e.dns.SetServfail("spftemp.example.", dns.TypeTXT)
+
+	rsa := func(raw string) string {
+		return sign(t, raw, "pass.example", "sel1", "rsa2048.pem", msgdkim.CanonicalizationRelaxed)
+	}
+
+	tests := []struct {
+		name     string
+		ip, helo string
+		mailFrom string
+		raw      string
+		want     want
+	}{
+		{
+			name: "spf aligned pass", ip: goodIP, helo: "mx.pass.example", mailFrom: "bob@pass.example",
+			raw:  plainMessage("Bob <bob@pass.example>", "hi"),
+			want: want{code: 250, ar: []string{"mx.test.example;", "spf=pass smtp.mailfrom=bob@pass.example", "dmarc=pass", "header.from=pass.example", "policy.dmarc=reject", "dkim=none"}},
+		},
+		{
+			name: "p=reject failure", ip: badIP, helo: "attacker.example", mailFrom: "bob@pass.example",
+			raw:  plainMessage("bob@pass.example", "spoof"),
+			want: want{code: 550, text: "5.7.1 Message rejected: DMARC policy of pass.example says reject", noAR: true},
+		},
+		{
+			name: "dkim rsa aligned pass from a foreign ip", ip: badIP, helo: "list.example", mailFrom: "list@lists.example",
+			raw:  rsa(plainMessage("bob@pass.example", "via list")),
+			want: want{code: 250, ar: []string{"dkim=pass", "header.d=pass.example", "header.s=sel1", "header.a=rsa-sha256", "header.b=", "dmarc=pass"}},
+		},
+		{
+			name: "dkim ed25519", ip: badIP, helo: "list.example", mailFrom: "list@lists.example",
+			raw:  sign(t, plainMessage("bob@pass.example", "ed"), "pass.example", "ed", "ed25519.pem", msgdkim.CanonicalizationSimple),
+			want: want{code: 250, ar: []string{"dkim=pass", "header.s=ed", "header.a=ed25519-sha256", "dmarc=pass"}},
+		},
+		{
+			name: "dkim relaxed alignment (subdomain signer)", ip: badIP, helo: "list.example", mailFrom: "list@lists.example",
+			raw:  sign(t, plainMessage("bob@pass.example", "sub"), "mail.pass.example", "sel1", "rsa2048.pem", msgdkim.CanonicalizationRelaxed),
+			want: want{code: 250, ar: []string{"dkim=pass", "header.d=mail.pass.example", "dmarc=pass"}},
+		},
+		{
+			name: "rsa key under 1024 bits does not pass (RFC 8301)", ip: badIP, helo: "list.example", mailFrom: "list@lists.example",
+			raw:  sign(t, plainMessage("bob@pass.example", "weak"), "pass.example", "weak", "rsa512.pem", msgdkim.CanonicalizationRelaxed),
+			want: want{code: 550},
+		},
+		{
+			name: "broken body hash", ip: badIP, helo: "list.example", mailFrom: "list@lists.example",
+			raw:  strings.Replace(rsa(plainMessage("bob@pass.example", "tampered")), "this is a test", "this is a TEST", 1),
+			want: want{code: 550},
+		},
+		{
+			name: "strict spf alignment fails for a subdomain", ip: goodIP, helo: "mx.strict.example", mailFrom: "bounce@mail.strict.example",
+			raw:  plainMessage("bob@strict.example", "strict"),
+			want: want{code: 550, text: "strict.example"},
+		},
+		{
+			name: "p=quarantine holds", ip: badIP, helo: "x.example", mailFrom: "bob@quarantine.example",
+			raw:  plainMessage("bob@quarantine.example", "q"),
+			want: want{code: 250, quarantine: true, ar: []string{"dmarc=fail", "policy.dmarc=quarantine"}},
+		},
+		{
+			name: "p=none accepts", ip: badIP, helo: "x.example", mailFrom: "bob@none.example",
+			raw:  plainMessage("bob@none.example", "n"),
+			want: want{code: 250, ar: []string{"dmarc=fail", "spf=fail", "policy.dmarc=none"}},
+		},
+		{
+			name: "t=y applies the next less strict policy", ip: badIP, helo: "x.example", mailFrom: "bob@testing.example",
+			raw:  plainMessage("bob@testing.example", "t"),
+			want: want{code: 250, quarantine: true, ar: []string{"policy.dmarc=quarantine"}},
+		},
+		{
+			name: "pct=0 acts as t=y", ip: badIP, helo: "x.example", mailFrom: "bob@pct0.example",
+			raw:  plainMessage("bob@pct0.example", "p0"),
+			want: want{code: 250, quarantine: true},
+		},
+		{
+			name: "pct=50 acts as t=n", ip: badIP, helo: "x.example", mailFrom: "bob@pct50.example",
+			raw:  plainMessage("bob@pct50.example", "p50"),
+			want: want{code: 550},
+		},
+		{
+			name: "two DMARC records mean no policy", ip: badIP, helo: "x.example", mailFrom: "bob@dup.example",
+			raw:  plainMessage("bob@dup.example", "dup"),
+			want: want{code: 250, ar: []string{"dmarc=none"}},
+		},
+		{
+			name: "malformed DMARC record", ip: badIP, helo: "x.example", mailFrom: "bob@malformed.example",
+			raw:  plainMessage("bob@malformed.example", "bad"),
+			want: want{code: 250},
+		},
+		{
+			name: "SERVFAIL on the DMARC record is a temperror, never a reject", ip: badIP, helo: "x.example", mailFrom: "bob@servfail.example",
+			raw:  plainMessage("bob@servfail.example", "sf"),
+			want: want{code: 451, text: "4.7.5"},
+		},
+		{
+			name: "SPF temperror with p=reject is a tempfail, not a reject", ip: badIP, helo: "x.example", mailFrom: "bob@spftemp.example",
+			raw:  plainMessage("bob@spftemp.example", "spftemp"),
+			want: want{code: 451, text: "4.7.5"},
+		},
+		{
+			name: "SPF record over 255 bytes", ip: goodIP, helo: "x.example", mailFrom: "bob@long.example",
+			raw:  plainMessage("bob@long.example", "long"),
+			want: want{code: 250, ar: []string{"spf=pass", "dmarc=pass"}},
+		},
+		{
+			name: "np for a non-existent subdomain", ip: badIP, helo: "x.example", mailFrom: "bob@nx.org.example",
+			raw:  plainMessage("bob@nx.org.example", "np"),
+			want: want{code: 550},
+		},
+		{
+			name: "sp for an existing subdomain", ip: badIP, helo: "x.example", mailFrom: "bob@exists.org.example",
+			raw:  plainMessage("bob@exists.org.example", "sp"),
+			want: want{code: 250, quarantine: true},
+		},
+		{
+			name: "display name with an address does not change the domain", ip: badIP, helo: "x.example", mailFrom: "bob@evil.example",
+			raw:  plainMessage(`"bob@none.example" <bob@pass.example>`, "dn"),
+			want: want{code: 550, text: "pass.example"},
+		},
+		{
+			name: "encoded word and comment do not change the domain", ip: badIP, helo: "x.example", mailFrom: "bob@evil.example",
+			raw:  plainMessage(`=?utf-8?q?bob=40none=2Eexample?= <bob@PASS.example> (none.example)`, "ew"),
+			want: want{code: 550, text: "pass.example"},
+		},
+		{
+			name: "no From header", ip: goodIP, helo: "x.example", mailFrom: "bob@pass.example",
+			raw:  message([]string{"To: rcpt@test.example", "Subject: nofrom"}, "x\n"),
+			want: want{code: 550, text: "no From header"},
+		},
+		{
+			name: "two From headers", ip: goodIP, helo: "x.example", mailFrom: "bob@pass.example",
+			raw:  message([]string{"From: bob@pass.example", "From: eve@evil.example", "Subject: two"}, "x\n"),
+			want: want{code: 550, text: "more than one From"},
+		},
+		{
+			name: "two addresses in one From", ip: goodIP, helo: "x.example", mailFrom: "bob@pass.example",
+			raw:  message([]string{"From: bob@pass.example, eve@evil.example", "Subject: two"}, "x\n"),
+			want: want{code: 550, text: "more than one address"},
+		},
+		{
+			name: "unparseable From", ip: goodIP, helo: "x.example", mailFrom: "bob@pass.example",
+			raw:  message([]string{"From: <<bob@@pass.example", "Subject: junk"}, "x\n"),
+			want: want{code: 550, text: "unparseable From"},
+		},
+		{
+			name: "HELO pass never stands in for a failing MAIL FROM", ip: goodIP, helo: "helo.example", mailFrom: "bob@kantiflow.xyz",
+			raw:  plainMessage("bob@kantiflow.xyz", "helo"),
+			want: want{code: 550},
+		},
+		{
+			name: "null sender uses the HELO identity", ip: goodIP, helo: "helo.example", mailFrom: "",
+			raw:  plainMessage("mailer-daemon@helo.example", "bounce"),
+			want: want{code: 250, ar: []string{"spf=pass smtp.mailfrom=postmaster@helo.example", "spf=pass smtp.helo=helo.example", "dmarc=pass"}},
+		},
+		{
+			name: "seed: kantiflow.xyz from outside its SPF record is rejected", ip: badIP, helo: "spam.example", mailFrom: "JONqjnh@kantiflow.xyz",
+			raw:  plainMessage("JONqjnh@kantiflow.xyz", "spam"),
+			want: want{code: 550, text: "kantiflow.xyz"},
+		},
+		{
+			name: "seed: chatorbay.xyz from 8.8.8.8 passes", ip: "8.8.8.8", helo: "mail.chatorbay.xyz", mailFrom: "JMCcPbc@chatorbay.xyz",
+			raw:  plainMessage("JMCcPbc@chatorbay.xyz", "ok"),
+			want: want{code: 250, ar: []string{"spf=pass", "dmarc=pass", "header.from=chatorbay.xyz"}},
+		},
+		{
+			name: "no DMARC record", ip: badIP, helo: "x.example", mailFrom: "bob@unknown-domain.example",
+			raw:  plainMessage("bob@unknown-domain.example", "none"),
+			want: want{code: 250, ar: []string{"dmarc=none"}},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := e.run(tc.ip, tc.helo, msg{mailFrom: tc.mailFrom, raw: tc.raw})
+			check(t, got, tc.want)
+		})
+	}
+}
+
+// c=simple signatures over folded headers verify because header fields are
+// rebuilt byte-exactly. With SMFIP_HDR_LEADSPC (which Postfix offers and we
+// negotiate) every header verifies; without it the MTA strips one leading
+// space, so a field written without a space after the colon cannot be
+// rebuilt and only c=relaxed survives it.
+func TestFoldedHeadersSimpleCanonicalization(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	build := func(to string) string {
+		return message([]string{
+			"From: Bob\r\n  <bob@pass.example>",
+			to,
+			"Subject:   folded\r\n\tsubject  line\r\n   continued",
+			"Date: Mon, 23 Nov 2026 10:00:00 +0000",
+			"Message-ID: <fold@test.example>",
+		}, "Body line 1\n\nBody  line   3\n\n\n")
+	}
+	for _, tc := range []struct {
+		to      string
+		canon   msgdkim.Canonicalization
+		leadspc bool
+		pass    bool
+	}{
+		{"To:rcpt@test.example", msgdkim.CanonicalizationSimple, true, true},
+		{"To:rcpt@test.example", msgdkim.CanonicalizationRelaxed, true, true},
+		{"To:rcpt@test.example", msgdkim.CanonicalizationRelaxed, false, true},
+		{"To:rcpt@test.example", msgdkim.CanonicalizationSimple, false, false},
+		{"To: rcpt@test.example", msgdkim.CanonicalizationSimple, false, true},
+		{"To: rcpt@test.example", msgdkim.CanonicalizationSimple, true, true},
+	} {
+		proto := postfixProtocol
+		if !tc.leadspc {
+			proto &^= gomilter.OptHeaderLeadingSpace
+		}
+		s := e.dial(proto)
+		connectAndHelo(t, s, badIP, "list.example")
+		got := send(t, s, msg{mailFrom: "list@lists.example", raw: sign(t, build(tc.to), "pass.example", "sel1", "rsa2048.pem", tc.canon)})
+		if pass := strings.Contains(got.authResults(), "dkim=pass"); pass != tc.pass {
+			t.Errorf("%q c=%s leadspc=%v: dkim pass = %v, want %v (reply %d, A-R %q)", tc.to, tc.canon, tc.leadspc, pass, tc.pass, got.code(), got.authResults())
+		}
+	}
+}
+
+func TestForgedAuthenticationResultsRemoved(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	raw := message([]string{
+		"Authentication-Results: other.example; spf=pass smtp.mailfrom=x@pass.example",
+		"Authentication-Results: MX.TEST.EXAMPLE; dmarc=pass header.from=pass.example",
+		"Authentication-Results: (forged) mx.test.example (comment); dkim=pass",
+		"From: bob@pass.example",
+		"Subject: forged",
+	}, "x\n")
+	got := e.run(goodIP, "mx.pass.example", msg{mailFrom: "bob@pass.example", raw: raw})
+	var removed []uint32
+	for _, m := range got.mods {
+		if m.Code == gomilter.ActChangeHeader {
+			if m.HeaderName != "Authentication-Results" || m.HeaderValue != "" {
+				t.Errorf("unexpected header change %+v", m)
+			}
+			removed = append(removed, m.HeaderIndex)
+		}
+	}
+	// The 2nd and 3rd Authentication-Results fields are ours, removed
+	// highest first; the first one (another authserv-id) stays.
+	if len(removed) != 2 || removed[0] != 3 || removed[1] != 2 {
+		t.Errorf("removed indexes %v, want [3 2]", removed)
+	}
+	// Removals come before our insertion, so indexes are not shifted by it.
+	last := got.mods[len(got.mods)-1]
+	if last.Code != gomilter.ActInsertHeader || last.HeaderIndex != 0 {
+		t.Errorf("last modification %+v, want our header inserted at 0", last)
+	}
+	check(t, got, want{code: 250, ar: []string{"dmarc=pass"}})
+}
+
+// With SMFIP_HDR_LEADSPC the MTA adds no space before inserted values.
+func TestInsertedHeaderLeadingSpace(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	for _, proto := range []gomilter.OptProtocol{postfixProtocol, postfixProtocol &^ gomilter.OptHeaderLeadingSpace} {
+		s := e.dial(proto)
+		connectAndHelo(t, s, goodIP, "mx.pass.example")
+		got := send(t, s, msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "ls")})
+		ar := got.authResults()
+		lead := proto&gomilter.OptHeaderLeadingSpace != 0
+		if strings.HasPrefix(ar, " ") != lead {
+			t.Errorf("leadspc=%v: A-R value %q", lead, ar)
+		}
+		if strings.Contains(ar, "\r") || !strings.Contains(ar, "\n\t") {
+			t.Errorf("A-R must be folded with bare LF: %q", ar)
+		}
+	}
+}
+
+func TestLocalPolicy(t *testing.T) {
+	spoof := plainMessage("bob@pass.example", "spoof")
+	tests := []struct {
+		name   string
+		policy func(*policy.Config)
+		ip     string
+		auth   string
+		want   want
+	}{
+		{"authenticated client", nil, badIP, "alice", want{code: 250, ar: []string{"dmarc=fail"}}},
+		{"trusted network", func(c *policy.Config) {
+			c.TrustedNetworks = append(c.TrustedNetworks, mustPrefix("203.0.113.0/24"))
+		}, badIP, "", want{code: 250, ar: []string{"dmarc=fail"}}},
+		{"default loopback is trusted", func(c *policy.Config) {
+			c.TrustedNetworks = append(c.TrustedNetworks, mustPrefix("127.0.0.0/8"))
+		}, "127.0.0.1", "", want{code: 250, ar: []string{"dmarc=fail"}}},
+		{"exempt sender domain", func(c *policy.Config) { c.ExemptDomains = []string{"PASS.example"} }, badIP, "", want{code: 250, ar: []string{"dmarc=fail"}}},
+		{"monitor mode", func(c *policy.Config) { c.Monitor = true }, badIP, "", want{code: 250, ar: []string{"dmarc=fail", "policy.dmarc=reject"}}},
+		{"custom reject text with percent", func(c *policy.Config) { c.RejectText = "100% spoofed {domain}" }, badIP, "", want{code: 550, text: "100%% spoofed pass.example"}},
+		{"enforced otherwise", nil, badIP, "", want{code: 550}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{policy: tc.policy})
+			s := e.dial(0)
+			connectAndHelo(t, s, tc.ip, "x.example")
+			check(t, send(t, s, msg{mailFrom: "bob@pass.example", authUser: tc.auth, raw: spoof}), tc.want)
+		})
+	}
+
+	t.Run("quarantine mark only", func(t *testing.T) {
+		e := newEnv(t, envOptions{policy: func(c *policy.Config) { c.Quarantine = policy.QuarantineMark }})
+		got := e.run(badIP, "x.example", msg{mailFrom: "bob@quarantine.example", raw: plainMessage("bob@quarantine.example", "q")})
+		check(t, got, want{code: 250, quarantine: false, ar: []string{"dmarc=fail", "policy.dmarc=quarantine"}})
+	})
+	t.Run("bad From accepted when not rejecting", func(t *testing.T) {
+		e := newEnv(t, envOptions{policy: func(c *policy.Config) { c.RejectBadFrom = false }})
+		raw := message([]string{"From: a@pass.example", "From: b@pass.example", "Subject: x"}, "x\n")
+		got := e.run(badIP, "x.example", msg{mailFrom: "bob@pass.example", raw: raw})
+		check(t, got, want{code: 250, ar: []string{"dmarc=permerror"}})
+	})
+	t.Run("temperror accept", func(t *testing.T) {
+		e := newEnv(t, envOptions{policy: func(c *policy.Config) { c.TempErrorAccept = true }})
+		e.dns.SetServfail("_dmarc.servfail.example.", dns.TypeTXT)
+		got := e.run(badIP, "x.example", msg{mailFrom: "bob@servfail.example", raw: plainMessage("bob@servfail.example", "sf")})
+		check(t, got, want{code: 250, ar: []string{"dmarc=temperror"}})
+	})
+}
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+func TestDNSTimeoutIsTempFail(t *testing.T) {
+	e := newEnv(t, envOptions{dnsTimout: 100 * time.Millisecond})
+	e.dns.SetTimeout("_dmarc.slow.example.", dns.TypeTXT)
+	got := e.run(badIP, "x.example", msg{mailFrom: "bob@slow.example", raw: plainMessage("bob@slow.example", "slow")})
+	check(t, got, want{code: 451, text: "4.7.5"})
+}
+
+// Three messages on one connection are each judged with the connection's
+// client address and HELO, across a reject and an abort.
+func TestThreeMessagesOnOneConnection(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	s := e.dial(0)
+	connectAndHelo(t, s, goodIP, "mx.pass.example")
+
+	check(t, send(t, s, msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "1")}),
+		want{code: 250, ar: []string{"spf=pass", "dmarc=pass", "smtp.helo=mx.pass.example"}})
+	check(t, send(t, s, msg{mailFrom: "eve@kantiflow.xyz", raw: plainMessage("eve@kantiflow.xyz", "2")}),
+		want{code: 550, text: "kantiflow.xyz"})
+
+	// An aborted transaction in between.
+	if _, err := s.Mail("carol@pass.example", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.HeaderField("From", " carol@pass.example"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Abort(); err != nil {
+		t.Fatal(err)
+	}
+
+	check(t, send(t, s, msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "3")}),
+		want{code: 250, ar: []string{"spf=pass smtp.mailfrom=bob@pass.example", "dmarc=pass", "smtp.helo=mx.pass.example"}})
+	if n := strings.Count(e.logs.String(), `"client_ip":"192.0.2.10"`); n != 3 {
+		t.Errorf("%d summary lines with the client address, want 3:\n%s", n, e.logs.String())
+	}
+}
+
+// A warm cache sends no upstream query for a repeated sender.
+func TestWarmCacheSendsNoQuery(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	m := msg{mailFrom: "bob@pass.example", raw: sign(t, plainMessage("bob@pass.example", "w"), "pass.example", "sel1", "rsa2048.pem", msgdkim.CanonicalizationRelaxed)}
+	check(t, e.run(goodIP, "mx.pass.example", m), want{code: 250, ar: []string{"dkim=pass", "dmarc=pass"}})
+	before := e.dns.Queries()
+	up := e.res.Stats().Upstream
+	check(t, e.run(goodIP, "mx.pass.example", m), want{code: 250, ar: []string{"dkim=pass", "dmarc=pass"}})
+	if got := e.dns.Queries() - before; got != 0 {
+		t.Errorf("warm cache: %d queries reached the DNS server", got)
+	}
+	if got := e.res.Stats().Upstream - up; got != 0 {
+		t.Errorf("warm cache: resolver sent %d upstream queries", got)
+	}
+}
+
+func TestSummaryLog(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.run(badIP, "x.example", msg{mailFrom: "bob@pass.example", queueID: "QID123", raw: plainMessage("bob@pass.example", "log")})
+	line := e.logs.String()
+	for _, s := range []string{`"queue_id":"QID123"`, `"client_ip":"203.0.113.66"`, `"from_domain":"pass.example"`,
+		`"spf":"fail"`, `"dkim":[]`, `"dmarc":"fail"`, `"policy":"reject"`, `"action":"reject"`, `"message":"message"`} {
+		if !strings.Contains(line, s) {
+			t.Errorf("summary log lacks %s:\n%s", s, line)
+		}
+	}
+	if n := strings.Count(line, `"message":"message"`); n != 1 {
+		t.Errorf("%d summary lines, want 1", n)
+	}
+}
+
+func TestGarbageConnection(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	for _, junk := range [][]byte{
+		[]byte("GET / HTTP/1.0\r\n\r\n"),             // length 0x47455420: too large
+		{0, 0, 0, 0},                                 // zero length
+		{0, 0, 0, 5, 'Z', 1, 2, 3, 4},                // unknown command
+		{0, 0, 0, 3, 'O', 0, 0},                      // short negotiation
+		{0, 0, 0, 2, 'C', 'x'},                       // connect without family
+		{0, 0, 0, 9},                                 // truncated packet
+		{0, 0, 0, 6, 'C', 'h', 0, '4', 0, 0},         // connect with short port
+		{0, 0, 0, 2, 'D', 'C', 0, 0, 0, 2, 'L', 'x'}, // header without NUL
+	} {
+		c, err := net.Dial("unix", e.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(junk)
+		c.(*net.UnixConn).CloseWrite()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 64)
+		if _, err := c.Read(buf); err == nil {
+			// Any reply is fine as long as the connection then ends.
+			if _, err := c.Read(buf); err == nil {
+				t.Errorf("junk %q: connection still open", junk)
+			}
+		}
+		c.Close()
+	}
+	// The daemon still serves.
+	check(t, e.run(goodIP, "mx.pass.example", msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "ok")}),
+		want{code: 250, ar: []string{"dmarc=pass"}})
+	if !strings.Contains(e.logs.String(), "bad milter command") && !strings.Contains(e.logs.String(), "milter connection failed") {
+		t.Errorf("garbage not logged:\n%s", e.logs.String())
+	}
+}
+
+func TestPanicEndsOnlyThatSession(t *testing.T) {
+	e := newEnv(t, envOptions{settings: func(s *milter.Settings) {
+		s.OnVerdict = func(r *milter.Report) {
+			if r.QueueID == "PANIC" {
+				panic("boom")
+			}
+		}
+	}})
+	other := e.dial(0)
+	connectAndHelo(t, other, goodIP, "mx.pass.example")
+
+	s := e.dial(0)
+	connectAndHelo(t, s, goodIP, "mx.pass.example")
+	s.Macros(gomilter.CodeMail)
+	s.Mail("bob@pass.example", nil)
+	s.HeaderField("From", " bob@pass.example")
+	s.HeaderEnd()
+	s.Macros(gomilter.CodeEOB, "i", "PANIC")
+	if _, _, err := s.End(); err == nil {
+		t.Error("the panicking session answered")
+	}
+	// The other connection, open all along, still works.
+	check(t, send(t, other, msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "ok")}), want{code: 250})
+	if !strings.Contains(e.logs.String(), "panic in milter session") {
+		t.Errorf("panic not logged:\n%s", e.logs.String())
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	e := newEnv(t, envOptions{timeouts: milter.Timeouts{Idle: 100 * time.Millisecond}})
+	c, err := net.Dial("unix", e.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
+		t.Errorf("idle connection not closed by the server: %v", err)
+	}
+}
+
+func TestReadTimeout(t *testing.T) {
+	e := newEnv(t, envOptions{timeouts: milter.Timeouts{Read: 100 * time.Millisecond}})
+	c, err := net.Dial("unix", e.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte{0, 0, 0, 13, 'O'}) // a packet that never completes
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
+		t.Errorf("stalled command not timed out by the server: %v", err)
+	}
+}
+
+// Shutdown lets a message in progress finish, then ends the session.
+func TestShutdownDrains(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	// Without the no-reply options, so that MAIL is answered (and thus
+	// processed) before Shutdown starts.
+	s := e.dial(postfixProtocol &^ (gomilter.OptNoMailReply | gomilter.OptNoHeaderReply | gomilter.OptNoEOHReply))
+	connectAndHelo(t, s, goodIP, "mx.pass.example")
+	idle := e.dial(0)
+	connectAndHelo(t, idle, goodIP, "mx.pass.example")
+
+	s.Macros(gomilter.CodeMail)
+	if _, err := s.Mail("bob@pass.example", nil); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.srv.Shutdown(contextWithTimeout(t, 10*time.Second)) }()
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned while a message was in progress: %v", err)
+	default:
+	}
+	s.HeaderField("From", " bob@pass.example")
+	s.HeaderEnd()
+	_, act, err := s.End()
+	if err != nil || act.Code != gomilter.ActContinue {
+		t.Fatalf("message in progress during shutdown: %v %+v", err, act)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not finish after the message ended")
+	}
+	if n := e.srv.ActiveConns(); n != 0 {
+		t.Errorf("%d connections open after shutdown", n)
+	}
+}
+
+// Reply text reaches the MTA with '%' escaped and line breaks removed.
+func TestSMTPReplyEscapes(t *testing.T) {
+	e := newEnv(t, envOptions{policy: func(c *policy.Config) { c.RejectText = "50% off\r\nnext" }})
+	got := e.run(badIP, "x.example", msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "pct")})
+	if got.act.Code != gomilter.ActReplyCode || got.act.SMTPCode != 550 || got.act.SMTPText != "5.7.1 50%% off  next" {
+		t.Errorf("reply %+v", got.act)
+	}
+}

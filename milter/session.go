@@ -1,0 +1,282 @@
+package milter
+
+import (
+	"context"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dmarc-milter/dmarc-milter/policy"
+	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
+	"github.com/dmarc-milter/dmarc-milter/policy/spf"
+)
+
+// Settings configure DMARC sessions.
+type Settings struct {
+	Evaluator *policy.Evaluator
+	// LookupTXT is the DNS lookup DKIM key queries go through.
+	LookupTXT func(ctx context.Context, name string) ([]string, error)
+	// MaxDKIMSignatures bounds the signatures verified per message.
+	MaxDKIMSignatures int
+	// CheckTimeout bounds the DNS work for one message.
+	CheckTimeout time.Duration
+	Log          zerolog.Logger
+	Now          func() time.Time
+	// OnVerdict, if set, is called after the action is decided (for
+	// failure reports). It must not block.
+	OnVerdict func(*Report)
+}
+
+// Report is everything known about one judged message.
+type Report struct {
+	QueueID    string
+	ClientIP   net.IP
+	ClientHost string
+	Helo       string
+	MailFrom   string
+	Headers    []HeaderField
+	Arrival    time.Time
+	Verdict    policy.Verdict
+	// AuthResults is the Authentication-Results value we stamped.
+	AuthResults string
+}
+
+// HeaderField is one header field as received, value with LF folding.
+type HeaderField struct {
+	Name, Value string
+}
+
+// NewSessionHandler returns a Handler factory for Server.NewHandler.
+func NewSessionHandler(s Settings) func() Handler {
+	if s.Now == nil {
+		s.Now = time.Now
+	}
+	if s.CheckTimeout <= 0 {
+		s.CheckTimeout = 20 * time.Second
+	}
+	return func() Handler { return &session{set: &s} }
+}
+
+// session is the state of one milter connection: what lasts for the
+// connection (client address, HELO) and the current message.
+type session struct {
+	set *Settings
+
+	clientIP   net.IP
+	clientHost string
+	helo       string
+	msg        *message
+}
+
+// message is the state of one message, from MAIL FROM to end of message or
+// abort.
+type message struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	start  time.Time
+
+	mailFrom string
+	authUser string
+	headers  []HeaderField
+	from     []string
+	// forged lists the 1-based indexes, among Authentication-Results
+	// fields, of those that carry our authserv-id.
+	forged  []int
+	arCount int
+
+	dkim *dkim.Verifier
+	spf  chan spfResults
+}
+
+type spfResults struct{ mail, helo spf.Result }
+
+func (s *session) Connect(c *Conn, host string, addr net.IP) Reply {
+	s.clientHost, s.clientIP = host, addr
+	return Continue
+}
+
+func (s *session) Helo(c *Conn, name string) Reply {
+	s.helo = name
+	return Continue
+}
+
+func (s *session) MailFrom(c *Conn, from string, args []string) Reply {
+	s.reset()
+	ctx, cancel := context.WithTimeout(context.Background(), s.set.CheckTimeout)
+	m := &message{ctx: ctx, cancel: cancel, start: s.set.Now(), mailFrom: from}
+	m.authUser = c.Macro("{auth_authen}")
+	// SPF needs only the envelope: run it while the message streams in.
+	m.spf = make(chan spfResults, 1)
+	ip, helo := s.clientIP, s.helo
+	go func() {
+		var r spfResults
+		r.mail, r.helo = s.set.Evaluator.SPF(ctx, ip, helo, from)
+		m.spf <- r
+	}()
+	m.dkim = dkim.NewVerifier(ctx, dkim.Options{
+		LookupTXT:     s.set.LookupTXT,
+		MaxSignatures: s.set.MaxDKIMSignatures,
+		LeadingSpace:  c.LeadingSpace(),
+		Now:           s.set.Now,
+	})
+	s.msg = m
+	return Continue
+}
+
+func (s *session) Header(c *Conn, name, value string) Reply {
+	m := s.msg
+	if m == nil {
+		return Continue // out of order; ignored
+	}
+	m.headers = append(m.headers, HeaderField{Name: name, Value: value})
+	m.dkim.AddHeader(name, value)
+	switch {
+	case strings.EqualFold(name, "From"):
+		m.from = append(m.from, value)
+	case strings.EqualFold(name, "Authentication-Results"):
+		m.arCount++
+		if s.set.Evaluator.IsOurs(value) {
+			m.forged = append(m.forged, m.arCount)
+		}
+	}
+	return Continue
+}
+
+func (s *session) EndOfHeaders(c *Conn) Reply {
+	if s.msg != nil {
+		if err := s.msg.dkim.EndHeaders(); err != nil {
+			s.set.Log.Debug().Err(err).Msg("dkim: header")
+		}
+	}
+	return Continue
+}
+
+func (s *session) Body(c *Conn, chunk []byte) Reply {
+	if s.msg != nil {
+		s.msg.dkim.WriteBody(chunk)
+	}
+	return Continue
+}
+
+func (s *session) EndOfMessage(c *Conn) Reply {
+	m := s.msg
+	if m == nil {
+		return Continue
+	}
+	defer s.reset()
+
+	dkimResults := m.dkim.Close()
+	sr := <-m.spf
+	ev := s.set.Evaluator
+	v := ev.Decide(m.ctx, policy.Message{
+		ClientIP: s.clientIP,
+		Helo:     s.helo,
+		MailFrom: m.mailFrom,
+		AuthUser: m.authUser,
+		From:     m.from,
+		SPF:      sr.mail,
+		HeloSPF:  sr.helo,
+		DKIM:     dkimResults,
+	})
+	queueID := c.Macro("i")
+
+	reply := Continue
+	ar := ""
+	switch v.Action {
+	case policy.Reject:
+		reply = SMTPReply(v.Code, v.Enhanced, v.Text)
+	case policy.TempFail:
+		reply = SMTPReply(v.Code, v.Enhanced, v.Text)
+	default:
+		ar = ev.AuthenticationResults(v, m.mailFrom, s.helo)
+		s.stamp(c, m, ar, v)
+	}
+	s.logSummary(queueID, m, v)
+	if s.set.OnVerdict != nil {
+		s.set.OnVerdict(&Report{
+			QueueID: queueID, ClientIP: s.clientIP, ClientHost: s.clientHost, Helo: s.helo,
+			MailFrom: m.mailFrom, Headers: m.headers, Arrival: m.start, Verdict: v,
+			AuthResults: ar,
+		})
+	}
+	return reply
+}
+
+// stamp removes forged Authentication-Results fields, inserts ours at the
+// top and, for a quarantine, asks the MTA to hold the message.
+func (s *session) stamp(c *Conn, m *message, ar string, v policy.Verdict) {
+	log := s.set.Log
+	// Highest index first, so earlier removals do not renumber later ones.
+	for i := len(m.forged) - 1; i >= 0; i-- {
+		if err := c.DeleteHeader(m.forged[i], "Authentication-Results"); err != nil {
+			log.Warn().Err(err).Msg("cannot remove forged Authentication-Results")
+		}
+	}
+	if err := c.InsertHeader(0, "Authentication-Results", ar); err != nil {
+		log.Warn().Err(err).Msg("cannot add Authentication-Results")
+	}
+	if v.Action == policy.Quarantine {
+		if err := c.Quarantine("DMARC policy of " + v.FromDomain + " says quarantine"); err != nil {
+			log.Warn().Err(err).Msg("cannot quarantine")
+		}
+	}
+}
+
+func (s *session) logSummary(queueID string, m *message, v policy.Verdict) {
+	e := s.set.Log.Info()
+	if v.Action == policy.TempFail {
+		e = s.set.Log.Warn()
+	}
+	dk := zerolog.Arr()
+	for _, d := range v.DKIM {
+		dk.Str(d.Domain + ":" + string(d.Status))
+	}
+	e = e.Str("queue_id", queueID).
+		Str("client_ip", ipString(s.clientIP)).
+		Str("helo", s.helo).
+		Str("mail_from", m.mailFrom).
+		Str("from_domain", v.FromDomain).
+		Str("spf", string(v.SPF.Status)).
+		Str("spf_helo", string(v.HeloSPF.Status)).
+		Array("dkim", dk).
+		Str("dmarc", string(v.DMARC.Status)).
+		Str("policy", string(v.DMARC.Policy)).
+		Str("disposition", string(v.Disposition)).
+		Str("action", v.Action.String()).
+		Int("removed_forged_ar", len(m.forged)).
+		Dur("elapsed", s.set.Now().Sub(m.start))
+	if v.Exempt != "" {
+		e = e.Str("exempt", v.Exempt)
+	}
+	if v.FromErr != nil {
+		e = e.Str("from_error", v.FromErr.Error())
+	}
+	if v.DMARC.Err != nil {
+		e = e.Str("dmarc_error", v.DMARC.Err.Error())
+	}
+	e.Msg("message")
+}
+
+func ipString(ip net.IP) string {
+	if ip == nil {
+		return ""
+	}
+	return ip.String()
+}
+
+func (s *session) Abort(c *Conn) { s.reset() }
+
+func (s *session) Close(c *Conn) { s.reset() }
+
+// reset drops the current message, stopping its background work.
+func (s *session) reset() {
+	m := s.msg
+	if m == nil {
+		return
+	}
+	s.msg = nil
+	m.dkim.Abort()
+	m.cancel()
+}

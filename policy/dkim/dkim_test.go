@@ -1,0 +1,601 @@
+package dkim
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	msgauth "github.com/emersion/go-msgauth/dkim"
+)
+
+// field is a header field as the MTA delivers it to a milter.
+type field struct{ name, value string }
+
+// splitMessage splits a message (CRLF or LF line ends) into header fields as
+// Postfix sends them to a milter, and the body: values keep their folding
+// as bare LF, and keep the leading whitespace only when leadingSpace
+// (SMFIP_HDR_LEADSPC); otherwise one leading space is removed.
+func splitMessage(raw []byte, leadingSpace bool) ([]field, []byte) {
+	var fields []field
+	var body []byte
+	rest := raw
+	for len(rest) > 0 {
+		line := rest
+		next := []byte(nil)
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			line, next = rest[:i], rest[i+1:]
+		}
+		rest = next
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) == 0 {
+			body = rest
+			break
+		}
+		if (line[0] == ' ' || line[0] == '\t') && len(fields) > 0 {
+			fields[len(fields)-1].value += "\n" + string(line)
+			continue
+		}
+		name, value, _ := strings.Cut(string(line), ":")
+		fields = append(fields, field{name, value})
+	}
+	if !leadingSpace {
+		for i := range fields {
+			fields[i].value = strings.TrimPrefix(fields[i].value, " ")
+		}
+	}
+	return fields, body
+}
+
+// feed drives v as the milter would, the body in chunks whose sizes cycle
+// through sizes. Each chunk lives in one reused buffer that is overwritten
+// after WriteBody returns, which catches a verifier that keeps it.
+func feed(t testing.TB, v *Verifier, fields []field, body []byte, sizes []int) []Result {
+	t.Helper()
+	for _, f := range fields {
+		v.AddHeader(f.name, f.value)
+	}
+	if err := v.EndHeaders(); err != nil {
+		t.Fatalf("EndHeaders: %v", err)
+	}
+	buf := make([]byte, 0, 64<<10)
+	for i := 0; len(body) > 0; i++ {
+		n := min(sizes[i%len(sizes)], len(body))
+		buf = append(buf[:0], body[:n]...)
+		body = body[n:]
+		if err := v.WriteBody(buf); err != nil {
+			t.Fatalf("WriteBody: %v", err)
+		}
+		for j := range buf {
+			buf[j] = 'X'
+		}
+	}
+	return v.Close()
+}
+
+// zone is an in-memory TXT lookup.
+type zone map[string]record
+
+type record struct {
+	txts []string
+	err  error
+}
+
+func (z zone) lookupTXT(ctx context.Context, name string) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	r, ok := z[strings.ToLower(strings.TrimSuffix(name, "."))]
+	if !ok {
+		return nil, &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
+	}
+	return r.txts, r.err
+}
+
+func servfail(name string) record {
+	return record{err: &net.DNSError{Err: "server misbehaving", Name: name, IsTemporary: true}}
+}
+
+var chunkSizes = [][]int{{1}, {2, 3, 5, 7}, {64 << 10}, {13, 1, 4096, 2}}
+
+func loadKey(t testing.TB, name string) crypto.Signer {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "testdata", "dkim", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		t.Fatalf("%s: no PEM block", name)
+	}
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return key.(crypto.Signer)
+}
+
+// keyRecord returns the DKIM key record (RFC 6376 section 3.6.1) of pub.
+func keyRecord(t testing.TB, pub crypto.PublicKey) string {
+	t.Helper()
+	switch pub := pub.(type) {
+	case ed25519.PublicKey:
+		return "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(pub)
+	case *rsa.PublicKey:
+		der, err := x509.MarshalPKIXPublicKey(pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString(der)
+	}
+	t.Fatalf("unexpected key type %T", pub)
+	return ""
+}
+
+// testMessage has folded fields, a field without a space after the colon,
+// runs of whitespace and trailing empty lines, so that simple and relaxed
+// canonicalization give different results.
+const testMessage = "From: Alice Example\r\n <alice@example.org>\r\n" +
+	"To:bob@example.net\r\n" +
+	"Subject:  Folded\r\n\t subject  with   spaces \r\n" +
+	"Date: Sat, 01 Mar 2025 10:00:00 +0000\r\n" +
+	"Message-ID: <m1@example.org>\r\n" +
+	"\r\n" +
+	"Hello Bob,\r\n\r\n  some   spaced   text \t \r\nbye\r\n\r\n\r\n"
+
+var signedFields = []string{"From", "To", "Subject", "Date", "Message-ID"}
+
+// sign signs msg with go-msgauth and returns the signed message.
+func sign(t testing.TB, msg string, opts *msgauth.SignOptions) []byte {
+	t.Helper()
+	if opts.HeaderKeys == nil {
+		opts.HeaderKeys = signedFields
+	}
+	var b bytes.Buffer
+	if err := msgauth.Sign(&b, strings.NewReader(msg), opts); err != nil {
+		t.Fatalf("sign: %v", err)
+	}
+	return b.Bytes()
+}
+
+// signManual makes a c=simple/simple signature by hand, for what go-msgauth
+// refuses to sign: rsa-sha1 and l=. extra is added to the tag list.
+func signManual(t testing.TB, msg string, key *rsa.PrivateKey, hash crypto.Hash, algo, domain, selector, extra string) []byte {
+	t.Helper()
+	header, body, _ := strings.Cut(msg, "\r\n\r\n")
+	header += "\r\n"
+	// RFC 6376 section 3.4.3: remove trailing empty lines, end with CRLF.
+	body = strings.TrimRight(body, "\r\n") + "\r\n"
+	h := hash.New()
+	h.Write([]byte(body))
+	sig := fmt.Sprintf("DKIM-Signature: v=1; a=%s; c=simple/simple; d=%s; s=%s;\r\n h=from:subject:date;%s bh=%s;\r\n b=",
+		algo, domain, selector, extra, base64.StdEncoding.EncodeToString(h.Sum(nil)))
+	h.Reset()
+	for _, name := range []string{"From", "Subject", "Date"} {
+		for _, f := range strings.SplitAfter(header, "\r\n") {
+			if strings.HasPrefix(f, name+":") {
+				// Fields in this message are not folded.
+				h.Write([]byte(f))
+			}
+		}
+	}
+	h.Write([]byte(sig))
+	b, err := rsa.SignPKCS1v15(nil, key, hash, h.Sum(nil))
+	if err != nil {
+		t.Fatalf("sign %s: %v", algo, err)
+	}
+	return []byte(sig + base64.StdEncoding.EncodeToString(b) + "\r\n" + msg)
+}
+
+const unfoldedMessage = "From: alice@example.org\r\n" +
+	"Subject: hello\r\n" +
+	"Date: Sat, 01 Mar 2025 10:00:00 +0000\r\n" +
+	"\r\n" +
+	"Hello.\r\n"
+
+func TestRebuildField(t *testing.T) {
+	tests := []struct {
+		name, value  string
+		leadingSpace bool
+		want         string
+	}{
+		{"Subject", " hi", true, "Subject: hi\r\n"},
+		{"To", "bob@example.net", true, "To:bob@example.net\r\n"},
+		{"Subject", "  Folded\n\t subject ", true, "Subject:  Folded\r\n\t subject \r\n"},
+		{"Subject", "hi", false, "Subject: hi\r\n"},
+		{"X", "a\n b\r\n c", false, "X: a\r\n b\r\n c\r\n"},
+		{"X", "", true, "X:\r\n"},
+	}
+	for _, tt := range tests {
+		if got := RebuildField(tt.name, tt.value, tt.leadingSpace); got != tt.want {
+			t.Errorf("RebuildField(%q, %q, %v) = %q, want %q", tt.name, tt.value, tt.leadingSpace, got, tt.want)
+		}
+	}
+}
+
+func TestParseSignature(t *testing.T) {
+	got := parseSignature(" v=1; a = rsa-sha256 ; d=example.org;\n\ts=sel; l=10; x=1700000000;\n\tb=abc def\n\t ghijk; bh=xyz")
+	want := signature{domain: "example.org", selector: "sel", identifier: "@example.org", algorithm: "rsa-sha256",
+		bprefix: "abcdefgh", hasL: true, expires: time.Unix(1700000000, 0)}
+	if got != want {
+		t.Errorf("parseSignature = %+v, want %+v", got, want)
+	}
+	if got := parseSignature("i=user@sub.example.org; d=example.org; b=ab"); got.identifier != "user@sub.example.org" || got.bprefix != "ab" {
+		t.Errorf("parseSignature i=, short b= = %+v", got)
+	}
+}
+
+func TestSigned(t *testing.T) {
+	rsaKey := loadKey(t, "rsa2048.pem").(*rsa.PrivateKey)
+	otherKey := loadKey(t, "rsa2048-other.pem").(*rsa.PrivateKey)
+	edKey := loadKey(t, "ed25519.pem")
+
+	// A 512-bit RSA public key: only its size matters, go-msgauth refuses
+	// it before any signature check (RFC 8301 section 3.2). Go refuses to
+	// generate or use such keys, so the modulus is just a 512-bit number.
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 511))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.SetBit(n, 511, 1).SetBit(n, 0, 1)
+	shortPub := &rsa.PublicKey{N: n, E: 65537}
+
+	z := zone{
+		"rsa._domainkey.example.org":      {txts: []string{keyRecord(t, rsaKey.Public())}},
+		"ed._domainkey.example.org":       {txts: []string{keyRecord(t, edKey.Public())}},
+		"wrong._domainkey.example.org":    {txts: []string{keyRecord(t, otherKey.Public())}},
+		"short._domainkey.example.org":    {txts: []string{keyRecord(t, shortPub)}},
+		"servfail._domainkey.example.org": servfail("servfail._domainkey.example.org"),
+		"timeout._domainkey.example.org": {err: &net.DNSError{Err: "i/o timeout", Name: "timeout._domainkey.example.org",
+			IsTimeout: true}},
+		"wrapped._domainkey.example.org": {err: fmt.Errorf("resolver: %w",
+			&net.DNSError{Err: "no such host", Name: "wrapped._domainkey.example.org", IsNotFound: true})},
+		"other._domainkey.example.org":   {err: errors.New("connection refused")},
+		"two._domainkey.example.org":     {txts: []string{keyRecord(t, rsaKey.Public()), keyRecord(t, rsaKey.Public())}},
+		"revoked._domainkey.example.org": {txts: []string{"v=DKIM1; k=rsa; p="}},
+	}
+
+	signOpts := func(signer crypto.Signer, sel, hc, bc string) *msgauth.SignOptions {
+		return &msgauth.SignOptions{Domain: "example.org", Selector: sel, Signer: signer,
+			HeaderCanonicalization: msgauth.Canonicalization(hc), BodyCanonicalization: msgauth.Canonicalization(bc)}
+	}
+	signed := func(signer crypto.Signer, sel, hc, bc string) []byte {
+		return sign(t, testMessage, signOpts(signer, sel, hc, bc))
+	}
+	rsaRelaxed := signed(rsaKey, "rsa", "relaxed", "relaxed")
+	rsaSimple := signed(rsaKey, "rsa", "simple", "simple")
+	edSimple := signed(edKey, "ed", "simple", "simple")
+	edRelaxed := signed(edKey, "ed", "relaxed", "relaxed")
+	expiring := func() []byte {
+		o := signOpts(rsaKey, "rsa", "relaxed", "relaxed")
+		o.Expiration = time.Now().Add(time.Hour)
+		return sign(t, testMessage, o)
+	}()
+	// Two signatures: one by the published key, one whose selector names
+	// another key.
+	goodAndBad := sign(t, string(sign(t, testMessage, signOpts(rsaKey, "rsa", "relaxed", "relaxed"))),
+		signOpts(rsaKey, "wrong", "simple", "simple"))
+	replaceBody := func(m []byte, from, to string) []byte {
+		h, b, _ := bytes.Cut(m, []byte("\r\n\r\n"))
+		return slices.Concat(h, []byte("\r\n\r\n"), bytes.Replace(b, []byte(from), []byte(to), 1))
+	}
+	lfBody := func(m []byte) []byte {
+		h, b, _ := bytes.Cut(m, []byte("\r\n\r\n"))
+		return slices.Concat(h, []byte("\r\n\r\n"), bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n")))
+	}
+
+	type want struct {
+		status Status
+		errSub string // substring of Err
+	}
+	tests := []struct {
+		name         string
+		msg          []byte
+		leadingSpace bool
+		max          int
+		now          func() time.Time
+		want         []want
+		selector     string
+		algorithm    string
+	}{
+		{name: "rsa relaxed", msg: rsaRelaxed, leadingSpace: true, want: []want{{Pass, ""}}, selector: "rsa", algorithm: "rsa-sha256"},
+		{name: "rsa relaxed no leadspc", msg: rsaRelaxed, want: []want{{Pass, ""}}},
+		{name: "rsa simple", msg: rsaSimple, leadingSpace: true, want: []want{{Pass, ""}}},
+		// Without SMFIP_HDR_LEADSPC "To:bob" comes back as "To: bob", which
+		// breaks simple header canonicalization.
+		{name: "rsa simple no leadspc", msg: rsaSimple, want: []want{{Fail, "signature did not verify"}}},
+		{name: "ed25519 simple", msg: edSimple, leadingSpace: true, want: []want{{Pass, ""}}, selector: "ed", algorithm: "ed25519-sha256"},
+		{name: "ed25519 relaxed", msg: edRelaxed, leadingSpace: true, want: []want{{Pass, ""}}},
+		{name: "body with bare LF", msg: lfBody(rsaSimple), leadingSpace: true, want: []want{{Pass, ""}}},
+		{name: "body modified", msg: replaceBody(rsaRelaxed, "bye", "Bye"), leadingSpace: true, want: []want{{Fail, "body hash did not verify"}}},
+		{name: "body whitespace changed relaxed", msg: replaceBody(rsaRelaxed, "some   spaced", "some spaced"), leadingSpace: true, want: []want{{Pass, ""}}},
+		{name: "body whitespace changed simple", msg: replaceBody(rsaSimple, "some   spaced", "some spaced"), leadingSpace: true, want: []want{{Fail, "body hash"}}},
+		{name: "signed header modified", msg: bytes.Replace(rsaRelaxed, []byte("Folded"), []byte("Faked"), 1), leadingSpace: true,
+			want: []want{{Fail, "signature did not verify"}}},
+		{name: "unsigned header added", msg: append([]byte("X-Extra: 1\r\n"), rsaSimple...), leadingSpace: true, want: []want{{Pass, ""}}},
+		{name: "wrong key", msg: signed(rsaKey, "wrong", "relaxed", "relaxed"), leadingSpace: true, want: []want{{Fail, "signature did not verify"}}},
+		{name: "rsa-sha1", msg: signManual(t, unfoldedMessage, rsaKey, crypto.SHA1, "rsa-sha1", "example.org", "rsa", ""),
+			leadingSpace: true, want: []want{{PermError, "sha1"}}, algorithm: "rsa-sha1"},
+		{name: "manual rsa-sha256 control", msg: signManual(t, unfoldedMessage, rsaKey, crypto.SHA256, "rsa-sha256", "example.org", "rsa", ""),
+			leadingSpace: true, want: []want{{Pass, ""}}},
+		{name: "l= tag", msg: signManual(t, unfoldedMessage, rsaKey, crypto.SHA256, "rsa-sha256", "example.org", "rsa", " l=8;"),
+			leadingSpace: true, want: []want{{Policy, "body length"}}},
+		{name: "512-bit key", msg: signed(rsaKey, "short", "relaxed", "relaxed"), leadingSpace: true, want: []want{{PermError, "too short"}}},
+		{name: "SERVFAIL", msg: signed(rsaKey, "servfail", "relaxed", "relaxed"), leadingSpace: true, want: []want{{TempError, "server misbehaving"}}},
+		{name: "timeout", msg: signed(rsaKey, "timeout", "relaxed", "relaxed"), leadingSpace: true, want: []want{{TempError, "timeout"}}},
+		{name: "NXDOMAIN", msg: signed(rsaKey, "missing", "relaxed", "relaxed"), leadingSpace: true, want: []want{{PermError, "no key"}}},
+		{name: "NXDOMAIN wrapped", msg: signed(rsaKey, "wrapped", "relaxed", "relaxed"), leadingSpace: true, want: []want{{PermError, "no key"}}},
+		{name: "non-DNS lookup error", msg: signed(rsaKey, "other", "relaxed", "relaxed"), leadingSpace: true, want: []want{{TempError, "connection refused"}}},
+		{name: "two key records", msg: signed(rsaKey, "two", "relaxed", "relaxed"), leadingSpace: true, want: []want{{PermError, "multiple TXT"}}},
+		{name: "revoked key", msg: signed(rsaKey, "revoked", "relaxed", "relaxed"), leadingSpace: true, want: []want{{PermError, "revoked"}}},
+		{name: "one good one bad", msg: goodAndBad, leadingSpace: true, want: []want{{Fail, "signature did not verify"}, {Pass, ""}}},
+		{name: "max signatures", msg: goodAndBad, leadingSpace: true, max: 1, want: []want{{Fail, "signature did not verify"}, {PermError, "too many"}}},
+		{name: "x= not reached", msg: expiring, leadingSpace: true, want: []want{{Pass, ""}}},
+		{name: "x= passed by injected clock", msg: expiring, leadingSpace: true, now: func() time.Time { return time.Now().Add(2 * time.Hour) },
+			want: []want{{PermError, "expired"}}},
+		{name: "no signature", msg: []byte(testMessage), leadingSpace: true},
+	}
+	for _, tt := range tests {
+		for _, sizes := range chunkSizes {
+			t.Run(fmt.Sprintf("%s/%v", tt.name, sizes), func(t *testing.T) {
+				fields, body := splitMessage(tt.msg, tt.leadingSpace)
+				v := NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: tt.leadingSpace,
+					MaxSignatures: tt.max, Now: tt.now})
+				got := feed(t, v, fields, body, sizes)
+				if len(got) != len(tt.want) {
+					t.Fatalf("got %d results %+v, want %d", len(got), got, len(tt.want))
+				}
+				for i, w := range tt.want {
+					r := got[i]
+					if r.Status != w.status {
+						t.Errorf("result %d: status %s (%v), want %s", i, r.Status, r.Err, w.status)
+					}
+					if (r.Err == nil) != (w.errSub == "") || r.Err != nil && !strings.Contains(r.Err.Error(), w.errSub) {
+						t.Errorf("result %d: err %v, want containing %q", i, r.Err, w.errSub)
+					}
+					if r.Domain != "example.org" || r.Identifier != "@example.org" || len(r.BPrefix) != 8 {
+						t.Errorf("result %d: domain %q identifier %q b %q", i, r.Domain, r.Identifier, r.BPrefix)
+					}
+				}
+				if tt.selector != "" && got[0].Selector != tt.selector {
+					t.Errorf("selector %q, want %q", got[0].Selector, tt.selector)
+				}
+				if tt.algorithm != "" && got[0].Algorithm != tt.algorithm {
+					t.Errorf("algorithm %q, want %q", got[0].Algorithm, tt.algorithm)
+				}
+			})
+		}
+	}
+}
+
+// TestBPrefix checks that BPrefix is the start of the signature's b=.
+func TestBPrefix(t *testing.T) {
+	key := loadKey(t, "ed25519.pem")
+	msg := sign(t, testMessage, &msgauth.SignOptions{Domain: "example.org", Selector: "ed", Signer: key})
+	sigValue, _, _ := strings.Cut(string(msg), "\r\nFrom:")
+	_, b, _ := strings.Cut(sigValue, " b=")
+	b = strings.NewReplacer("\r\n", "", " ", "").Replace(b)
+	z := zone{"ed._domainkey.example.org": {txts: []string{keyRecord(t, key.Public())}}}
+	fields, body := splitMessage(msg, true)
+	got := feed(t, NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: true}), fields, body, []int{100})
+	if len(got) != 1 || got[0].Status != Pass || got[0].BPrefix != b[:8] {
+		t.Fatalf("got %+v, want pass with BPrefix %q", got, b[:8])
+	}
+}
+
+func TestNoSignatureNoGoroutine(t *testing.T) {
+	before := runtime.NumGoroutine()
+	v := NewVerifier(context.Background(), Options{LookupTXT: zone{}.lookupTXT, LeadingSpace: true})
+	fields, body := splitMessage([]byte(testMessage), true)
+	for _, f := range fields {
+		v.AddHeader(f.name, f.value)
+	}
+	if err := v.EndHeaders(); err != nil {
+		t.Fatal(err)
+	}
+	if v.pw != nil || v.done != nil || runtime.NumGoroutine() != before {
+		t.Fatalf("verification started for a message without DKIM-Signature")
+	}
+	if err := v.WriteBody(body); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Close(); got != nil {
+		t.Fatalf("Close = %+v, want no results", got)
+	}
+	if err := v.WriteBody(body); !errors.Is(err, ErrClosed) {
+		t.Fatalf("WriteBody after Close: %v, want ErrClosed", err)
+	}
+}
+
+// waitGoroutines waits for the number of goroutines to drop to n.
+func waitGoroutines(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > n {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, want %d:\n%s", runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestAbort(t *testing.T) {
+	key := loadKey(t, "rsa2048.pem")
+	z := zone{"rsa._domainkey.example.org": {txts: []string{keyRecord(t, key.Public())}}}
+	one := sign(t, testMessage+strings.Repeat("more body text\r\n", 10000),
+		&msgauth.SignOptions{Domain: "example.org", Selector: "rsa", Signer: key})
+	three := sign(t, string(sign(t, string(one), &msgauth.SignOptions{Domain: "example.org", Selector: "rsa", Signer: key})),
+		&msgauth.SignOptions{Domain: "example.org", Selector: "rsa", Signer: key})
+	// A lookup that answers only when its context is cancelled: Abort must
+	// not wait for DNS.
+	blocking := func(ctx context.Context, name string) ([]string, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+
+	tests := []struct {
+		name      string
+		msg       []byte
+		lookup    func(context.Context, string) ([]string, error)
+		bodyBytes int // fed before Abort; -1: abort before EndHeaders
+	}{
+		{"before EndHeaders", three, z.lookupTXT, -1},
+		{"one signature, after header", one, z.lookupTXT, 0},
+		{"one signature, mid-body", one, z.lookupTXT, 50000},
+		{"three signatures, mid-body", three, z.lookupTXT, 50000},
+		{"three signatures, blocked DNS", three, blocking, 0},
+		{"one signature, blocked DNS", one, blocking, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := runtime.NumGoroutine()
+			fields, body := splitMessage(tt.msg, true)
+			v := NewVerifier(context.Background(), Options{LookupTXT: tt.lookup, LeadingSpace: true})
+			for _, f := range fields {
+				v.AddHeader(f.name, f.value)
+			}
+			if tt.bodyBytes >= 0 {
+				if err := v.EndHeaders(); err != nil {
+					t.Fatal(err)
+				}
+				for b := body[:tt.bodyBytes]; len(b) > 0; b = b[min(len(b), 4000):] {
+					if err := v.WriteBody(b[:min(len(b), 4000)]); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			v.Abort()
+			v.Abort() // idempotent
+			if got := v.Close(); got != nil {
+				t.Errorf("Close after Abort = %+v", got)
+			}
+			if err := v.WriteBody([]byte("x")); !errors.Is(err, ErrClosed) {
+				t.Errorf("WriteBody after Abort: %v, want ErrClosed", err)
+			}
+			waitGoroutines(t, before)
+		})
+	}
+}
+
+// TestMemory streams a 50 MiB body in 64 KiB chunks and checks that the live
+// heap does not grow with it.
+func TestMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("50 MiB body")
+	}
+	key := loadKey(t, "rsa2048.pem")
+	z := zone{"rsa._domainkey.example.org": {txts: []string{keyRecord(t, key.Public())}}}
+	const chunkSize, chunks = 64 << 10, 800
+	chunk := make([]byte, 0, chunkSize)
+	for i := 0; len(chunk) < chunkSize-100; i++ {
+		chunk = fmt.Appendf(chunk, "line %d: the quick  brown fox\tjumps over the lazy dog\r\n", i)
+	}
+	header := "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: big\r\n\r\n"
+
+	// Sign the body as it streams, with both canonicalizations.
+	var sigs []string
+	for _, c := range []msgauth.Canonicalization{msgauth.CanonicalizationSimple, msgauth.CanonicalizationRelaxed} {
+		s, err := msgauth.NewSigner(&msgauth.SignOptions{Domain: "example.org", Selector: "rsa", Signer: key,
+			HeaderCanonicalization: c, BodyCanonicalization: c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Write([]byte(header))
+		for range chunks {
+			s.Write(chunk)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		sigs = append(sigs, s.Signature())
+	}
+	fields, _ := splitMessage([]byte(strings.Join(sigs, "")+header), true)
+
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	base, peak, allocStart := ms.HeapAlloc, ms.HeapAlloc, ms.TotalAlloc
+
+	v := NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: true})
+	for _, f := range fields {
+		v.AddHeader(f.name, f.value)
+	}
+	if err := v.EndHeaders(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range chunks {
+		if err := v.WriteBody(chunk); err != nil {
+			t.Fatal(err)
+		}
+		if i%50 == 49 {
+			runtime.GC()
+			runtime.ReadMemStats(&ms)
+			peak = max(peak, ms.HeapAlloc)
+		}
+	}
+	results := v.Close()
+	runtime.ReadMemStats(&ms)
+	if len(results) != 2 || results[0].Status != Pass || results[1].Status != Pass {
+		t.Fatalf("results %+v, want two passes", results)
+	}
+	t.Logf("body %d MiB: live heap grew at most %d KiB; %d MiB allocated in total (go-msgauth copies each write in its body canonicalizers)",
+		chunkSize*chunks>>20, (peak-base)>>10, (ms.TotalAlloc-allocStart)>>20)
+	if peak-base > 2<<20 {
+		t.Errorf("live heap grew by %d bytes while streaming, want < 2 MiB", peak-base)
+	}
+}
+
+func BenchmarkVerify(b *testing.B) {
+	key := loadKey(b, "rsa2048.pem")
+	z := zone{"rsa._domainkey.example.org": {txts: []string{keyRecord(b, key.Public())}}}
+	body := strings.Repeat("A line of body text that goes on for a while, typical of mail.\r\n", 52)
+	msg := sign(b, testMessage+body, &msgauth.SignOptions{Domain: "example.org", Selector: "rsa", Signer: key})
+	if len(msg) < 3900 || len(msg) > 4300 {
+		b.Fatalf("message is %d bytes, want about 4 KiB", len(msg))
+	}
+	fields, rawBody := splitMessage(msg, true)
+	opts := Options{LookupTXT: z.lookupTXT, LeadingSpace: true}
+	b.ReportAllocs()
+	for b.Loop() {
+		v := NewVerifier(context.Background(), opts)
+		for _, f := range fields {
+			v.AddHeader(f.name, f.value)
+		}
+		if err := v.EndHeaders(); err != nil {
+			b.Fatal(err)
+		}
+		if err := v.WriteBody(rawBody); err != nil {
+			b.Fatal(err)
+		}
+		if r := v.Close(); len(r) != 1 || r[0].Status != Pass {
+			b.Fatalf("results %+v", r)
+		}
+	}
+}
+
+func TestNoResolver(t *testing.T) {
+	key := loadKey(t, "ed25519.pem")
+	msg := sign(t, testMessage, &msgauth.SignOptions{Domain: "example.org", Selector: "ed", Signer: key})
+	fields, body := splitMessage(msg, true)
+	got := feed(t, NewVerifier(context.Background(), Options{LeadingSpace: true}), fields, body, []int{64 << 10})
+	if len(got) != 1 || got[0].Status != TempError {
+		t.Fatalf("got %+v, want one temperror", got)
+	}
+}

@@ -1,0 +1,254 @@
+package dmarc
+
+import (
+	"context"
+	"errors"
+	"net"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// fakeResolver serves TXT records from a map keyed by fully-qualified
+// lower-case name and records the queries.
+type fakeResolver struct {
+	txt     map[string][]string
+	fail    map[string]error // Errors returned for a name.
+	queries []string
+}
+
+func (f *fakeResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	f.queries = append(f.queries, name)
+	k := strings.ToLower(name)
+	if err, ok := f.fail[k]; ok {
+		return nil, err
+	}
+	if v, ok := f.txt[k]; ok {
+		return v, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
+}
+
+func servfail(name string) error {
+	return &net.DNSError{Err: "server misbehaving", Name: name, IsTemporary: true}
+}
+
+func TestTreeWalkQueries(t *testing.T) {
+	tests := []struct {
+		domain string
+		want   []string
+	}{
+		{"example.com", []string{"_dmarc.example.com.", "_dmarc.com."}},
+		{"a.mail.example.com", []string{"_dmarc.a.mail.example.com.", "_dmarc.mail.example.com.", "_dmarc.example.com.", "_dmarc.com."}},
+		{"com", []string{"_dmarc.com."}},
+		// RFC 9989 Section 4.10 example.
+		{"a.b.c.d.e.f.g.h.i.j.mail.example.com", []string{
+			"_dmarc.a.b.c.d.e.f.g.h.i.j.mail.example.com.",
+			"_dmarc.g.h.i.j.mail.example.com.",
+			"_dmarc.h.i.j.mail.example.com.",
+			"_dmarc.i.j.mail.example.com.",
+			"_dmarc.j.mail.example.com.",
+			"_dmarc.mail.example.com.",
+			"_dmarc.example.com.",
+			"_dmarc.com.",
+		}},
+		// Exactly 8 labels: parent has 7, no labels skipped.
+		{"a.b.c.d.e.f.example.com", []string{
+			"_dmarc.a.b.c.d.e.f.example.com.", "_dmarc.b.c.d.e.f.example.com.", "_dmarc.c.d.e.f.example.com.",
+			"_dmarc.d.e.f.example.com.", "_dmarc.e.f.example.com.", "_dmarc.f.example.com.",
+			"_dmarc.example.com.", "_dmarc.com.",
+		}},
+	}
+	for _, tc := range tests {
+		r := &fakeResolver{}
+		_, err := Discover(context.Background(), r, tc.domain)
+		if !errors.Is(err, ErrNoRecord) {
+			t.Errorf("%s: err %v, want ErrNoRecord", tc.domain, err)
+		}
+		if !reflect.DeepEqual(r.queries, tc.want) {
+			t.Errorf("%s: queries\n%q\nwant\n%q", tc.domain, r.queries, tc.want)
+		}
+	}
+
+	// Very long names never take more than 8 queries.
+	long := strings.Repeat("x.", 100) + "example.com"
+	r := &fakeResolver{}
+	d, _ := Discover(context.Background(), r, long)
+	if len(r.queries) != 8 || d.Queries != 8 {
+		t.Errorf("long name: %d queries (reported %d), want 8", len(r.queries), d.Queries)
+	}
+}
+
+func TestDiscover(t *testing.T) {
+	zone := map[string][]string{
+		"_dmarc.kantiflow.xyz.":         {"v=DMARC1; p=reject; adkim=s; aspf=s;"},
+		"_dmarc.example.com.":           {"v=DMARC1; p=reject; sp=quarantine; np=none", "some other txt"},
+		"_dmarc.mail.example.com.":      {"v=DMARC1; p=none"},
+		"_dmarc.bank.example.":          {"v=DMARC1; p=reject; psd=y"},
+		"_dmarc.giant.bank.example.":    {"v=DMARC1; p=quarantine"},
+		"_dmarc.dept.example.org.":      {"v=DMARC1; p=quarantine; psd=n"},
+		"_dmarc.example.org.":           {"v=DMARC1; p=reject"},
+		"_dmarc.multi.example.net.":     {"v=DMARC1; p=reject", "v=DMARC1; p=none"},
+		"_dmarc.example.net.":           {"v=DMARC1; p=quarantine"},
+		"_dmarc.broken.example.":        {"v=DMARC1; p=bogus"},
+		"_dmarc.brokenparent.example.":  {"v=DMARC1; p=reject; p=none"},
+		"_dmarc.nondmarc.example.":      {"v=spf1 -all", "hello"},
+		"_dmarc.tempfail.example.":      {"v=DMARC1; p=reject"},
+		"_dmarc.child.tempsub.example.": {"v=DMARC1; p=reject"},
+	}
+	fail := map[string]error{
+		"_dmarc.tempfail.example.": servfail("_dmarc.tempfail.example."),
+		"_dmarc.tempsub.example.":  servfail("_dmarc.tempsub.example."),
+	}
+	tests := []struct {
+		domain       string
+		policyDomain string
+		org          string
+		policy       Policy
+		queries      int
+		err          string // "none", "temp", "syntax"
+	}{
+		{"kantiflow.xyz", "kantiflow.xyz", "kantiflow.xyz", PolicyReject, 2, ""},
+		{"KantiFlow.XYZ.", "kantiflow.xyz", "kantiflow.xyz", PolicyReject, 2, ""},
+		{"example.com", "example.com", "example.com", PolicyReject, 2, ""},
+		// Record at the author domain applies; the org domain is the
+		// highest record.
+		{"mail.example.com", "mail.example.com", "example.com", PolicyNone, 3, ""},
+		// a.mail.example.com: org domain is example.com (fewest labels), so
+		// its record applies, not mail.example.com's.
+		{"a.mail.example.com", "example.com", "example.com", PolicyReject, 4, ""},
+		// PSD: giant.bank.example has its own record; org is giant.
+		{"giant.bank.example", "giant.bank.example", "giant.bank.example", PolicyQuarantine, 2, ""},
+		{"mail.giant.bank.example", "giant.bank.example", "giant.bank.example", PolicyQuarantine, 3, ""},
+		// No record below the PSD: the PSD record applies, org is one label
+		// below the PSD; the walk stops at psd=y (no query for "example").
+		{"mail.mega.bank.example", "bank.example", "mega.bank.example", PolicyReject, 3, ""},
+		// psd=n stops the walk and marks the org domain.
+		{"a.b.dept.example.org", "dept.example.org", "dept.example.org", PolicyQuarantine, 3, ""},
+		{"dept.example.org", "dept.example.org", "dept.example.org", PolicyQuarantine, 1, ""},
+		// Several DMARC records: none at that name, walk goes on.
+		{"multi.example.net", "example.net", "example.net", PolicyQuarantine, 3, ""},
+		{"nondmarc.example", "", "nondmarc.example", "", 2, "none"},
+		{"absent.example", "", "absent.example", "", 2, "none"},
+		{"broken.example", "broken.example", "broken.example", "", 2, "syntax"},
+		{"sub.brokenparent.example", "brokenparent.example", "brokenparent.example", "", 3, "syntax"},
+		{"tempfail.example", "", "", "", 1, "temp"},
+		// A temporary error further up the walk is still a temperror.
+		{"child.tempsub.example", "", "", "", 2, "temp"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.domain, func(t *testing.T) {
+			r := &fakeResolver{txt: zone, fail: fail}
+			d, err := Discover(context.Background(), r, tc.domain)
+			switch tc.err {
+			case "":
+				if err != nil {
+					t.Fatalf("error %v", err)
+				}
+				if d.Record.Policy != tc.policy {
+					t.Errorf("policy %s, want %s", d.Record.Policy, tc.policy)
+				}
+			case "none":
+				if !errors.Is(err, ErrNoRecord) {
+					t.Fatalf("error %v, want ErrNoRecord", err)
+				}
+			case "temp":
+				if !IsTemporary(err) {
+					t.Fatalf("error %v, want temporary", err)
+				}
+			case "syntax":
+				var se *SyntaxError
+				if !errors.As(err, &se) || d.Record != nil {
+					t.Fatalf("error %v record %v, want *SyntaxError", err, d.Record)
+				}
+			}
+			if tc.err != "temp" && (d.Domain != tc.policyDomain || d.OrgDomain != tc.org) {
+				t.Errorf("policy domain %q org %q, want %q %q", d.Domain, d.OrgDomain, tc.policyDomain, tc.org)
+			}
+			if d.Queries != tc.queries || len(r.queries) != tc.queries {
+				t.Errorf("queries %d (made %d: %q), want %d", d.Queries, len(r.queries), r.queries, tc.queries)
+			}
+		})
+	}
+}
+
+func TestOrganizationalDomain(t *testing.T) {
+	tests := []struct {
+		name   string
+		zone   map[string][]string
+		domain string
+		want   string
+	}{
+		// RFC 9989 Section 4.10.2 examples.
+		{"fewest labels", map[string][]string{
+			"_dmarc.mail.example.com.": {"v=DMARC1; p=none"},
+			"_dmarc.example.com.":      {"v=DMARC1; p=none"},
+		}, "a.mail.example.com", "example.com"},
+		{"psd=n", map[string][]string{
+			"_dmarc.mail.example.com.": {"v=DMARC1; p=none; psd=n"},
+			"_dmarc.example.com.":      {"v=DMARC1; p=none"},
+		}, "a.mail.example.com", "mail.example.com"},
+		{"psd=y at tld", map[string][]string{
+			"_dmarc.com.": {"v=DMARC1; p=none; psd=y"},
+		}, "a.mail.example.com", "example.com"},
+		// psd=y at the start domain itself does not count (rule 2).
+		{"psd=y at start", map[string][]string{
+			"_dmarc.com.": {"v=DMARC1; p=none; psd=y"},
+		}, "com", "com"},
+		{"no records", nil, "A.Mail.Example.COM", "a.mail.example.com"},
+		// RFC 9989 Appendix B.4.3.
+		{"B.4.3 author", map[string][]string{
+			"_dmarc.bank.example.":       {"v=DMARC1; p=reject; psd=y"},
+			"_dmarc.giant.bank.example.": {"v=DMARC1; p=reject"},
+		}, "giant.bank.example", "giant.bank.example"},
+		{"B.4.3 mailfrom", map[string][]string{
+			"_dmarc.bank.example.":       {"v=DMARC1; p=reject; psd=y"},
+			"_dmarc.giant.bank.example.": {"v=DMARC1; p=reject"},
+		}, "mail.giant.bank.example", "giant.bank.example"},
+		{"B.4.3 dkim", map[string][]string{
+			"_dmarc.bank.example.":       {"v=DMARC1; p=reject; psd=y"},
+			"_dmarc.giant.bank.example.": {"v=DMARC1; p=reject"},
+		}, "mail.mega.bank.example", "mega.bank.example"},
+		// Appendix B.4.2: deep name, record only at example.com.
+		{"B.4.2", map[string][]string{
+			"_dmarc.example.com.":         {"v=DMARC1; p=reject"},
+			"_dmarc.signing.example.com.": {"v=DMARC1; p=reject"},
+		}, "a.b.c.d.e.f.g.h.i.j.k.example.com", "example.com"},
+		{"B.4.1 signing", map[string][]string{
+			"_dmarc.example.com.":         {"v=DMARC1; p=reject"},
+			"_dmarc.signing.example.com.": {"v=DMARC1; p=reject"},
+		}, "signing.example.com", "example.com"},
+		// Section 5.1.8: a psd=n record beyond the 7-label shortcut is not
+		// seen.
+		{"5.1.8 unseen zone cut", map[string][]string{
+			"_dmarc.example.com.":             {"v=DMARC1; p=reject"},
+			"_dmarc.b.c.d.e.f.g.example.com.": {"v=DMARC1; p=none; psd=n"},
+		}, "mail.a.b.c.d.e.f.g.example.com", "example.com"},
+		{"IDN", map[string][]string{
+			"_dmarc.xn--bcher-kva.example.": {"v=DMARC1; p=reject"},
+		}, "mail.Bücher.example", "xn--bcher-kva.example"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := OrganizationalDomain(context.Background(), &fakeResolver{txt: tc.zone}, tc.domain)
+			if err != nil || got != tc.want {
+				t.Errorf("got %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+
+	r := &fakeResolver{fail: map[string]error{"_dmarc.example.com.": servfail("x")}}
+	if _, err := OrganizationalDomain(context.Background(), r, "a.example.com"); !IsTemporary(err) {
+		t.Errorf("temp failure: err %v, want temporary", err)
+	}
+	// A non-DNS error (e.g. context canceled) is temporary too.
+	r = &fakeResolver{fail: map[string]error{"_dmarc.example.com.": context.Canceled}}
+	if _, err := OrganizationalDomain(context.Background(), r, "example.com"); !IsTemporary(err) || !errors.Is(err, context.Canceled) {
+		t.Errorf("canceled: err %v, want temporary wrapping context.Canceled", err)
+	}
+	for _, bad := range []string{"", ".", "a..example", "-x-.example\x00"} {
+		if _, err := OrganizationalDomain(context.Background(), &fakeResolver{}, bad); !errors.Is(err, ErrInvalidDomain) {
+			t.Errorf("%q: err %v, want ErrInvalidDomain", bad, err)
+		}
+	}
+}

@@ -1,0 +1,173 @@
+package dmarc
+
+import (
+	"context"
+	"errors"
+	"testing"
+)
+
+func TestEvaluate(t *testing.T) {
+	zone := map[string][]string{
+		"_dmarc.kantiflow.xyz.":      {"v=DMARC1; p=reject; adkim=s; aspf=s;"},
+		"_dmarc.example.com.":        {"v=DMARC1; p=reject; sp=quarantine; np=none"},
+		"_dmarc.relaxed.example.":    {"v=DMARC1; p=reject"},
+		"_dmarc.strict.example.":     {"v=DMARC1; p=reject; adkim=s; aspf=s"},
+		"_dmarc.testing.example.":    {"v=DMARC1; p=reject; t=y"},
+		"_dmarc.testingq.example.":   {"v=DMARC1; p=quarantine; t=y"},
+		"_dmarc.pct0.example.":       {"v=DMARC1; p=reject; pct=0"},
+		"_dmarc.pct50.example.":      {"v=DMARC1; p=reject; pct=50"},
+		"_dmarc.np.example.":         {"v=DMARC1; p=none; np=reject; t=y"},
+		"_dmarc.multi.example.":      {"v=DMARC1; p=reject", "v=DMARC1; p=reject"},
+		"_dmarc.broken.example.":     {"v=DMARC1; p=reject; sp=bad"},
+		"_dmarc.bank.example.":       {"v=DMARC1; p=reject; psd=y"},
+		"_dmarc.giant.bank.example.": {"v=DMARC1; p=none"},
+		"_dmarc.dept.corp.example.":  {"v=DMARC1; p=reject; psd=n"},
+		"_dmarc.corp.example.":       {"v=DMARC1; p=none"},
+	}
+	fail := map[string]error{
+		"_dmarc.temp.example.":        servfail("_dmarc.temp.example."),
+		"_dmarc.tempsig.example.com.": servfail("_dmarc.tempsig.example.com."),
+	}
+	nonexistent := map[string]bool{"ghost.example.com": true, "ghost.np.example": true}
+	exists := func(ctx context.Context, d string) (bool, error) {
+		if d == "flaky.example.com" {
+			return false, errors.New("timeout")
+		}
+		return !nonexistent[d], nil
+	}
+
+	type want struct {
+		status        Status
+		policyDomain  string
+		policy        Policy
+		applied       Policy
+		spf, dkim     bool
+		alignedDomain string
+	}
+	tests := []struct {
+		name string
+		in   Input
+		want want
+	}{
+		{"seed strict pass spf", Input{FromDomain: "kantiflow.xyz", SPFDomain: "kantiflow.xyz", SPFPass: true},
+			want{StatusPass, "kantiflow.xyz", PolicyReject, PolicyReject, true, false, ""}},
+		{"seed strict subdomain fails", Input{FromDomain: "kantiflow.xyz", SPFDomain: "mail.kantiflow.xyz", SPFPass: true,
+			DKIM: []DKIMResult{{Domain: "mail.kantiflow.xyz", Pass: true}}},
+			want{StatusFail, "kantiflow.xyz", PolicyReject, PolicyReject, false, false, ""}},
+		{"seed strict case-insensitive", Input{FromDomain: "KantiFlow.XYZ", DKIM: []DKIMResult{{Domain: "kantiflow.xyz.", Pass: true}}},
+			want{StatusPass, "kantiflow.xyz", PolicyReject, PolicyReject, false, true, "kantiflow.xyz"}},
+		{"relaxed spf subdomain", Input{FromDomain: "relaxed.example", SPFDomain: "bounce.Relaxed.Example", SPFPass: true},
+			want{StatusPass, "relaxed.example", PolicyReject, PolicyReject, true, false, ""}},
+		{"relaxed dkim parent", Input{FromDomain: "news.relaxed.example", DKIM: []DKIMResult{{Domain: "relaxed.example", Pass: true}}},
+			want{StatusPass, "relaxed.example", PolicyReject, PolicyReject, false, true, "relaxed.example"}},
+		{"relaxed dkim sibling", Input{FromDomain: "a.relaxed.example", DKIM: []DKIMResult{{Domain: "b.relaxed.example", Pass: true}}},
+			want{StatusPass, "relaxed.example", PolicyReject, PolicyReject, false, true, "b.relaxed.example"}},
+		{"unaligned", Input{FromDomain: "relaxed.example", SPFDomain: "relaxed.example.net", SPFPass: true,
+			DKIM: []DKIMResult{{Domain: "example", Pass: true}, {Domain: "relaxed.example", Pass: false}}},
+			want{StatusFail, "relaxed.example", PolicyReject, PolicyReject, false, false, ""}},
+		{"second dkim aligned", Input{FromDomain: "relaxed.example", DKIM: []DKIMResult{{Domain: "other.example", Pass: true}, {Domain: "relaxed.example", Pass: true}}},
+			want{StatusPass, "relaxed.example", PolicyReject, PolicyReject, false, true, "relaxed.example"}},
+		{"strict spf subdomain", Input{FromDomain: "strict.example", SPFDomain: "mail.strict.example", SPFPass: true},
+			want{StatusFail, "strict.example", PolicyReject, PolicyReject, false, false, ""}},
+		{"strict dkim exact", Input{FromDomain: "strict.example", DKIM: []DKIMResult{{Domain: "STRICT.example", Pass: true}}},
+			want{StatusPass, "strict.example", PolicyReject, PolicyReject, false, true, "strict.example"}},
+		{"spf fail not aligned", Input{FromDomain: "relaxed.example", SPFDomain: "relaxed.example", SPFPass: false},
+			want{StatusFail, "relaxed.example", PolicyReject, PolicyReject, false, false, ""}},
+		{"t=y downgrades reject", Input{FromDomain: "testing.example"},
+			want{StatusFail, "testing.example", PolicyReject, PolicyQuarantine, false, false, ""}},
+		{"t=y downgrades quarantine", Input{FromDomain: "testingq.example"},
+			want{StatusFail, "testingq.example", PolicyQuarantine, PolicyNone, false, false, ""}},
+		{"pct=0 downgrades", Input{FromDomain: "pct0.example"},
+			want{StatusFail, "pct0.example", PolicyReject, PolicyQuarantine, false, false, ""}},
+		{"pct=50 does not", Input{FromDomain: "pct50.example"},
+			want{StatusFail, "pct50.example", PolicyReject, PolicyReject, false, false, ""}},
+		{"p at author", Input{FromDomain: "example.com"},
+			want{StatusFail, "example.com", PolicyReject, PolicyReject, false, false, ""}},
+		{"sp for existing subdomain", Input{FromDomain: "www.example.com"},
+			want{StatusFail, "example.com", PolicyQuarantine, PolicyQuarantine, false, false, ""}},
+		{"np for non-existent subdomain", Input{FromDomain: "ghost.example.com"},
+			want{StatusFail, "example.com", PolicyNone, PolicyNone, false, false, ""}},
+		{"np with t=y", Input{FromDomain: "ghost.np.example"},
+			want{StatusFail, "np.example", PolicyReject, PolicyQuarantine, false, false, ""}},
+		{"existence temperror", Input{FromDomain: "flaky.example.com"},
+			want{StatusTempError, "example.com", PolicyQuarantine, PolicyQuarantine, false, false, ""}},
+		{"existence temperror irrelevant on pass", Input{FromDomain: "flaky.example.com", SPFDomain: "example.com", SPFPass: true},
+			want{StatusPass, "example.com", PolicyQuarantine, PolicyQuarantine, true, false, ""}},
+		{"psd record applies below psd", Input{FromDomain: "mail.mega.bank.example", SPFDomain: "giant.bank.example", SPFPass: true},
+			want{StatusFail, "bank.example", PolicyReject, PolicyReject, false, false, ""}},
+		{"psd separates orgs", Input{FromDomain: "giant.bank.example", DKIM: []DKIMResult{{Domain: "mega.bank.example", Pass: true}}},
+			want{StatusFail, "giant.bank.example", PolicyNone, PolicyNone, false, false, ""}},
+		{"psd same org", Input{FromDomain: "giant.bank.example", SPFDomain: "mail.giant.bank.example", SPFPass: true},
+			want{StatusPass, "giant.bank.example", PolicyNone, PolicyNone, true, false, ""}},
+		{"psd=n org", Input{FromDomain: "a.dept.corp.example", SPFDomain: "b.dept.corp.example", SPFPass: true, DKIM: []DKIMResult{{Domain: "corp.example", Pass: true}}},
+			want{StatusPass, "dept.corp.example", PolicyReject, PolicyReject, true, false, ""}},
+		{"multiple records no policy", Input{FromDomain: "multi.example"},
+			want{StatusNone, "", "", "", false, false, ""}},
+		{"no record", Input{FromDomain: "absent.example", SPFDomain: "absent.example", SPFPass: true},
+			want{StatusNone, "", "", "", false, false, ""}},
+		{"malformed", Input{FromDomain: "broken.example"},
+			want{StatusPermError, "broken.example", "", "", false, false, ""}},
+		{"dns temperror", Input{FromDomain: "temp.example"},
+			want{StatusTempError, "", "", "", false, false, ""}},
+		{"spf temperror aligned", Input{FromDomain: "relaxed.example", SPFDomain: "relaxed.example", SPFTempError: true},
+			want{StatusTempError, "relaxed.example", PolicyReject, PolicyReject, false, false, ""}},
+		{"spf temperror unaligned", Input{FromDomain: "relaxed.example", SPFDomain: "other.example", SPFTempError: true},
+			want{StatusFail, "relaxed.example", PolicyReject, PolicyReject, false, false, ""}},
+		{"dkim temperror but spf pass", Input{FromDomain: "relaxed.example", SPFDomain: "relaxed.example", SPFPass: true,
+			DKIM: []DKIMResult{{Domain: "relaxed.example", TempError: true}}},
+			want{StatusPass, "relaxed.example", PolicyReject, PolicyReject, true, false, ""}},
+		{"dkim temperror aligned", Input{FromDomain: "relaxed.example", DKIM: []DKIMResult{{Domain: "s.relaxed.example", TempError: true}}},
+			want{StatusTempError, "relaxed.example", PolicyReject, PolicyReject, false, false, ""}},
+		{"alignment walk temperror", Input{FromDomain: "example.com", DKIM: []DKIMResult{{Domain: "tempsig.example.com", Pass: true}}},
+			want{StatusTempError, "example.com", PolicyReject, PolicyReject, false, false, ""}},
+		{"bad identifier not aligned", Input{FromDomain: "relaxed.example", SPFDomain: "a..relaxed.example", SPFPass: true},
+			want{StatusFail, "relaxed.example", PolicyReject, PolicyReject, false, false, ""}},
+		{"empty from", Input{FromDomain: ""},
+			want{StatusPermError, "", "", "", false, false, ""}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.in.Exists = exists
+			r := &fakeResolver{txt: zone, fail: fail}
+			res := Evaluate(context.Background(), r, tc.in)
+			got := want{res.Status, res.PolicyDomain, res.Policy, res.Applied, res.SPFAligned, res.DKIMAligned, res.AlignedDKIMDomain}
+			if got != tc.want {
+				t.Errorf("got  %+v\nwant %+v (err %v)", got, tc.want, res.Err)
+			}
+			if (res.Status == StatusTempError || res.Status == StatusPermError || res.Status == StatusNone) != (res.Err != nil) {
+				t.Errorf("status %s with err %v", res.Status, res.Err)
+			}
+			if res.Status == StatusTempError && !IsTemporary(res.Err) {
+				t.Errorf("temperror err %v not temporary", res.Err)
+			}
+			// The per-evaluation cache means no name is queried twice.
+			seen := map[string]bool{}
+			for _, q := range r.queries {
+				if seen[q] {
+					t.Errorf("%s queried twice: %q", q, r.queries)
+				}
+				seen[q] = true
+			}
+		})
+	}
+}
+
+func TestEvaluateExistsNotCalled(t *testing.T) {
+	zone := map[string][]string{"_dmarc.example.com.": {"v=DMARC1; p=reject; sp=quarantine"}}
+	called := false
+	in := Input{FromDomain: "sub.example.com", Exists: func(context.Context, string) (bool, error) {
+		called = true
+		return false, nil
+	}}
+	// np falls back to sp: both quarantine, no existence check needed.
+	res := Evaluate(context.Background(), &fakeResolver{txt: zone}, in)
+	if called || res.Policy != PolicyQuarantine {
+		t.Errorf("called %v policy %s", called, res.Policy)
+	}
+	// Nil Exists: assume the domain exists.
+	zone["_dmarc.example.com."] = []string{"v=DMARC1; p=reject; sp=quarantine; np=reject"}
+	res = Evaluate(context.Background(), &fakeResolver{txt: zone}, Input{FromDomain: "sub.example.com"})
+	if res.Policy != PolicyQuarantine {
+		t.Errorf("nil Exists: policy %s, want quarantine", res.Policy)
+	}
+}

@@ -1,0 +1,97 @@
+package dmarc
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestFromDomain(t *testing.T) {
+	tests := []struct {
+		name   string
+		values []string
+		want   string
+		err    error
+	}{
+		{"plain", []string{"user@example.com"}, "example.com", nil},
+		{"display name", []string{" Sample User <user@Example.COM>"}, "example.com", nil},
+		{"trailing dot in address", []string{"user@example.com."}, "", ErrUnparseableFrom},
+		{"quoted display name with address", []string{`"evil@bad.example" <user@good.example>`}, "good.example", nil},
+		{"comment with domain", []string{"user@good.example (comment evil.example)"}, "good.example", nil},
+		{"comment with address", []string{"user@good.example (evil@evil.example)"}, "good.example", nil},
+		{"encoded display name", []string{"=?utf-8?q?evil=40evil.example?= <u@good.example>"}, "good.example", nil},
+		{"unknown charset", []string{"=?x-unknown?q?evil=40evil.example?= <u@good.example>"}, "good.example", nil},
+		// "@" cannot occur in an encoded word in a phrase (RFC 2047 5(3)).
+		{"encoded word with raw at", []string{"=?utf-8?q?x@evil.example?= <u@good.example>"}, "", ErrUnparseableFrom},
+		{"quoted local part with at", []string{`"evil@evil.example"@good.example`}, "good.example", nil},
+		{"folded", []string{"Sample User\r\n <user@good.example>\r\n"}, "good.example", nil},
+		{"folded lf", []string{"Sample User\n\t<user@good.example>"}, "good.example", nil},
+		{"bare line break", []string{"user@good.example\r\nBcc: x@evil.example"}, "", ErrUnparseableFrom},
+		{"IDN", []string{"user@Bücher.example"}, "xn--bcher-kva.example", nil},
+		{"A-label upper", []string{"user@XN--BCHER-KVA.example"}, "xn--bcher-kva.example", nil},
+		{"no header", nil, "", ErrNoFrom},
+		{"two headers", []string{"a@good.example", "b@good.example"}, "", ErrMultipleFrom},
+		{"two addresses", []string{"a@good.example, b@evil.example"}, "", ErrMultipleAddresses},
+		{"two addresses same domain", []string{"a@good.example, b@good.example"}, "", ErrMultipleAddresses},
+		{"empty", []string{""}, "", ErrUnparseableFrom},
+		{"blank", []string{"  \t"}, "", ErrUnparseableFrom},
+		{"no domain", []string{"user"}, "", ErrUnparseableFrom},
+		{"display name only", []string{`"Test 1.1.5"`}, "", ErrUnparseableFrom},
+		{"nested angle brackets", []string{"<<user@good.example>>"}, "", ErrUnparseableFrom},
+		{"angle garbage", []string{"<user@good.example> evil.example"}, "", ErrUnparseableFrom},
+		{"trailing garbage", []string{"user@good.example garbage"}, "", ErrUnparseableFrom},
+		{"trailing at", []string{"user@good.example@evil.example"}, "", ErrUnparseableFrom},
+		{"group one address", []string{"friends: user@good.example;"}, "", ErrUnparseableFrom},
+		{"group empty", []string{"undisclosed-recipients:;"}, "", ErrUnparseableFrom},
+		{"leading comment", []string{"(Joe Johnson) joe@good.example"}, "good.example", nil},
+		{"nested comment", []string{"(a (b@evil.example) c) <joe@good.example>"}, "good.example", nil},
+		{"comment inside angle", []string{"Joe < joe@good.example (x@evil.example) >"}, "good.example", nil},
+		{"unterminated comment", []string{"joe@good.example (x"}, "", ErrUnparseableFrom},
+		{"quoted paren not a comment", []string{`"(x" <joe@good.example>`}, "good.example", nil},
+		{"colon in quoted display name is fine", []string{`"Re: news" <user@good.example>`}, "good.example", nil},
+		{"domain literal", []string{"user@[192.0.2.1]"}, "", ErrUnparseableFrom},
+		{"empty label", []string{"user@good..example"}, "", ErrUnparseableFrom},
+		{"underscore", []string{"user@bad_name.example"}, "", ErrUnparseableFrom},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := FromDomain(tc.values)
+			if tc.err != nil {
+				if !errors.Is(err, tc.err) || got != "" {
+					t.Fatalf("got %q, %v; want error %v", got, err, tc.err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzFromDomain(f *testing.F) {
+	for _, s := range []string{
+		`"evil@bad.example" <user@good.example>`,
+		"user@good.example (comment evil.example)",
+		"=?utf-8?q?x@evil.example?= <u@good.example>",
+		"a@b.example, c@d.example",
+		"g: a@b.example;",
+		"Joe\r\n <joe@joe.example>",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := FromDomain([]string{s})
+		if err != nil {
+			return
+		}
+		if d == "" || d != strings.ToLower(d) || strings.HasSuffix(d, ".") {
+			t.Fatalf("%q: bad domain %q", s, d)
+		}
+		// The domain must occur in the input (possibly as a U-label), never
+		// be invented.
+		if !strings.Contains(strings.ToLower(s), d) && !strings.Contains(d, "xn--") {
+			t.Fatalf("%q: domain %q not in input", s, d)
+		}
+	})
+}

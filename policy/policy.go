@@ -1,0 +1,303 @@
+// Package policy decides what happens to one message: it checks SPF
+// (RFC 7208) for the MAIL FROM and HELO identities, takes the DKIM results
+// (RFC 6376, RFC 8463, RFC 8301) computed while the message streamed,
+// evaluates DMARC (RFC 9989) for the RFC5322.From domain, and turns the result
+// and the local configuration into an action. It also writes the
+// Authentication-Results header field (RFC 8601).
+//
+// The sub-packages do one thing each: resolver (the caching DNS resolver all
+// checks share), spf, dkim and dmarc.
+package policy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
+	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
+	"github.com/dmarc-milter/dmarc-milter/policy/spf"
+)
+
+// Action is what the MTA is told to do with a message.
+type Action int
+
+const (
+	Accept     Action = iota // deliver (possibly with a quarantine mark only)
+	Quarantine               // deliver to the MTA's quarantine (Postfix: hold queue)
+	Reject                   // 550 5.7.1
+	TempFail                 // 451 4.7.5: DNS left the outcome unknown
+)
+
+func (a Action) String() string {
+	switch a {
+	case Accept:
+		return "accept"
+	case Quarantine:
+		return "quarantine"
+	case Reject:
+		return "reject"
+	case TempFail:
+		return "tempfail"
+	}
+	return "unknown"
+}
+
+// QuarantineMode says how a DMARC quarantine disposition is carried out.
+type QuarantineMode string
+
+const (
+	QuarantineHold QuarantineMode = "hold" // the milter quarantine action
+	QuarantineMark QuarantineMode = "mark" // only the Authentication-Results header tells
+)
+
+// Config is the local policy.
+type Config struct {
+	// AuthservID is the authserv-id of our Authentication-Results fields.
+	AuthservID string
+	// Monitor evaluates, stamps and logs without enforcing.
+	Monitor bool
+	// Quarantine is how p=quarantine is applied.
+	Quarantine QuarantineMode
+	// TempErrorAccept accepts mail whose DMARC outcome a DNS temporary error
+	// left unknown, instead of answering 451 4.7.5.
+	TempErrorAccept bool
+	// RejectBadFrom rejects messages without exactly one From header field
+	// holding exactly one address (RFC 9989 section 5.7.1 lets a receiver
+	// reject these; DMARC cannot be evaluated for them).
+	RejectBadFrom bool
+	// RejectText is the text of the 550 5.7.1 reply; "{domain}" stands for
+	// the RFC5322.From domain.
+	RejectText string
+	// TrustedNetworks are client networks whose mail is evaluated and
+	// stamped but never enforced (default 127.0.0.0/8 and ::1).
+	TrustedNetworks []netip.Prefix
+	// ExemptDomains are RFC5322.From domains (and their subdomains) whose
+	// mail is evaluated and stamped but never enforced.
+	ExemptDomains []string
+}
+
+// DefaultRejectText is the default text of a DMARC reject.
+const DefaultRejectText = "Message rejected: DMARC policy of {domain} says reject"
+
+// Resolver is what the checks need from DNS: the project's caching resolver
+// (policy/resolver) satisfies it.
+type Resolver interface {
+	LookupTXT(ctx context.Context, name string) ([]string, error)
+	LookupMX(ctx context.Context, name string) ([]*net.MX, error)
+	LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error)
+	LookupAddr(ctx context.Context, addr string) ([]string, error)
+}
+
+// Evaluator applies Config to messages. It is safe for concurrent use.
+type Evaluator struct {
+	cfg Config
+	res Resolver
+	spf *spf.Checker
+}
+
+// New returns an Evaluator using r for every DNS query.
+func New(cfg Config, r Resolver) *Evaluator {
+	if cfg.RejectText == "" {
+		cfg.RejectText = DefaultRejectText
+	}
+	if cfg.Quarantine == "" {
+		cfg.Quarantine = QuarantineHold
+	}
+	return &Evaluator{cfg: cfg, res: r, spf: spf.NewChecker(r)}
+}
+
+// Config returns the evaluator's configuration.
+func (e *Evaluator) Config() Config { return e.cfg }
+
+// SPF evaluates the MAIL FROM identity (for the null sender, the HELO
+// identity, RFC 7208 section 2.4) and the HELO identity, each on its own.
+func (e *Evaluator) SPF(ctx context.Context, ip net.IP, helo, mailFrom string) (mail, heloResult spf.Result) {
+	mail = e.spf.CheckMailFrom(ctx, ip, helo, mailFrom)
+	heloResult = e.spf.CheckHelo(ctx, ip, helo)
+	return mail, heloResult
+}
+
+// Message is what the milter session collected.
+type Message struct {
+	ClientIP net.IP
+	Helo     string
+	MailFrom string
+	// AuthUser is the SASL login name ({auth_authen}), "" if none.
+	AuthUser string
+	// From holds the values of every From header field, in order.
+	From    []string
+	SPF     spf.Result // MAIL FROM identity
+	HeloSPF spf.Result
+	DKIM    []dkim.Result
+}
+
+// Verdict is the outcome for one message.
+type Verdict struct {
+	FromDomain string
+	FromErr    error // the From header could not be evaluated
+	SPF        spf.Result
+	HeloSPF    spf.Result
+	DKIM       []dkim.Result
+	DMARC      dmarc.Result
+	// Disposition is what DMARC asks for: the applied policy when DMARC
+	// failed, none otherwise.
+	Disposition dmarc.Policy
+	// Exempt names the local policy that stopped enforcement ("" if none):
+	// "monitor", "authenticated", "trusted-network" or "exempt-domain".
+	Exempt string
+	Action Action
+	// Unknown is set when a DNS temporary error left the outcome unknown.
+	Unknown bool
+	// Code, Enhanced and Text are the SMTP reply for Reject and TempFail.
+	Code     int
+	Enhanced string
+	Text     string
+}
+
+// Decide evaluates DMARC for m and decides the action.
+func (e *Evaluator) Decide(ctx context.Context, m Message) Verdict {
+	v := Verdict{SPF: m.SPF, HeloSPF: m.HeloSPF, DKIM: m.DKIM}
+	v.Exempt = e.exemption(m)
+
+	domain, err := dmarc.FromDomain(m.From)
+	if err != nil {
+		v.FromErr = err
+		v.DMARC = dmarc.Result{Status: dmarc.StatusPermError, Err: err}
+		if e.cfg.RejectBadFrom && v.Exempt == "" {
+			v.Action, v.Code, v.Enhanced = Reject, 550, "5.7.1"
+			v.Text = "Message rejected: " + fromErrorText(err)
+		}
+		return v
+	}
+	v.FromDomain = domain
+	if v.Exempt == "" && e.exemptDomain(domain) {
+		v.Exempt = "exempt-domain"
+	}
+
+	in := dmarc.Input{
+		FromDomain: domain,
+		SPFDomain:  m.SPF.Domain,
+		SPFPass:    m.SPF.Status == spf.Pass,
+		Exists:     e.exists,
+	}
+	for _, d := range m.DKIM {
+		in.DKIM = append(in.DKIM, dmarc.DKIMResult{Domain: d.Domain, Pass: d.Status == dkim.Pass})
+	}
+	v.DMARC = dmarc.Evaluate(ctx, e.res, in)
+	v.Disposition = dmarc.PolicyNone
+
+	switch v.DMARC.Status {
+	case dmarc.StatusTempError:
+		v.Unknown = true
+	case dmarc.StatusFail:
+		v.Disposition = v.DMARC.Applied
+		if v.Disposition != dmarc.PolicyNone && e.temporaryCheckError(m) {
+			// An SPF or DKIM check failed on a DNS temporary error: had it
+			// completed it might have passed, so the failure is not proven
+			// and a reject could lose legitimate mail.
+			v.Unknown = true
+		}
+	}
+
+	if v.Exempt != "" {
+		return v
+	}
+	switch {
+	case v.Unknown && (v.DMARC.Status == dmarc.StatusTempError || v.Disposition != dmarc.PolicyNone):
+		if !e.cfg.TempErrorAccept {
+			v.Action, v.Code, v.Enhanced = TempFail, 451, "4.7.5"
+			v.Text = "Temporary DNS failure evaluating DMARC for " + domain + ", try again later"
+		}
+	case v.Disposition == dmarc.PolicyReject:
+		v.Action, v.Code, v.Enhanced = Reject, 550, "5.7.1"
+		v.Text = strings.ReplaceAll(e.cfg.RejectText, "{domain}", domain)
+	case v.Disposition == dmarc.PolicyQuarantine:
+		if e.cfg.Quarantine == QuarantineHold {
+			v.Action = Quarantine
+		}
+	}
+	return v
+}
+
+func (e *Evaluator) temporaryCheckError(m Message) bool {
+	if m.SPF.Status == spf.TempError {
+		return true
+	}
+	for _, d := range m.DKIM {
+		if d.Status == dkim.TempError {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Evaluator) exemption(m Message) string {
+	switch {
+	case e.cfg.Monitor:
+		return "monitor"
+	case m.AuthUser != "":
+		return "authenticated"
+	}
+	if ip, ok := netip.AddrFromSlice(m.ClientIP); ok {
+		ip = ip.Unmap()
+		for _, p := range e.cfg.TrustedNetworks {
+			if p.Contains(ip) {
+				return "trusted-network"
+			}
+		}
+	}
+	return ""
+}
+
+func (e *Evaluator) exemptDomain(domain string) bool {
+	for _, d := range e.cfg.ExemptDomains {
+		if strings.EqualFold(domain, d) || hasSuffixFold(domain, "."+d) {
+			return true
+		}
+	}
+	return false
+}
+
+func hasSuffixFold(s, suffix string) bool {
+	return len(s) >= len(suffix) && strings.EqualFold(s[len(s)-len(suffix):], suffix)
+}
+
+// exists reports whether domain exists for DMARC's np= (RFC 9989: a domain
+// is non-existent when A, AAAA and MX queries all yield NXDOMAIN or NODATA).
+func (e *Evaluator) exists(ctx context.Context, domain string) (bool, error) {
+	_, err := e.res.LookupIPAddr(ctx, domain)
+	if err == nil {
+		return true, nil
+	}
+	if !isNotFound(err) {
+		return false, err
+	}
+	_, err = e.res.LookupMX(ctx, domain)
+	if err == nil {
+		return true, nil
+	}
+	if !isNotFound(err) {
+		return false, err
+	}
+	return false, nil
+}
+
+func isNotFound(err error) bool {
+	var de *net.DNSError
+	return errors.As(err, &de) && de.IsNotFound
+}
+
+func fromErrorText(err error) string {
+	switch {
+	case errors.Is(err, dmarc.ErrNoFrom):
+		return "no From header field"
+	case errors.Is(err, dmarc.ErrMultipleFrom):
+		return "more than one From header field"
+	case errors.Is(err, dmarc.ErrMultipleAddresses):
+		return "more than one address in the From header field"
+	}
+	return "unparseable From header field"
+}
