@@ -89,6 +89,8 @@ type Resolver interface {
 	LookupMX(ctx context.Context, name string) ([]*net.MX, error)
 	LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error)
 	LookupAddr(ctx context.Context, addr string) ([]string, error)
+	// Exists reports whether a name exists: false only for NXDOMAIN.
+	Exists(ctx context.Context, name string) (bool, error)
 }
 
 // Evaluator applies Config to messages. It is safe for concurrent use.
@@ -178,35 +180,34 @@ func (e *Evaluator) Decide(ctx context.Context, m Message) Verdict {
 	}
 
 	in := dmarc.Input{
-		FromDomain: domain,
-		SPFDomain:  m.SPF.Domain,
-		SPFPass:    m.SPF.Status == spf.Pass,
-		Exists:     e.exists,
+		FromDomain:   domain,
+		SPFDomain:    m.SPF.Domain,
+		SPFPass:      m.SPF.Status == spf.Pass,
+		SPFTempError: m.SPF.Status == spf.TempError,
+		Exists:       e.res.Exists,
 	}
 	for _, d := range m.DKIM {
-		in.DKIM = append(in.DKIM, dmarc.DKIMResult{Domain: d.Domain, Pass: d.Status == dkim.Pass})
+		in.DKIM = append(in.DKIM, dmarc.DKIMResult{Domain: d.Domain, Pass: d.Status == dkim.Pass, TempError: d.Status == dkim.TempError})
 	}
 	v.DMARC = dmarc.Evaluate(ctx, e.res, in)
 	v.Disposition = dmarc.PolicyNone
 
 	switch v.DMARC.Status {
 	case dmarc.StatusTempError:
-		v.Unknown = true
+		// DNS failed for the policy record, or for an SPF or DKIM check
+		// whose identifier would have been aligned while nothing else
+		// passed: the outcome is unknown. It matters unless the domain's
+		// policy is known to be none.
+		v.Unknown = v.DMARC.Record == nil || v.DMARC.Applied != dmarc.PolicyNone
 	case dmarc.StatusFail:
 		v.Disposition = v.DMARC.Applied
-		if v.Disposition != dmarc.PolicyNone && e.temporaryCheckError(m) {
-			// An SPF or DKIM check failed on a DNS temporary error: had it
-			// completed it might have passed, so the failure is not proven
-			// and a reject could lose legitimate mail.
-			v.Unknown = true
-		}
 	}
 
 	if v.Exempt != "" {
 		return v
 	}
 	switch {
-	case v.Unknown && (v.DMARC.Status == dmarc.StatusTempError || v.Disposition != dmarc.PolicyNone):
+	case v.Unknown:
 		if !e.cfg.TempErrorAccept {
 			v.Action, v.Code, v.Enhanced = TempFail, 451, "4.7.5"
 			v.Text = "Temporary DNS failure evaluating DMARC for " + domain + ", try again later"
@@ -220,18 +221,6 @@ func (e *Evaluator) Decide(ctx context.Context, m Message) Verdict {
 		}
 	}
 	return v
-}
-
-func (e *Evaluator) temporaryCheckError(m Message) bool {
-	if m.SPF.Status == spf.TempError {
-		return true
-	}
-	for _, d := range m.DKIM {
-		if d.Status == dkim.TempError {
-			return true
-		}
-	}
-	return false
 }
 
 func (e *Evaluator) exemption(m Message) string {
@@ -263,31 +252,6 @@ func (e *Evaluator) exemptDomain(domain string) bool {
 
 func hasSuffixFold(s, suffix string) bool {
 	return len(s) >= len(suffix) && strings.EqualFold(s[len(s)-len(suffix):], suffix)
-}
-
-// exists reports whether domain exists for DMARC's np= (RFC 9989: a domain
-// is non-existent when A, AAAA and MX queries all yield NXDOMAIN or NODATA).
-func (e *Evaluator) exists(ctx context.Context, domain string) (bool, error) {
-	_, err := e.res.LookupIPAddr(ctx, domain)
-	if err == nil {
-		return true, nil
-	}
-	if !isNotFound(err) {
-		return false, err
-	}
-	_, err = e.res.LookupMX(ctx, domain)
-	if err == nil {
-		return true, nil
-	}
-	if !isNotFound(err) {
-		return false, err
-	}
-	return false, nil
-}
-
-func isNotFound(err error) bool {
-	var de *net.DNSError
-	return errors.As(err, &de) && de.IsNotFound
 }
 
 func fromErrorText(err error) string {

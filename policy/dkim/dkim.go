@@ -17,8 +17,10 @@
 // lies in go-msgauth's body canonicalizers: because trailing empty lines are
 // not hashed (RFC 6376 sections 3.4.3 and 3.4.4), they hold back a run of
 // empty lines (with relaxed, also whitespace-only lines) until a non-empty
-// line follows, so such a run is buffered whole, bounded only by the MTA's
-// message size limit.
+// line follows, so such a run would be buffered whole. A Verifier therefore
+// stops at MaxBlankRun bytes of consecutive white space and line breaks: the
+// message's signatures then get PermError (ErrBlankRun), a defined result for
+// a body no legitimate signer produces, and memory stays bounded.
 package dkim
 
 import (
@@ -53,8 +55,16 @@ const (
 // Options.MaxSignatures is not set.
 const DefaultMaxSignatures = 5
 
+// MaxBlankRun is the longest run of consecutive white space and line
+// breaks in a body that is hashed (see the package documentation).
+const MaxBlankRun = 1 << 20
+
 // Errors a Result can carry besides those of go-msgauth.
 var (
+	// ErrBlankRun is the error of every signature of a message whose body
+	// holds more than MaxBlankRun bytes of consecutive white space.
+	ErrBlankRun = errors.New("dkim: body has more than 1 MiB of consecutive blank lines; not verified")
+
 	// ErrTooManySignatures is the error of the signatures beyond
 	// Options.MaxSignatures: they are not verified (RFC 6376 section 6.1
 	// allows verifiers to limit the number of signatures they try) and are
@@ -118,6 +128,8 @@ type Verifier struct {
 	started bool // EndHeaders called
 	closed  bool // Close or Abort called
 	pw      *io.PipeWriter
+	blank   int           // length of the current run of white space and line breaks
+	tooMuch bool          // the run exceeded MaxBlankRun; the body is no longer hashed
 	done    chan struct{} // closed when the verification goroutine ends
 	verifs  []*msgauth.Verification
 	verr    error
@@ -234,7 +246,21 @@ func (v *Verifier) WriteBody(chunk []byte) error {
 			return err
 		}
 	}
-	if v.pw == nil || len(chunk) == 0 {
+	if v.pw == nil || len(chunk) == 0 || v.tooMuch {
+		return nil
+	}
+	for _, c := range chunk {
+		if c == ' ' || c == '\t' || c == '\r' || c == '\n' {
+			v.blank++
+		} else {
+			v.blank = 0
+		}
+	}
+	if v.blank > MaxBlankRun {
+		// Stop here: the library would buffer the whole run.
+		v.tooMuch = true
+		_ = v.pw.Close()
+		<-v.done
 		return nil
 	}
 	// io.Pipe hands chunk to the reader, which copies it, and returns only
@@ -262,6 +288,11 @@ func (v *Verifier) Close() []Result {
 	_ = v.pw.Close()
 	<-v.done
 	results := v.results()
+	if v.tooMuch {
+		for i := range results {
+			results[i].Status, results[i].Err = PermError, ErrBlankRun
+		}
+	}
 	v.verifs, v.sigs, v.pw = nil, nil, nil
 	return results
 }

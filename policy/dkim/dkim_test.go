@@ -599,3 +599,57 @@ func TestNoResolver(t *testing.T) {
 		t.Fatalf("got %+v, want one temperror", got)
 	}
 }
+
+// A body with a huge run of blank lines is not buffered: the signatures get
+// PermError (ErrBlankRun) and the live heap stays small.
+func TestBlankRunBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("32 MiB body")
+	}
+	key := loadKey(t, "rsa2048.pem")
+	z := zone{"rsa._domainkey.example.org": {txts: []string{keyRecord(t, key.Public())}}}
+	header := "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: blank\r\n\r\n"
+	blank := []byte(strings.Repeat("\r\n", 32<<10)) // 64 KiB of empty lines
+	const chunks = 512                              // 32 MiB
+	for _, c := range []msgauth.Canonicalization{msgauth.CanonicalizationSimple, msgauth.CanonicalizationRelaxed} {
+		s, err := msgauth.NewSigner(&msgauth.SignOptions{Domain: "example.org", Selector: "rsa", Signer: key,
+			HeaderCanonicalization: c, BodyCanonicalization: c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Write([]byte(header + "x\r\n"))
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		fields, _ := splitMessage([]byte(s.Signature()+header), true)
+
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		base, peak := ms.HeapAlloc, ms.HeapAlloc
+		v := NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: true})
+		for _, f := range fields {
+			v.AddHeader(f.name, f.value)
+		}
+		v.EndHeaders()
+		v.WriteBody([]byte("x\r\n"))
+		for i := range chunks {
+			if err := v.WriteBody(blank); err != nil {
+				t.Fatal(err)
+			}
+			if i%64 == 63 {
+				runtime.GC()
+				runtime.ReadMemStats(&ms)
+				peak = max(peak, ms.HeapAlloc)
+			}
+		}
+		v.WriteBody([]byte("y\r\n"))
+		results := v.Close()
+		if len(results) != 1 || results[0].Status != PermError || !errors.Is(results[0].Err, ErrBlankRun) {
+			t.Errorf("c=%s: results %+v, want PermError ErrBlankRun", c, results)
+		}
+		if peak-base > 4<<20 {
+			t.Errorf("c=%s: live heap grew by %d bytes, want < 4 MiB", c, peak-base)
+		}
+	}
+}

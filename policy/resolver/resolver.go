@@ -107,6 +107,7 @@ type key struct {
 type answer struct {
 	rrs      []dns.RR
 	notFound bool
+	nxdomain bool // the name does not exist at all (RCODE 3), not just NODATA
 }
 
 type entry struct {
@@ -306,6 +307,19 @@ func (r *Resolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr,
 	return nil, notFound(host)
 }
 
+// Exists reports whether name exists in the DNS: false only when the
+// upstream answers NXDOMAIN (RFC 8020: nothing exists at or below such a
+// name); an answer or NODATA (the name exists with other types, or is an
+// empty non-terminal) is true. DMARC's np= (RFC 9989) needs this
+// distinction, which the net.Resolver-shaped lookups cannot express.
+func (r *Resolver) Exists(ctx context.Context, name string) (bool, error) {
+	ans, err := r.lookupAnswer(ctx, name, dns.TypeA)
+	if err != nil {
+		return false, err
+	}
+	return !ans.nxdomain, nil
+}
+
 // LookupAddr returns the names (PTR records, RFC 1035 section 3.5) of the
 // address addr, fully qualified with the trailing dot.
 func (r *Resolver) LookupAddr(ctx context.Context, addr string) ([]string, error) {
@@ -330,12 +344,22 @@ func (r *Resolver) LookupAddr(ctx context.Context, addr string) ([]string, error
 // is returned as a concrete pointer so callers never hand a typed nil to an
 // error interface.
 func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16) ([]dns.RR, *net.DNSError) {
+	ans, err := r.lookupAnswer(ctx, name, qtype)
+	if err != nil {
+		return nil, err
+	}
+	return ans.result(name)
+}
+
+// lookupAnswer is lookup returning the whole answer; err is set only for
+// failures (not for NXDOMAIN or NODATA).
+func (r *Resolver) lookupAnswer(ctx context.Context, name string, qtype uint16) (answer, *net.DNSError) {
 	fqdn := dns.Fqdn(strings.ToLower(presentation(name)))
 	// Like net.Resolver, a name that is not a valid domain name (empty
 	// label, label over 63 or name over 255 octets) does not exist; it is
 	// not sent upstream.
 	if _, ok := dns.IsDomainName(fqdn); !ok || strings.HasPrefix(fqdn, ".") && fqdn != "." {
-		return nil, notFound(name)
+		return answer{notFound: true, nxdomain: true}, nil
 	}
 	k := key{fqdn, qtype}
 
@@ -343,7 +367,7 @@ func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16) ([]dns
 	if ans, ok := r.cached(k); ok {
 		r.mu.Unlock()
 		r.hits.Add(1)
-		return ans.result(name)
+		return ans, nil
 	}
 	r.misses.Add(1)
 	c, shared := r.inflight[k]
@@ -364,11 +388,11 @@ func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16) ([]dns
 		if c.err != nil {
 			err := *c.err
 			err.Name = name
-			return nil, &err
+			return answer{}, &err
 		}
-		return c.answer.result(name)
+		return c.answer, nil
 	case <-ctx.Done():
-		return nil, &net.DNSError{
+		return answer{}, &net.DNSError{
 			Err:         ctx.Err().Error(),
 			Name:        name,
 			IsTimeout:   errors.Is(ctx.Err(), context.DeadlineExceeded),
@@ -595,5 +619,5 @@ func (r *Resolver) parse(k key, resp *dns.Msg) (answer, time.Duration, *net.DNSE
 			break
 		}
 	}
-	return answer{notFound: true}, ttl, nil
+	return answer{notFound: true, nxdomain: resp.Rcode == dns.RcodeNameError}, ttl, nil
 }
