@@ -4,6 +4,10 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
@@ -37,6 +41,8 @@ type env struct {
 	bin  string
 	dns  *dnstest.Server
 	sink *sink
+	// Keys of sel1._domainkey.pass.example and ed._domainkey.pass.example.
+	rsa, ed25519 signer
 }
 
 func setup(t *testing.T) *env {
@@ -65,7 +71,12 @@ func setup(t *testing.T) *env {
 		t.Fatal(err)
 	}
 
-	e := &env{work: work, bin: buildMilter(t, work)}
+	e := &env{
+		work:    work,
+		bin:     buildMilter(t, work),
+		rsa:     signer{selector: "sel1", alg: "rsa-sha256", keyFile: "../testdata/keys/rsa2048.pem"},
+		ed25519: signer{selector: "ed", alg: "ed25519-sha256", keyFile: ed25519Seed(t, "../testdata/keys/ed25519.pem", work)},
+	}
 	zones, err := filepath.Glob("../testdata/zones/*.zone")
 	if err != nil || len(zones) == 0 {
 		t.Fatalf("no test zones in ../testdata/zones: %v", err)
@@ -193,13 +204,19 @@ func newMail(t *testing.T, headers []string, body string) mail {
 	return mail{id: id, raw: b.Bytes()}
 }
 
+// signer is a key of pass.example for dkimsign.
+type signer struct {
+	selector string
+	alg      string // --signalg
+	keyFile  string // PEM for RSA; for Ed25519 the base64 seed dkimsign wants
+}
+
 // dkimSign signs m with Debian's dkimsign (python3-dkim): a DKIM signer
-// that is not ours. It signs with the RSA key of sel1._domainkey.pass.example
-// and the canonicalization canon for header and body.
-func dkimSign(t *testing.T, m mail, canon string) mail {
+// that is not ours, with canonicalization canon for header and body.
+func dkimSign(t *testing.T, m mail, s signer, canon string) mail {
 	t.Helper()
-	cmd := exec.Command("dkimsign", "--hcanon", canon, "--bcanon", canon,
-		"sel1", "pass.example", "../testdata/keys/rsa2048.pem")
+	cmd := exec.Command("dkimsign", "--signalg", s.alg, "--hcanon", canon, "--bcanon", canon,
+		s.selector, "pass.example", s.keyFile)
 	cmd.Stdin = bytes.NewReader(m.raw)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -208,10 +225,36 @@ func dkimSign(t *testing.T, m mail, canon string) mail {
 		t.Fatalf("dkimsign: %v\n%s", err, stderr.Bytes())
 	}
 	// dkimsign prints the message unsigned when signing fails.
-	if !bytes.HasPrefix(out, []byte("DKIM-Signature:")) || !bytes.Contains(out, []byte("c="+canon+"/"+canon+";")) {
-		t.Fatalf("dkimsign did not sign with c=%s/%s:\n%s\n%s", canon, canon, out, stderr.Bytes())
+	want := "a=" + s.alg + "; c=" + canon + "/" + canon + ";"
+	if !bytes.HasPrefix(out, []byte("DKIM-Signature:")) || !bytes.Contains(out, []byte(want)) {
+		t.Fatalf("dkimsign did not sign with %s:\n%s\n%s", want, out, stderr.Bytes())
 	}
 	return mail{id: m.id, raw: out}
+}
+
+// ed25519Seed writes the seed of the PKCS #8 Ed25519 key at pemFile, in
+// base64, to a file in dir: the key format of dkimsign (PyNaCl).
+func ed25519Seed(t *testing.T, pemFile, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(pemFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		t.Fatalf("%s: no PEM block", pemFile)
+	}
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatalf("%s: %v", pemFile, err)
+	}
+	priv, ok := key.(ed25519.PrivateKey)
+	if !ok {
+		t.Fatalf("%s: a %T, not an Ed25519 key", pemFile, key)
+	}
+	path := filepath.Join(dir, "ed25519.seed")
+	write(t, path, base64.StdEncoding.EncodeToString(priv.Seed())+"\n")
+	return path
 }
 
 // field is a header field of a delivered message, unfolded.
@@ -279,8 +322,9 @@ var scenarios = []scenario{
 	{"reject", testReject},
 	{"quarantine-held", testQuarantine},
 	{"pass-delivered", testPassDelivered},
-	{"dkim-simple", func(t *testing.T, p *pass) { testDKIM(t, p, "simple") }},
-	{"dkim-relaxed", func(t *testing.T, p *pass) { testDKIM(t, p, "relaxed") }},
+	{"dkim-rsa-simple", func(t *testing.T, p *pass) { testDKIM(t, p, p.env.rsa, "simple") }},
+	{"dkim-rsa-relaxed", func(t *testing.T, p *pass) { testDKIM(t, p, p.env.rsa, "relaxed") }},
+	{"dkim-ed25519-relaxed", func(t *testing.T, p *pass) { testDKIM(t, p, p.env.ed25519, "relaxed") }},
 	{"two-from-refused", testTwoFrom},
 	{"three-on-one-connection", testThreeOnOneConnection},
 }
@@ -399,16 +443,16 @@ func testPassDelivered(t *testing.T, p *pass) {
 }
 
 // testDKIM: a message with folded From and Subject fields, signed by
-// dkimsign with canonicalization canon, passes DKIM and so DMARC although
-// SPF fails, and is delivered.
-func testDKIM(t *testing.T, p *pass, canon string) {
+// dkimsign with key s and canonicalization canon, passes DKIM and so DMARC
+// although SPF fails, and is delivered.
+func testDKIM(t *testing.T, p *pass, s signer, canon string) {
 	tr := p.begin(t)
 	c := p.connect(t, tr, relayIP, otherHelo)
 	m := dkimSign(t, newMail(t, []string{
 		"From: \"Alice\r\n  Example\"\r\n\t<alice@pass.example>",
 		"Subject: a subject folded\r\n over  three\r\n\tlines  ",
 		"X-Mailer:   spaced   out",
-	}, "First line.  \r\n\r\n.A line starting with a dot\r\nTrailing white space \t\r\n\r\n\r\n"), canon)
+	}, "First line.  \r\n\r\n.A line starting with a dot\r\nTrailing white space \t\r\n\r\n\r\n"), s, canon)
 	o := c.send(t, "bounce@pass.example", mailboxAddr, m.raw)
 	c.quit(t)
 	wantAccepted(t, o)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"syscall"
@@ -160,6 +161,14 @@ func TestPackagedConfigMatchesDefaults(t *testing.T) {
 	for _, line := range strings.Split(string(data), "\n") {
 		if m := regexp.MustCompile(`^#\s?([a-z_]+ = .*)$`).FindStringSubmatch(line); m != nil {
 			b.WriteString(m[1] + "\n")
+		}
+	}
+	// Every key of Config is documented in the file.
+	ct := reflect.TypeOf(Config{})
+	for i := range ct.NumField() {
+		key := ct.Field(i).Tag.Get("toml")
+		if !regexp.MustCompile(`(?m)^#\s+` + key + ` = `).Match(data) {
+			t.Errorf("packaged config does not list %q", key)
 		}
 	}
 	uncommented := writeFile(t, b.String())
