@@ -2,6 +2,7 @@ package milter
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"time"
@@ -110,10 +111,21 @@ func (s *session) MailFrom(c *Conn, from string, args []string) Reply {
 	// SPF needs only the envelope: run it while the message streams in.
 	m.spf = make(chan spfResults, 1)
 	ip, helo := s.clientIP, s.helo
+	log := s.set.Log
 	go func() {
 		var r spfResults
+		defer func() {
+			// A library panic must not take the daemon down: the checks
+			// become permerrors and the panic is logged.
+			if p := recover(); p != nil {
+				log.Error().Str("panic", fmt.Sprint(p)).Str("mail_from", from).Msg("panic in SPF check")
+				err := fmt.Errorf("spf: check failed: %v", p)
+				r.mail = spf.Result{Status: spf.PermError, Identity: spf.IdentityMailFrom, Err: err}
+				r.helo = spf.Result{Status: spf.PermError, Identity: spf.IdentityHelo, Err: err}
+			}
+			m.spf <- r
+		}()
 		r.mail, r.helo = s.set.Evaluator.SPF(ctx, ip, helo, from)
-		m.spf <- r
 	}()
 	m.dkim = dkim.NewVerifier(ctx, dkim.Options{
 		LookupTXT:     s.set.LookupTXT,

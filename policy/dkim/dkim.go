@@ -59,6 +59,9 @@ const DefaultMaxSignatures = 5
 // breaks in a body that is hashed (see the package documentation).
 const MaxBlankRun = 1 << 20
 
+// errVerifierPanic marks a panic inside go-msgauth's verifier.
+var errVerifierPanic = errors.New("dkim: verifier failed on this message")
+
 // Errors a Result can carry besides those of go-msgauth.
 var (
 	// ErrBlankRun is the error of every signature of a message whose body
@@ -217,6 +220,15 @@ func (v *Verifier) EndHeaders() error {
 	}
 	go func() {
 		defer close(v.done)
+		defer func() {
+			// A library panic on a hostile message must not take the
+			// daemon down; the same message would panic again, so the
+			// result is permanent. Drain so the writer never blocks.
+			if p := recover(); p != nil {
+				v.verifs, v.verr = nil, fmt.Errorf("%w: %v", errVerifierPanic, p)
+				_, _ = io.Copy(io.Discard, pr)
+			}
+		}()
 		v.verifs, v.verr = msgauth.VerifyWithOptions(pr, opts)
 		// "There is no guarantee that the reader will be completely
 		// consumed": drain it so that WriteBody and Close never block.
@@ -353,6 +365,8 @@ func (v *Verifier) results() []Result {
 		switch {
 		case i >= v.opts.MaxSignatures:
 			r.Status, r.Err = PermError, ErrTooManySignatures
+		case errors.Is(v.verr, errVerifierPanic):
+			r.Status, r.Err = PermError, v.verr
 		case v.verr != nil && !errors.Is(v.verr, msgauth.ErrTooManySignatures):
 			// An error that is none of temp, perm or signature failure,
 			// e.g. the header could not be read.
