@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net"
@@ -188,11 +189,13 @@ type mail struct {
 	raw []byte // CRLF line endings
 }
 
+var nonAlnumRE = regexp.MustCompile(`[^A-Za-z0-9]+`)
+
 // newMail builds a message from header lines (folded ones contain
 // "\r\n" followed by white space) and a body, adding To, Date and a unique
 // Message-ID.
 func newMail(t *testing.T, headers []string, body string) mail {
-	id := fmt.Sprintf("<%s.%d@e2e.test>", regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(t.Name(), "."), time.Now().UnixNano())
+	id := fmt.Sprintf("<%s.%d@e2e.test>", nonAlnumRE.ReplaceAllString(t.Name(), "."), time.Now().UnixNano())
 	var b bytes.Buffer
 	for _, h := range headers {
 		b.WriteString(h + "\r\n")
@@ -276,10 +279,12 @@ func headerFields(msg []byte) []field {
 	return fs
 }
 
+var commentRE = regexp.MustCompile(`\([^)]*\)`)
+
 // authservIDOf is the authserv-id of an Authentication-Results value
 // (RFC 8601 section 2.2): the first token, after any comment.
 func authservIDOf(value string) string {
-	v := strings.TrimSpace(regexp.MustCompile(`\([^)]*\)`).ReplaceAllString(value, " "))
+	v := strings.TrimSpace(commentRE.ReplaceAllString(value, " "))
 	if i := strings.IndexAny(v, "; \t"); i >= 0 {
 		v = v[:i]
 	}
@@ -327,6 +332,7 @@ var scenarios = []scenario{
 	{"dkim-ed25519-relaxed", func(t *testing.T, p *pass) { testDKIM(t, p, p.env.ed25519, "relaxed") }},
 	{"two-from-refused", testTwoFrom},
 	{"three-on-one-connection", testThreeOnOneConnection},
+	{"logs-clean", testLogsClean},
 }
 
 func TestPostfix(t *testing.T) {
@@ -510,6 +516,27 @@ func testThreeOnOneConnection(t *testing.T, p *pass) {
 	wantVerdict(t, p.milter.verdictFor(t, o1.QueueID), legitIP, "pass", "accept")
 	wantVerdict(t, p.milter.verdictFor(t, p.postfix.queueIDOf(t, second.id)), legitIP, "fail", "reject")
 	wantVerdict(t, p.milter.verdictFor(t, o3.QueueID), legitIP, "pass", "accept")
+}
+
+var postfixProblemRE = regexp.MustCompile(`postfix/[\w-]+\[\d+\]: (warning|error|fatal|panic):`)
+
+// testLogsClean: while the daemon ran, neither Postfix nor the daemon
+// complained; a milter reply Postfix cannot use, for one, shows up only as a
+// Postfix warning.
+func testLogsClean(t *testing.T, p *pass) {
+	for _, line := range strings.Split(p.postfix.log(0), "\n") {
+		if postfixProblemRE.MatchString(line) {
+			t.Errorf("Postfix logged: %s", line)
+		}
+	}
+	for _, line := range p.milter.log.lines() {
+		var l struct{ Level string }
+		if err := json.Unmarshal([]byte(line), &l); err != nil {
+			t.Errorf("dmarc-milter logged a line that is not JSON: %s", line)
+		} else if l.Level != "info" && l.Level != "debug" {
+			t.Errorf("dmarc-milter logged: %s", line)
+		}
+	}
 }
 
 // testMilterStopped: with the daemon stopped and milter_default_action =

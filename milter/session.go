@@ -28,6 +28,10 @@ type Settings struct {
 	// OnVerdict, if set, is called after the action is decided (for
 	// failure reports). It must not block.
 	OnVerdict func(*Report)
+	// KeepBody is how many body bytes to keep for OnVerdict (failure
+	// reports that attach the whole message); 0 keeps none. At most
+	// KeepBody+1 bytes are kept, so a caller can tell a cut body.
+	KeepBody int
 }
 
 // Report is everything known about one judged message.
@@ -38,9 +42,14 @@ type Report struct {
 	Helo       string
 	MailFrom   string
 	Headers    []HeaderField
-	Arrival    time.Time
-	Verdict    policy.Verdict
-	// AuthResults is the Authentication-Results value we stamped.
+	// LeadingSpace: header values kept their leading white space.
+	LeadingSpace bool
+	// Body holds at most Settings.KeepBody+1 bytes of the body.
+	Body    []byte
+	Arrival time.Time
+	Verdict policy.Verdict
+	// AuthResults is our Authentication-Results value (stamped unless the
+	// message was rejected or deferred).
 	AuthResults string
 }
 
@@ -89,6 +98,7 @@ type message struct {
 
 	dkim *dkim.Verifier
 	spf  chan spfResults
+	body []byte // kept for OnVerdict, at most KeepBody+1 bytes
 }
 
 type spfResults struct{ mail, helo spf.Result }
@@ -166,8 +176,13 @@ func (s *session) EndOfHeaders(c *Conn) Reply {
 }
 
 func (s *session) Body(c *Conn, chunk []byte) Reply {
-	if s.msg != nil {
-		s.msg.dkim.WriteBody(chunk)
+	m := s.msg
+	if m == nil {
+		return Continue
+	}
+	m.dkim.WriteBody(chunk)
+	if keep := s.set.KeepBody + 1 - len(m.body); s.set.KeepBody > 0 && keep > 0 {
+		m.body = append(m.body, chunk[:min(keep, len(chunk))]...)
 	}
 	return Continue
 }
@@ -195,22 +210,19 @@ func (s *session) EndOfMessage(c *Conn) Reply {
 	queueID := c.Macro("i")
 
 	reply := Continue
-	ar := ""
+	ar := ev.AuthenticationResults(v, m.mailFrom, s.helo)
 	switch v.Action {
-	case policy.Reject:
-		reply = SMTPReply(v.Code, v.Enhanced, v.Text)
-	case policy.TempFail:
+	case policy.Reject, policy.TempFail:
 		reply = SMTPReply(v.Code, v.Enhanced, v.Text)
 	default:
-		ar = ev.AuthenticationResults(v, m.mailFrom, s.helo)
 		s.stamp(c, m, ar, v)
 	}
 	s.logSummary(queueID, m, v)
 	if s.set.OnVerdict != nil {
 		s.set.OnVerdict(&Report{
 			QueueID: queueID, ClientIP: s.clientIP, ClientHost: s.clientHost, Helo: s.helo,
-			MailFrom: m.mailFrom, Headers: m.headers, Arrival: m.start, Verdict: v,
-			AuthResults: ar,
+			MailFrom: m.mailFrom, Headers: m.headers, LeadingSpace: c.LeadingSpace(),
+			Body: m.body, Arrival: m.start, Verdict: v, AuthResults: ar,
 		})
 	}
 	return reply
