@@ -33,9 +33,10 @@ const (
 // postfix is a private Postfix instance: its own config_directory,
 // queue_directory, data_directory and maillog_file under dir. "postfix -c"
 // with a non-default directory needs no alternate_config_directories entry
-// in /etc/postfix/main.cf when run by root (that check is for the set-gid
-// commands run by other users), so the system configuration is only read
-// for nothing and written never.
+// in /etc/postfix/main.cf when run by root (that check guards the set-gid
+// commands run by other users), so the system's main.cf and master.cf are
+// not used; the package's meta files in /etc/postfix (postfix-script,
+// postfix-files) are only read.
 type postfix struct {
 	dir, conf, queue, data, mail, maillog string
 }

@@ -66,7 +66,7 @@ func (e *Evaluator) AuthenticationResults(v Verdict, mailFrom, helo string) stri
 	rs = append(rs, &authres.GenericResult{Method: "dmarc", Value: authres.ResultValue(status), Params: dm})
 
 	var b strings.Builder
-	b.WriteString(e.cfg.AuthservID)
+	b.WriteString(e.cfg.Load().AuthservID)
 	for _, r := range rs {
 		// Format with an empty identity gives "; method=value params".
 		s := strings.TrimSpace(strings.TrimPrefix(authres.Format("", []authres.Result{r}), "; "))
@@ -80,7 +80,7 @@ func (e *Evaluator) AuthenticationResults(v Verdict, mailFrom, helo string) stri
 // our authserv-id (RFC 8601 section 5: such fields are forgeries and are
 // removed).
 func (e *Evaluator) IsOurs(value string) bool {
-	return strings.EqualFold(AuthservIDOf(value), e.cfg.AuthservID)
+	return strings.EqualFold(AuthservIDOf(value), e.cfg.Load().AuthservID)
 }
 
 // AuthservIDOf extracts the authserv-id of an Authentication-Results field

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
@@ -95,24 +96,32 @@ type Resolver interface {
 
 // Evaluator applies Config to messages. It is safe for concurrent use.
 type Evaluator struct {
-	cfg Config
+	cfg atomic.Pointer[Config]
 	res Resolver
 	spf *spf.Checker
 }
 
 // New returns an Evaluator using r for every DNS query.
 func New(cfg Config, r Resolver) *Evaluator {
+	e := &Evaluator{res: r, spf: spf.NewChecker(r)}
+	e.SetConfig(cfg)
+	return e
+}
+
+// SetConfig replaces the configuration (SIGHUP reload); messages being
+// decided keep the configuration they started with.
+func (e *Evaluator) SetConfig(cfg Config) {
 	if cfg.RejectText == "" {
 		cfg.RejectText = DefaultRejectText
 	}
 	if cfg.Quarantine == "" {
 		cfg.Quarantine = QuarantineHold
 	}
-	return &Evaluator{cfg: cfg, res: r, spf: spf.NewChecker(r)}
+	e.cfg.Store(&cfg)
 }
 
 // Config returns the evaluator's configuration.
-func (e *Evaluator) Config() Config { return e.cfg }
+func (e *Evaluator) Config() Config { return *e.cfg.Load() }
 
 // SPF evaluates the MAIL FROM identity (for the null sender, the HELO
 // identity, RFC 7208 section 2.4) and the HELO identity, each on its own.
@@ -161,21 +170,22 @@ type Verdict struct {
 
 // Decide evaluates DMARC for m and decides the action.
 func (e *Evaluator) Decide(ctx context.Context, m Message) Verdict {
+	cfg := e.cfg.Load()
 	v := Verdict{SPF: m.SPF, HeloSPF: m.HeloSPF, DKIM: m.DKIM}
-	v.Exempt = e.exemption(m)
+	v.Exempt = cfg.exemption(m)
 
 	domain, err := dmarc.FromDomain(m.From)
 	if err != nil {
 		v.FromErr = err
 		v.DMARC = dmarc.Result{Status: dmarc.StatusPermError, Err: err}
-		if e.cfg.RejectBadFrom && v.Exempt == "" {
+		if cfg.RejectBadFrom && v.Exempt == "" {
 			v.Action, v.Code, v.Enhanced = Reject, 550, "5.7.1"
 			v.Text = "Message rejected: " + fromErrorText(err)
 		}
 		return v
 	}
 	v.FromDomain = domain
-	if v.Exempt == "" && e.exemptDomain(domain) {
+	if v.Exempt == "" && cfg.exemptDomain(domain) {
 		v.Exempt = "exempt-domain"
 	}
 
@@ -208,31 +218,31 @@ func (e *Evaluator) Decide(ctx context.Context, m Message) Verdict {
 	}
 	switch {
 	case v.Unknown:
-		if !e.cfg.TempErrorAccept {
+		if !cfg.TempErrorAccept {
 			v.Action, v.Code, v.Enhanced = TempFail, 451, "4.7.5"
 			v.Text = "Temporary DNS failure evaluating DMARC for " + domain + ", try again later"
 		}
 	case v.Disposition == dmarc.PolicyReject:
 		v.Action, v.Code, v.Enhanced = Reject, 550, "5.7.1"
-		v.Text = strings.ReplaceAll(e.cfg.RejectText, "{domain}", domain)
+		v.Text = strings.ReplaceAll(cfg.RejectText, "{domain}", domain)
 	case v.Disposition == dmarc.PolicyQuarantine:
-		if e.cfg.Quarantine == QuarantineHold {
+		if cfg.Quarantine == QuarantineHold {
 			v.Action = Quarantine
 		}
 	}
 	return v
 }
 
-func (e *Evaluator) exemption(m Message) string {
+func (cfg *Config) exemption(m Message) string {
 	switch {
-	case e.cfg.Monitor:
+	case cfg.Monitor:
 		return "monitor"
 	case m.AuthUser != "":
 		return "authenticated"
 	}
 	if ip, ok := netip.AddrFromSlice(m.ClientIP); ok {
 		ip = ip.Unmap()
-		for _, p := range e.cfg.TrustedNetworks {
+		for _, p := range cfg.TrustedNetworks {
 			if p.Contains(ip) {
 				return "trusted-network"
 			}
@@ -241,8 +251,8 @@ func (e *Evaluator) exemption(m Message) string {
 	return ""
 }
 
-func (e *Evaluator) exemptDomain(domain string) bool {
-	for _, d := range e.cfg.ExemptDomains {
+func (cfg *Config) exemptDomain(domain string) bool {
+	for _, d := range cfg.ExemptDomains {
 		if strings.EqualFold(domain, d) || hasSuffixFold(domain, "."+d) {
 			return true
 		}

@@ -21,9 +21,11 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/rs/zerolog"
 
 	"github.com/dmarc-milter/dmarc-milter/milter"
@@ -168,15 +170,37 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	return cfg, nil
 }
 
-func newLogger(cfg Config, w io.Writer) zerolog.Logger {
+// levelWriter drops events below a level that SIGHUP can change for every
+// copy of the logger at once.
+type levelWriter struct {
+	w     io.Writer
+	level atomic.Int32
+}
+
+func (l *levelWriter) Write(p []byte) (int, error) { return l.w.Write(p) }
+
+func (l *levelWriter) WriteLevel(level zerolog.Level, p []byte) (int, error) {
+	if level < zerolog.Level(l.level.Load()) {
+		return len(p), nil
+	}
+	return l.w.Write(p)
+}
+
+func (l *levelWriter) set(name string) {
+	level, err := zerolog.ParseLevel(name)
+	if err != nil || level == zerolog.NoLevel {
+		level = zerolog.InfoLevel
+	}
+	l.level.Store(int32(level))
+}
+
+func newLogger(cfg Config, w io.Writer) (zerolog.Logger, *levelWriter) {
 	if cfg.LogFormat.Value == "text" {
 		w = zerolog.ConsoleWriter{Out: w, NoColor: true, TimeFormat: time.RFC3339}
 	}
-	level, err := zerolog.ParseLevel(cfg.LogLevel.Value)
-	if err != nil {
-		level = zerolog.InfoLevel
-	}
-	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+	lw := &levelWriter{w: w}
+	lw.set(cfg.LogLevel.Value)
+	return zerolog.New(lw).With().Timestamp().Logger(), lw
 }
 
 func serve(args []string, stderr io.Writer) int {
@@ -188,7 +212,7 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
 		return 2
 	}
-	logger := newLogger(cfg, stderr)
+	logger, levels := newLogger(cfg, stderr)
 	// Libraries that log through the standard logger end up in ours.
 	log.SetFlags(0)
 	log.SetOutput(logger.With().Str("source", "stdlog").Logger())
@@ -238,28 +262,78 @@ func serve(args []string, stderr io.Writer) int {
 		Str("authserv_id", cfg.AuthservID).Str("version", versionString()).
 		Bool("monitor", cfg.Monitor).Msg("dmarc-milter ready")
 
+	listening := cfg // what needs a restart stays as started
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	// systemd Type=notify: ready once the socket accepts connections.
+	daemon.SdNotify(false, daemon.SdNotifyReady)
 
-	select {
-	case sig := <-sigs:
-		logger.Info().Str("signal", sig.String()).Int("open_sessions", srv.ActiveConns()).Msg("shutting down; draining sessions")
-	case err := <-served:
-		logger.Error().Err(err).Msg("milter server stopped")
-		return 1
+wait:
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				daemon.SdNotify(false, daemon.SdNotifyReloading)
+				cfg = reload(args, cfg, ev, logger, levels)
+				daemon.SdNotify(false, daemon.SdNotifyReady)
+				continue
+			}
+			logger.Info().Str("signal", sig.String()).Int("open_sessions", srv.ActiveConns()).Msg("shutting down; draining sessions")
+			break wait
+		case err := <-served:
+			logger.Error().Err(err).Msg("milter server stopped")
+			return 1
+		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))
+	daemon.SdNotify(false, daemon.SdNotifyStopping)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(listening.ShutdownTimeout))
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
 		logger.Warn().Err(err).Msg("shutdown timeout; closed remaining sessions")
 	}
-	if cfg.Listen.Network == "unix" {
-		os.Remove(cfg.Listen.Address)
+	if listening.Listen.Network == "unix" {
+		os.Remove(listening.Listen.Address)
 	}
 	logger.Info().Msg("stopped")
 	return 0
+}
+
+// reload re-reads the configuration file and flags (SIGHUP) and applies
+// what can change without dropping connections: the local policy (networks,
+// domain lists, actions, texts) and the log level. A bad file keeps the
+// running configuration; settings that need a restart are named in the log.
+func reload(args []string, old Config, ev *policy.Evaluator, logger zerolog.Logger, levels *levelWriter) Config {
+	cfg, err := parseFlags(args, io.Discard)
+	if err != nil {
+		logger.Error().Err(err).Msg("reload failed; keeping the running configuration")
+		return old
+	}
+	ev.SetConfig(policyConfig(cfg))
+	levels.set(cfg.LogLevel.Value)
+	var restart []string
+	for _, c := range []struct {
+		name     string
+		old, new any
+	}{
+		{"listen", old.Listen, cfg.Listen}, {"socket_mode", old.SocketMode, cfg.SocketMode},
+		{"dns", strings.Join(old.DNS, ","), strings.Join(cfg.DNS, ",")}, {"dns_timeout", old.DNSTimeout, cfg.DNSTimeout},
+		{"dns_cache_size", old.DNSCacheSize, cfg.DNSCacheSize}, {"check_timeout", old.CheckTimeout, cfg.CheckTimeout},
+		{"max_dkim_signatures", old.MaxDKIMSignatures, cfg.MaxDKIMSignatures},
+		{"idle_timeout", old.IdleTimeout, cfg.IdleTimeout}, {"read_timeout", old.ReadTimeout, cfg.ReadTimeout},
+		{"write_timeout", old.WriteTimeout, cfg.WriteTimeout}, {"log_format", old.LogFormat.Value, cfg.LogFormat.Value},
+	} {
+		if c.old != c.new {
+			restart = append(restart, c.name)
+		}
+	}
+	e := logger.Info()
+	if len(restart) > 0 {
+		e = logger.Warn().Strs("need_restart", restart)
+	}
+	e.Str("authserv_id", cfg.AuthservID).Bool("monitor", cfg.Monitor).Msg("configuration reloaded")
+	return cfg
 }
 
 func policyConfig(cfg Config) policy.Config {

@@ -225,66 +225,17 @@ func TestServeUnixSocketAndSIGTERM(t *testing.T) {
 	stale.(*net.UnixListener).SetUnlinkOnClose(false)
 	stale.Close()
 
-	cmd := exec.Command(bin, "serve", "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--authserv-id", "mx.cli.example", "--log-format", "json")
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 100)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	defer cmd.Process.Kill()
-
-	var log []string
-	waitFor := func(substr string) {
-		t.Helper()
-		deadline := time.After(10 * time.Second)
-		for {
-			select {
-			case l, ok := <-lines:
-				if !ok {
-					t.Fatalf("daemon exited before logging %q:\n%s", substr, strings.Join(log, "\n"))
-				}
-				log = append(log, l)
-				if strings.Contains(l, substr) {
-					return
-				}
-			case <-deadline:
-				t.Fatalf("no %q in log:\n%s", substr, strings.Join(log, "\n"))
-			}
-		}
-	}
-	waitFor("dmarc-milter ready")
+	d := startDaemon(t, bin, "serve", "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--authserv-id", "mx.cli.example", "--log-format", "json")
+	d.waitFor("dmarc-milter ready")
 
 	fi, err := os.Stat(sock)
 	if err != nil || fi.Mode().Perm() != 0o660 || fi.Mode()&os.ModeSocket == 0 {
 		t.Errorf("socket mode: %v %v", fi.Mode(), err)
 	}
-
-	c := gomilter.NewClientWithOptions("unix", sock, gomilter.ClientOptions{
-		ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
-		ActionMask: gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptQuarantine,
-	})
-	s, err := c.Session()
-	if err != nil {
-		t.Fatal(err)
+	if code := spoof(t, "unix", sock); code != 550 {
+		t.Fatalf("spoofed message: %d, want 550", code)
 	}
-	s.Conn("h", gomilter.FamilyInet, 25, "203.0.113.66")
-	s.Helo("x.example")
-	s.Mail("bob@pass.example", nil)
-	s.HeaderField("From", "bob@pass.example")
-	s.HeaderEnd()
-	s.Macros(gomilter.CodeEOB, "i", "CLI1")
-	_, act, err := s.End()
-	if err != nil || act.Code != gomilter.ActReplyCode || act.SMTPCode != 550 {
-		t.Fatalf("spoofed message: %+v %v", act, err)
-	}
-	waitFor(`"queue_id":"CLI1"`)
+	d.waitFor(`"action":"reject"`)
 
 	// A second daemon on the same live socket refuses to start.
 	var out bytes.Buffer
@@ -294,14 +245,136 @@ func TestServeUnixSocketAndSIGTERM(t *testing.T) {
 		t.Errorf("second daemon on a live socket: %v %q", err, out.String())
 	}
 
-	s.Close()
-	cmd.Process.Signal(syscall.SIGTERM)
-	waitFor("stopped")
-	if err := cmd.Wait(); err != nil {
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.waitFor("stopped")
+	if err := d.cmd.Wait(); err != nil {
 		t.Errorf("exit after SIGTERM: %v", err)
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("socket left behind: %v", err)
+	}
+}
+
+// runningDaemon is a running dmarc-milter binary whose log is read line by line.
+type runningDaemon struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	lines chan string
+	log   []string
+}
+
+func startDaemon(t *testing.T, bin string, args ...string) *runningDaemon {
+	t.Helper()
+	d := &runningDaemon{t: t, cmd: exec.Command(bin, args...), lines: make(chan string, 1000)}
+	stderr, _ := d.cmd.StderrPipe()
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			d.lines <- sc.Text()
+		}
+		close(d.lines)
+	}()
+	t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
+	return d
+}
+
+// waitFor reads the log until a line contains substr.
+func (d *runningDaemon) waitFor(substr string) string {
+	d.t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case l, ok := <-d.lines:
+			if !ok {
+				d.t.Fatalf("daemon exited before logging %q:\n%s", substr, strings.Join(d.log, "\n"))
+			}
+			d.log = append(d.log, l)
+			if strings.Contains(l, substr) {
+				return l
+			}
+		case <-deadline:
+			d.t.Fatalf("no %q in log:\n%s", substr, strings.Join(d.log, "\n"))
+		}
+	}
+}
+
+// spoof sends a message claiming pass.example from an address outside its
+// SPF record and returns the SMTP code the milter answered.
+func spoof(t *testing.T, network, addr string) int {
+	t.Helper()
+	c := gomilter.NewClientWithOptions(network, addr, gomilter.ClientOptions{
+		ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
+		ActionMask: gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptQuarantine,
+	})
+	s, err := c.Session()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Conn("h", gomilter.FamilyInet, 25, "203.0.113.66")
+	s.Helo("x.example")
+	s.Mail("bob@pass.example", nil)
+	s.HeaderField("From", "bob@pass.example")
+	s.HeaderEnd()
+	_, act, err := s.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if act.Code == gomilter.ActReplyCode {
+		return act.SMTPCode
+	}
+	return 250
+}
+
+// SIGHUP reloads the policy without dropping connections; a bad file keeps
+// the running configuration and says why.
+func TestReload(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the daemon")
+	}
+	zone, err := dnstest.LoadZoneFile("../../testdata/zones/example.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dnsSrv := dnstest.NewServer(t, zone)
+	bin := buildDaemon(t)
+	sock := filepath.Join(t.TempDir(), "m.sock")
+	conf := writeFile(t, "monitor = false\n")
+	d := startDaemon(t, bin, "serve", "--config", conf, "--listen", "unix:"+sock, "--dns", dnsSrv.Addr)
+	d.waitFor("dmarc-milter ready")
+	if code := spoof(t, "unix", sock); code != 550 {
+		t.Fatalf("before reload: %d, want 550", code)
+	}
+
+	// An open connection survives the reload.
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	os.WriteFile(conf, []byte("monitor = true\ndns_timeout = \"3s\"\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	if l := d.waitFor("configuration reloaded"); !strings.Contains(l, `"need_restart":["dns_timeout"]`) {
+		t.Errorf("reload log does not name the setting needing a restart: %s", l)
+	}
+	if code := spoof(t, "unix", sock); code != 250 {
+		t.Errorf("after reload to monitor mode: %d, want 250", code)
+	}
+
+	os.WriteFile(conf, []byte("monitor = maybe\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	if l := d.waitFor("reload failed"); !strings.Contains(l, conf+":1: monitor") {
+		t.Errorf("reload failure does not name file, line and key: %s", l)
+	}
+	if code := spoof(t, "unix", sock); code != 250 {
+		t.Errorf("after a bad reload the running configuration must stay: %d, want 250", code)
+	}
+	if _, err := c.Write([]byte{0, 0, 0, 1, 'Q'}); err != nil {
+		t.Errorf("connection opened before the reloads was dropped: %v", err)
 	}
 }
 
