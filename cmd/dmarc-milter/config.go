@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -61,6 +62,9 @@ type Config struct {
 	ReportSMTP string `toml:"report_smtp"`
 	// ReportFrom is the From address of outgoing reports.
 	ReportFrom string `toml:"report_from"`
+	// PprofListen, if set, serves Go's pprof profiles on this loopback
+	// "host:port" (off by default).
+	PprofListen LoopbackAddr `toml:"pprof_listen"`
 	// LogFormat: "json" or "text"; LogLevel: debug, info, warn, error.
 	LogFormat Choice `toml:"log_format"`
 	LogLevel  Choice `toml:"log_level"`
@@ -303,4 +307,35 @@ func joinHostPort(host, port string) string {
 		return "[" + host + "]:" + port
 	}
 	return host + ":" + port
+}
+
+// LoopbackAddr is "" or a "host:port" whose host is a loopback address.
+type LoopbackAddr string
+
+func (a *LoopbackAddr) UnmarshalText(b []byte) error {
+	s := string(b)
+	if s == "" {
+		*a = ""
+		return nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("invalid address %q (want HOST:PORT)", s)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("invalid port in %q", s)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("%q is not a loopback address", s)
+	}
+	*a = LoopbackAddr(s)
+	return nil
+}
+
+func (a *LoopbackAddr) Set(s string) error { return a.UnmarshalText([]byte(s)) }
+func (a *LoopbackAddr) String() string {
+	if a == nil {
+		return ""
+	}
+	return string(*a)
 }

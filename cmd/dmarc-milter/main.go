@@ -17,6 +17,8 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -113,6 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	f.LogLevel = cfg.LogLevel
 	fs.Var(&f.LogLevel, "log-level", "log level: debug, info, warn or error")
 	monitor := fs.Bool("monitor", false, "evaluate, stamp and log, but never enforce")
+	fs.Var(&f.PprofListen, "pprof-listen", "serve pprof profiles on this loopback `HOST:PORT` (off by default)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -159,6 +162,8 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 			cfg.LogLevel = f.LogLevel
 		case "monitor":
 			cfg.Monitor = *monitor
+		case "pprof-listen":
+			cfg.PprofListen = f.PprofListen
 		}
 	})
 	if err != nil {
@@ -253,6 +258,13 @@ func serve(args []string, stderr io.Writer) int {
 		Actions: milter.DefaultActions,
 	}
 
+	if cfg.PprofListen != "" {
+		if err := servePprof(string(cfg.PprofListen), logger); err != nil {
+			logger.Error().Err(err).Str("pprof_listen", string(cfg.PprofListen)).Msg("cannot serve pprof")
+			return 1
+		}
+	}
+
 	ln, err := listen(cfg)
 	if err != nil {
 		logger.Error().Err(err).Str("listen", cfg.Listen.String()).Msg("cannot listen")
@@ -334,6 +346,26 @@ func reload(args []string, old Config, ev *policy.Evaluator, logger zerolog.Logg
 	}
 	e.Str("authserv_id", cfg.AuthservID).Bool("monitor", cfg.Monitor).Msg("configuration reloaded")
 	return cfg
+}
+
+// servePprof serves the runtime profiles on a loopback address, on a mux of
+// its own (importing net/http/pprof for its side effect would register them
+// on the default mux).
+func servePprof(addr string, logger zerolog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	logger.Info().Str("pprof_listen", ln.Addr().String()).Msg("serving pprof profiles")
+	return nil
 }
 
 func policyConfig(cfg Config) policy.Config {

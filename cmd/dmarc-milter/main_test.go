@@ -76,6 +76,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad network", "trusted_networks = [\"10.0.0.0/8\", \"not-a-net\"]\n", `:1: trusted_networks: .*invalid network`},
 		{"bad listen", "listen = \"udp:1.2.3.4:5\"\n", `:1: listen: .*unknown type`},
 		{"syntax", "listen = \n", `:1`},
+		{"pprof not on loopback", "pprof_listen = \"0.0.0.0:6060\"\n", `:1: pprof_listen: .*not a loopback address`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -261,12 +261,16 @@ func (v *Verifier) WriteBody(chunk []byte) error {
 	if v.pw == nil || len(chunk) == 0 || v.tooMuch {
 		return nil
 	}
-	for _, c := range chunk {
-		if c == ' ' || c == '\t' || c == '\r' || c == '\n' {
-			v.blank++
-		} else {
-			v.blank = 0
-		}
+	// The run of white space and line breaks at the end of what was
+	// written so far: scan back from the chunk's end only.
+	i := len(chunk) - 1
+	for i >= 0 && (chunk[i] == ' ' || chunk[i] == '\t' || chunk[i] == '\r' || chunk[i] == '\n') {
+		i--
+	}
+	if i < 0 {
+		v.blank += len(chunk)
+	} else {
+		v.blank = len(chunk) - 1 - i
 	}
 	if v.blank > MaxBlankRun {
 		// Stop here: the library would buffer the whole run.

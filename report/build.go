@@ -1,0 +1,299 @@
+package report
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-message"
+	"github.com/emersion/go-message/mail"
+	"github.com/emersion/go-message/textproto"
+
+	"github.com/dmarc-milter/dmarc-milter/policy"
+	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
+	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
+	"github.com/dmarc-milter/dmarc-milter/policy/spf"
+)
+
+// Build returns the failure report about f for the recipients to, as a
+// whole RFC 5322 message with CRLF line ends: multipart/report;
+// report-type=feedback-report (RFC 6522) holding a text/plain explanation,
+// the message/feedback-report part (RFC 5965, RFC 6591, RFC 9991 Section 4)
+// and the original header (text/rfc822-headers) or message
+// (message/rfc822, with Include "message" and a body of at most
+// MaxMessageSize bytes). now is the report's Date.
+func Build(f *Failure, to []string, cfg Config, now time.Time) ([]byte, error) {
+	return build(f, analyze(f), to, cfg.withDefaults(), now, false)
+}
+
+func build(f *Failure, a analysis, to []string, cfg Config, now time.Time, headersOnly bool) ([]byte, error) {
+	v := &f.Verdict
+	if v.FromDomain == "" {
+		return nil, errors.New("report: no From domain")
+	}
+	from, err := mail.ParseAddress(cfg.From)
+	if err != nil {
+		return nil, fmt.Errorf("report: bad report address %q: %w", cfg.From, err)
+	}
+	if from.Name == "" {
+		from.Name = "DMARC failure reports"
+	}
+	var rcpts []*mail.Address
+	for _, t := range to {
+		rcpts = append(rcpts, &mail.Address{Address: t})
+	}
+	ip := ipString(f.ClientIP)
+
+	var h mail.Header
+	h.SetAddressList("From", []*mail.Address{from})
+	h.SetAddressList("To", rcpts)
+	h.SetSubject("DMARC failure report for " + v.FromDomain + " from " + ip)
+	h.SetDate(now)
+	if err := h.GenerateMessageIDWithHostname(cfg.ReportingMTA); err != nil {
+		return nil, fmt.Errorf("report: message id: %w", err)
+	}
+	h.Set("Auto-Submitted", "auto-generated")
+	h.SetContentType("multipart/report", map[string]string{"report-type": "feedback-report"})
+
+	var buf bytes.Buffer
+	w, err := message.CreateWriter(&buf, h.Header)
+	if err != nil {
+		return nil, fmt.Errorf("report: %w", err)
+	}
+
+	attachMessage := cfg.Include == IncludeMessage && !headersOnly && !cfg.RedactLocalParts &&
+		f.Body != nil && len(f.Body) <= cfg.MaxMessageSize
+
+	// Part 1: for people.
+	text := humanText(f, a, cfg, attachMessage)
+	if err := writePart(w, "text/plain", map[string]string{"charset": "utf-8"}, []byte(text), true); err != nil {
+		return nil, err
+	}
+
+	// Part 2: for machines.
+	fb, err := feedbackReport(f, a, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := writePart(w, "message/feedback-report", nil, fb, false); err != nil {
+		return nil, err
+	}
+
+	// Part 3: the original header, or message.
+	orig := originalHeader(f, cfg.RedactLocalParts)
+	ctype := "text/rfc822-headers"
+	if attachMessage {
+		ctype = "message/rfc822"
+		orig = append(orig, "\r\n"...)
+		orig = append(orig, crlf(f.Body)...)
+	}
+	if err := writePart(w, ctype, nil, orig, false); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, fmt.Errorf("report: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// writePart adds one part. Its transfer encoding is 7bit for ASCII content;
+// otherwise quoted-printable for text/plain (qp) and 8bit for the others
+// (message/* parts may not be encoded, RFC 2046 Section 5.2.1).
+func writePart(w *message.Writer, ctype string, params map[string]string, body []byte, qp bool) error {
+	var ph message.Header
+	ph.SetContentType(ctype, params)
+	cte := "7bit"
+	if !isASCII(body) {
+		cte = "8bit"
+		if qp {
+			cte = "quoted-printable"
+		}
+	}
+	ph.Set("Content-Transfer-Encoding", cte)
+	if ctype == "text/plain" {
+		ph.Set("Content-Disposition", "inline")
+	}
+	pw, err := w.CreatePart(ph)
+	if err != nil {
+		return fmt.Errorf("report: %s part: %w", ctype, err)
+	}
+	if _, err := pw.Write(body); err != nil {
+		return fmt.Errorf("report: %s part: %w", ctype, err)
+	}
+	if err := pw.Close(); err != nil {
+		return fmt.Errorf("report: %s part: %w", ctype, err)
+	}
+	return nil
+}
+
+// feedbackReport returns the body of the message/feedback-report part.
+//
+// The fields are added with AddRaw: textproto's Add canonicalizes names
+// ("DKIM-Domain" would become "Dkim-Domain", "Source-IP" "Source-Ip") and
+// refolds values; AddRaw keeps the registered spelling and the folding of
+// Authentication-Results. WriteHeader writes fields last-added first, so
+// they are added in reverse.
+func feedbackReport(f *Failure, a analysis, cfg Config) ([]byte, error) {
+	v := &f.Verdict
+	type kv struct{ k, v string }
+	var fs []kv
+	add := func(k, val string) { fs = append(fs, kv{k, val}) }
+
+	add("Feedback-Type", "auth-failure")
+	add("User-Agent", oneLine(cfg.UserAgent))
+	add("Version", "1")
+	add("Auth-Failure", a.authFailure)
+	add("Original-Mail-From", "<"+oneLine(redactIf(cfg.RedactLocalParts, strings.Trim(strings.TrimSpace(f.MailFrom), "<>")))+">")
+	if !f.Arrival.IsZero() {
+		add("Arrival-Date", f.Arrival.Format(time.RFC1123Z))
+	}
+	add("Reporting-MTA", "dns; "+oneLine(cfg.ReportingMTA))
+	add("Source-IP", ipString(f.ClientIP))
+	add("Reported-Domain", v.FromDomain)
+	ar := f.AuthResults
+	if ar == "" {
+		// Nothing was stamped (the message was rejected): describe the
+		// verdict the same way the milter would have.
+		ar = policy.New(policy.Config{AuthservID: cfg.AuthservID}, nil).AuthenticationResults(*v, f.MailFrom, f.Helo)
+	}
+	add("Authentication-Results", redactIf(cfg.RedactLocalParts, ar))
+	add("Identity-Alignment", strings.Join(a.alignment, ", "))
+	add("Delivery-Result", deliveryResult(f))
+	if a.sig >= 0 {
+		d := v.DKIM[a.sig]
+		add("DKIM-Domain", oneLine(d.Domain))
+		id := d.Identifier
+		if id == "" {
+			id = "@" + d.Domain
+		}
+		add("DKIM-Identity", oneLine(redactIf(cfg.RedactLocalParts, id)))
+		add("DKIM-Selector", oneLine(d.Selector))
+	}
+	if a.spfAligned && v.SPF.Status != spf.Pass {
+		// RFC 6591 Section 3.1 spf-dns: "txt" : domain : the record.
+		for _, rec := range f.SPFRecords {
+			add("SPF-DNS", "txt : "+oneLine(v.SPF.Domain)+" : "+quote(oneLine(rec)))
+		}
+	}
+
+	var h textproto.Header
+	for i := len(fs) - 1; i >= 0; i-- {
+		val := strings.ReplaceAll(strings.ReplaceAll(fs[i].v, "\r\n", "\n"), "\n", "\r\n")
+		h.AddRaw([]byte(fs[i].k + ": " + val + "\r\n"))
+	}
+	var b bytes.Buffer
+	if err := textproto.WriteHeader(&b, h); err != nil {
+		return nil, fmt.Errorf("report: feedback fields: %w", err)
+	}
+	return b.Bytes(), nil
+}
+
+// deliveryResult maps what we did to RFC 6591 Section 3.1 Delivery-Result:
+// delivered, spam (delivered but marked as failing a quarantine policy),
+// policy (held in quarantine), reject, other.
+func deliveryResult(f *Failure) string {
+	switch f.Action {
+	case policy.Reject:
+		return "reject"
+	case policy.Quarantine:
+		return "policy"
+	case policy.TempFail:
+		return "other"
+	}
+	if f.Verdict.Disposition == dmarc.PolicyQuarantine {
+		return "spam"
+	}
+	return "delivered"
+}
+
+// originalHeader rebuilds the received header byte-exactly (CRLF), with
+// local parts redacted if asked.
+func originalHeader(f *Failure, redact bool) []byte {
+	var b []byte
+	for _, h := range f.Header {
+		val := h.Value
+		if redact && !isMessageIDField(h.Name) {
+			val = redactAddresses(val)
+		}
+		b = append(b, dkim.RebuildField(h.Name, val, f.LeadingSpace)...)
+	}
+	return b
+}
+
+func isMessageIDField(name string) bool {
+	switch strings.ToLower(strings.TrimSpace(name)) {
+	case "message-id", "in-reply-to", "references", "content-id", "resent-message-id":
+		return true
+	}
+	return false
+}
+
+// addrRE matches the addr-spec-looking parts of a field: a dot-atom or
+// quoted-string local part, "@", and a domain. An Authentication-Results
+// property name before it ("smtp.mailfrom=") is matched separately, since
+// "=" is also allowed in a local part.
+var addrRE = regexp.MustCompile(`([A-Za-z]+\.[A-Za-z-]+=)?(?:"(?:[^"\\\r\n]|\\.)*"|[A-Za-z0-9!#$%&'*+/=?^_` + "`" + `{|}~.-]+)@([A-Za-z0-9\[][A-Za-z0-9.:\[\]-]*)`)
+
+// redactAddresses replaces the local part of every address in s by
+// "redacted" (RFC 6590 Section 4 leaves the replacement to the reporter).
+func redactAddresses(s string) string {
+	return addrRE.ReplaceAllString(s, "${1}redacted@$2")
+}
+
+func redactIf(redact bool, s string) string {
+	if !redact {
+		return s
+	}
+	return redactAddresses(s)
+}
+
+// crlf turns bare LF line ends into CRLF.
+func crlf(b []byte) []byte {
+	if !bytes.Contains(b, []byte("\n")) {
+		return b
+	}
+	out := make([]byte, 0, len(b)+bytes.Count(b, []byte("\n")))
+	for i, c := range b {
+		if c == '\n' && (i == 0 || b[i-1] != '\r') {
+			out = append(out, '\r')
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// oneLine makes s safe as a one-line field value: line breaks and other
+// control characters become spaces.
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// quote makes an RFC 5322 quoted-string.
+func quote(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func ipString(ip net.IP) string {
+	if len(ip) == 0 {
+		return "unknown"
+	}
+	return ip.String()
+}

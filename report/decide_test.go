@@ -1,0 +1,354 @@
+package report
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
+	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
+	"github.com/dmarc-milter/dmarc-milter/policy/spf"
+)
+
+func TestWantedMatrix(t *testing.T) {
+	type outcome struct {
+		spf         spf.Status
+		spfAligned  bool
+		dkim        []dkim.Status
+		dkimAligned bool
+	}
+	fail := outcome{spf: spf.Fail, dkim: []dkim.Status{dkim.Fail}}                                                 // DMARC fail, both failed
+	noSig := outcome{spf: spf.SoftFail}                                                                            // DMARC fail, no signature
+	spfOnly := outcome{spf: spf.Pass, spfAligned: true, dkim: []dkim.Status{dkim.Fail}}                            // pass via SPF, a signature failed
+	dkimOnly := outcome{spf: spf.Fail, dkim: []dkim.Status{dkim.Pass}, dkimAligned: true}                          // pass via DKIM, SPF failed
+	both := outcome{spf: spf.Pass, spfAligned: true, dkim: []dkim.Status{dkim.Pass, dkim.Fail}, dkimAligned: true} // pass both, one bad signature
+	clean := outcome{spf: spf.Pass, spfAligned: true, dkim: []dkim.Status{dkim.Pass}, dkimAligned: true}
+	unalignedPass := outcome{spf: spf.Pass, dkim: []dkim.Status{dkim.Pass}} // DMARC fail, nothing "failed"
+	temp := outcome{spf: spf.Pass, spfAligned: true, dkim: []dkim.Status{dkim.TempError}}
+
+	cases := []struct {
+		name string
+		fo   string
+		o    outcome
+		want []string
+	}{
+		{"0 fail", "", fail, []string{"0"}},
+		{"0 explicit", "fo=0", fail, []string{"0"}},
+		{"0 spf pass", "", spfOnly, nil},
+		{"0 unaligned passes", "", unalignedPass, []string{"0"}},
+		{"1 fail", "fo=1", fail, []string{"1"}},
+		{"1 no signature", "fo=1", noSig, []string{"1"}},
+		{"1 spf only", "fo=1", spfOnly, []string{"1"}},
+		{"1 dkim only", "fo=1", dkimOnly, []string{"1"}},
+		{"1 both aligned", "fo=1", both, nil},
+		{"1 clean", "fo=1", clean, nil},
+		{"d fail", "fo=d", fail, []string{"d"}},
+		{"d no signature", "fo=d", noSig, nil},
+		{"d spf only", "fo=d", spfOnly, []string{"d"}},
+		{"d dkim only", "fo=d", dkimOnly, nil},
+		{"d extra bad signature", "fo=d", both, []string{"d"}},
+		{"d temperror is no failure", "fo=d", temp, nil},
+		{"s fail", "fo=s", fail, []string{"s"}},
+		{"s softfail", "fo=s", noSig, []string{"s"}},
+		{"s dkim only", "fo=s", dkimOnly, []string{"s"}},
+		{"s spf pass", "fo=s", spfOnly, nil},
+		{"d:s fail", "fo=d:s", fail, []string{"d", "s"}},
+		{"d:s spf only", "fo=d:s", spfOnly, []string{"d"}},
+		{"d:s dkim only", "fo=d:s", dkimOnly, []string{"s"}},
+		{"0:1 fail", "fo=0:1", fail, []string{"0", "1"}},
+		{"0:d clean", "fo=0:d", clean, nil},
+		{"1:d:s clean", "fo=1:d:s", clean, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rec := "v=DMARC1; p=reject; ruf=mailto:r@example.com"
+			if c.fo != "" {
+				rec += "; " + c.fo
+			}
+			f := failure(t, rec)
+			v := &f.Verdict
+			v.SPF.Status = c.o.spf
+			v.DMARC.SPFAligned = c.o.spfAligned
+			v.DMARC.DKIMAligned = c.o.dkimAligned
+			v.DKIM = nil
+			for _, s := range c.o.dkim {
+				v.DKIM = append(v.DKIM, dkim.Result{Status: s, Domain: "example.com", Selector: "s"})
+			}
+			v.DMARC.Status = dmarc.StatusFail
+			if c.o.spfAligned || c.o.dkimAligned {
+				v.DMARC.Status = dmarc.StatusPass
+			}
+			got, ok := Wanted(f)
+			if !slices.Equal(got, c.want) || ok != (len(c.want) > 0) {
+				t.Errorf("Wanted = %v %v, want %v", got, ok, c.want)
+			}
+		})
+	}
+	// No record, temperror: never.
+	f := failure(t, "v=DMARC1; p=none; fo=1")
+	f.Verdict.DMARC.Status = dmarc.StatusTempError
+	if _, ok := Wanted(f); ok {
+		t.Errorf("temperror wanted")
+	}
+	f.Verdict.DMARC.Status, f.Verdict.DMARC.Record = dmarc.StatusNone, nil
+	if _, ok := Wanted(f); ok {
+		t.Errorf("no record wanted")
+	}
+}
+
+// TestSubmitExclusions checks which messages are queued for a report and
+// which are counted as suppressed, and why.
+func TestSubmitExclusions(t *testing.T) {
+	const rec = "v=DMARC1; p=reject; ruf=mailto:r@example.com"
+	cases := []struct {
+		name   string
+		cfg    func(*Config)
+		mod    func(*Failure)
+		reason Reason // "" = queued
+	}{
+		{"reject policy", nil, nil, ""},
+		{"p=none reported too", nil, func(f *Failure) { *f = *failure(t, "v=DMARC1; p=none; ruf=mailto:r@example.com") }, ""},
+		{"psd=y", nil, func(f *Failure) { *f = *failure(t, "v=DMARC1; p=reject; psd=y; ruf=mailto:r@example.com") }, ReasonPSD},
+		{"null sender", nil, func(f *Failure) { f.MailFrom = "<>" }, ReasonNullSender},
+		{"empty sender", nil, func(f *Failure) { f.MailFrom = "" }, ReasonNullSender},
+		{"auto-replied", nil, func(f *Failure) { f.Header = append(f.Header, Field{"Auto-Submitted", " auto-replied"}) }, ReasonAutoSubmitted},
+		{"auto-generated with comment", nil, func(f *Failure) {
+			f.Header = append(f.Header, Field{"auto-submitted", " (robot) auto-generated; owner=x"})
+		}, ReasonAutoSubmitted},
+		{"auto-submitted: no", nil, func(f *Failure) { f.Header = append(f.Header, Field{"Auto-Submitted", " No"}) }, ""},
+		{"multipart/report", nil, func(f *Failure) {
+			f.Header = append(f.Header, Field{"Content-Type", " multipart/report;\n\treport-type=delivery-status; boundary=x"})
+		}, ReasonReportMessage},
+		{"aggregate report", nil, func(f *Failure) {
+			f.Header = append(f.Header, Field{"Subject", " Report Domain: example.com Submitter: x Report-ID: 1"})
+		}, ReasonReportMessage},
+		{"from our report address", nil, func(f *Failure) {
+			f.Header = append(f.Header, Field{"Sender", " Reports <DMARC-Reports@mx.example.net>"})
+		}, ReasonReportMessage},
+		{"envelope from our report address", nil, func(f *Failure) { f.MailFrom = "<dmarc-reports@mx.example.net>" }, ReasonReportMessage},
+		{"excluded network", func(c *Config) { c.ExcludeNetworks = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")} }, nil, ReasonExcludedClient},
+		{"excluded network, v4-mapped", func(c *Config) { c.ExcludeNetworks = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")} },
+			func(f *Failure) { f.ClientIP = net.ParseIP("::ffff:192.0.2.1") }, ReasonExcludedClient},
+		{"other network", func(c *Config) { c.ExcludeNetworks = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")} }, nil, ""},
+		{"deny domain", func(c *Config) { c.DenyDomains = []string{"Example.COM"} }, nil, ReasonDomain},
+		{"deny parent domain", func(c *Config) { c.DenyDomains = []string{"com"} }, nil, ReasonDomain},
+		{"allow other domain", func(c *Config) { c.AllowDomains = []string{"example.org"} }, nil, ReasonDomain},
+		{"allow domain", func(c *Config) { c.AllowDomains = []string{"example.org", "example.com"} }, nil, ""},
+		{"authenticated client", nil, func(f *Failure) { f.Verdict.Exempt = "authenticated" }, ReasonLocalClient},
+		{"monitor mode reported", nil, func(f *Failure) { f.Verdict.Exempt = "monitor" }, ""},
+		{"fo not matched", nil, func(f *Failure) {
+			f.Verdict.DMARC.Status, f.Verdict.DMARC.DKIMAligned = dmarc.StatusPass, true
+		}, ReasonNotWanted},
+		{"no record", nil, func(f *Failure) { f.Verdict.DMARC.Record, f.Verdict.DMARC.Status = nil, dmarc.StatusNone }, ReasonNoPolicy},
+		{"disabled", func(c *Config) { c.Enabled = false }, nil, ReasonDisabled},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			if c.cfg != nil {
+				c.cfg(&cfg)
+			}
+			r, err := New(cfg, newResolver(), testLogger(t), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := failure(t, rec)
+			if c.mod != nil {
+				c.mod(f)
+			}
+			r.Submit(f)
+			st := r.Stats()
+			if st.Submitted != 1 {
+				t.Errorf("Submitted = %d", st.Submitted)
+			}
+			queued := len(r.queue) == 1
+			if c.reason == "" {
+				if !queued || len(st.Suppressed) != 0 {
+					t.Errorf("not queued: %v", st.Suppressed)
+				}
+				return
+			}
+			if queued || st.Suppressed[c.reason] != 1 {
+				t.Errorf("queued=%v suppressed=%v, want %s", queued, st.Suppressed, c.reason)
+			}
+		})
+	}
+}
+
+// processed runs the worker step for f and returns the spooled recipients.
+func processed(t *testing.T, r *Reporter, f *Failure) []string {
+	t.Helper()
+	before := map[string]bool{}
+	r.mu.Lock()
+	for id := range r.pending {
+		before[id] = true
+	}
+	r.mu.Unlock()
+	r.process(f)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var to []string
+	for id, e := range r.pending {
+		if !before[id] {
+			to = append(to, e.env.To)
+		}
+	}
+	slices.Sort(to)
+	return to
+}
+
+func TestDestinations(t *testing.T) {
+	res := newResolver()
+	r, err := New(testConfig(t), res, testLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := failure(t, "v=DMARC1; p=reject; fo=1; ruf="+strings.Join([]string{
+		"mailto:ruf@example.com",                               // the policy domain itself
+		"mailto:dmarc@reports.example.com",                     // same organizational domain
+		"mailto:ruf@reports.example.net",                       // external, authorized
+		"mailto:ruf@other.example",                             // external, TXT is not v=DMARC1
+		"mailto:ruf@nobody.example",                            // external, no record
+		"https://reports.example.com/ruf",                      // not mailto
+		"mailto:RUF@example.com",                               // duplicate
+		"mailto:a@reports.example.net%2Cb@reports.example.net", // two addresses
+	}, ","))
+	got := processed(t, r, f)
+	want := []string{"a@reports.example.net", "b@reports.example.net", "dmarc@reports.example.com", "ruf@example.com", "ruf@reports.example.net"}
+	if !slices.Equal(got, want) {
+		t.Errorf("spooled for %v, want %v", got, want)
+	}
+	if n := r.Stats().Suppressed[ReasonUnauthorized]; n != 2 {
+		t.Errorf("unauthorized = %d, want 2", n)
+	}
+	// The authorization is cached.
+	q := "example.com._report._dmarc.reports.example.net."
+	n := res.count(q)
+	f2 := failure(t, "v=DMARC1; p=reject; fo=1; ruf=mailto:x@reports.example.net")
+	f2.ClientIP = net.ParseIP("192.0.2.99")
+	if got := processed(t, r, f2); !slices.Equal(got, []string{"x@reports.example.net"}) {
+		t.Errorf("second report spooled for %v", got)
+	}
+	if res.count(q) != n {
+		t.Errorf("authorization queried again")
+	}
+
+	// A temporary DNS error leaves the destination out and is not cached.
+	res.fail = map[string]error{"example.com._report._dmarc.tmp.example.": &net.DNSError{Err: "timeout", IsTimeout: true}}
+	f3 := failure(t, "v=DMARC1; p=reject; fo=1; ruf=mailto:x@tmp.example")
+	if got := processed(t, r, f3); len(got) != 0 {
+		t.Errorf("spooled despite DNS error: %v", got)
+	}
+	res.fail = nil
+	res.txt["example.com._report._dmarc.tmp.example."] = []string{"v=DMARC1"}
+	f3.ClientIP = net.ParseIP("192.0.2.77")
+	if got := processed(t, r, f3); len(got) != 1 {
+		t.Errorf("not spooled after DNS recovered: %v", got)
+	}
+
+	// No mailto: at all.
+	f4 := failure(t, "v=DMARC1; p=reject; ruf=https://example.com/x")
+	processed(t, r, f4)
+	if r.Stats().Suppressed[ReasonNoDestination] != 1 {
+		t.Errorf("no-destination not counted: %v", r.Stats().Suppressed)
+	}
+}
+
+func TestSizeLimit(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Include = IncludeMessage
+	r, err := New(cfg, newResolver(), testLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := failure(t, "v=DMARC1; p=reject; ruf=mailto:big@example.com,mailto:small@example.com!4k,mailto:tiny@example.com!1k")
+	f.Body = []byte(strings.Repeat("x", 3000) + "\r\n")
+	if got := processed(t, r, f); !slices.Equal(got, []string{"big@example.com", "small@example.com"}) {
+		t.Fatalf("spooled for %v", got)
+	}
+	types := map[string]string{}
+	r.mu.Lock()
+	for _, e := range r.pending {
+		_, msg, err := readSpoolFile(e.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := parseReport(t, msg)
+		types[e.env.To] = p.types[2]
+		if e.env.To == "small@example.com" && len(msg) > 4096 {
+			t.Errorf("report to small@ is %d bytes", len(msg))
+		}
+	}
+	r.mu.Unlock()
+	if types["big@example.com"] != "message/rfc822" || types["small@example.com"] != "text/rfc822-headers" {
+		t.Errorf("attachments: %v", types)
+	}
+	if r.Stats().Suppressed[ReasonTooBig] != 1 {
+		t.Errorf("too-big not counted: %v", r.Stats().Suppressed)
+	}
+}
+
+func TestRateLimitsAndDedup(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 5, 4, 0, 0, 0, 0, time.UTC)}
+	cfg := testConfig(t)
+	cfg.PerDestinationLimit, cfg.PerDestinationWindow = 3, time.Hour
+	cfg.GlobalLimit, cfg.GlobalWindow = 5, time.Hour
+	cfg.DedupWindow = 10 * time.Minute
+	r, err := New(cfg, newResolver(), testLogger(t), clk.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := func(ip string, ruf string) *Failure {
+		f := failure(t, "v=DMARC1; p=reject; ruf="+ruf)
+		f.ClientIP = net.ParseIP(ip)
+		return f
+	}
+
+	// The same failure twice: sent once.
+	if got := processed(t, r, from("192.0.2.1", "mailto:a@example.com")); len(got) != 1 {
+		t.Fatalf("first: %v", got)
+	}
+	if got := processed(t, r, from("192.0.2.1", "mailto:a@example.com")); len(got) != 0 {
+		t.Errorf("duplicate sent: %v", got)
+	}
+	if r.Stats().Suppressed[ReasonDuplicate] != 1 {
+		t.Errorf("duplicate not counted")
+	}
+	// A different kind of failure from the same IP is not a duplicate.
+	g := from("192.0.2.1", "mailto:a@example.com")
+	g.Verdict.DKIM = nil
+	if got := processed(t, r, g); len(got) != 1 {
+		t.Errorf("different failure not sent: %v", got)
+	}
+	// Per destination: the third distinct failure fills a@'s limit.
+	if got := processed(t, r, from("192.0.2.2", "mailto:a@example.com")); len(got) != 1 {
+		t.Errorf("third: %v", got)
+	}
+	if got := processed(t, r, from("192.0.2.3", "mailto:a@example.com")); len(got) != 0 {
+		t.Errorf("over per-destination limit: %v", got)
+	}
+	if r.Stats().Suppressed[ReasonDestLimit] != 1 {
+		t.Errorf("destination limit not counted: %v", r.Stats().Suppressed)
+	}
+	// Other destinations still get reports until the global limit (5).
+	if got := processed(t, r, from("192.0.2.4", "mailto:b@example.com,mailto:c@example.com")); len(got) != 2 {
+		t.Errorf("b, c: %v", got)
+	}
+	if got := processed(t, r, from("192.0.2.5", "mailto:d@example.com")); len(got) != 0 {
+		t.Errorf("over global limit: %v", got)
+	}
+	if r.Stats().Suppressed[ReasonGlobalLimit] != 1 {
+		t.Errorf("global limit not counted: %v", r.Stats().Suppressed)
+	}
+	// An hour later the windows have moved on; the duplicate is old too.
+	clk.advance(time.Hour + time.Second)
+	if got := processed(t, r, from("192.0.2.1", "mailto:a@example.com")); len(got) != 1 {
+		t.Errorf("after the window: %v", got)
+	}
+	if st := r.Stats(); st.Spooled != 6 {
+		t.Errorf("Spooled = %d, want 6", st.Spooled)
+	}
+}

@@ -1,0 +1,322 @@
+package report
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/report/smtpsink"
+)
+
+// running starts r.Run and stops it when the test ends; stop stops it
+// early.
+func running(t *testing.T, r *Reporter) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Errorf("Run did not return after cancel")
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func newReporter(t *testing.T, cfg Config) *Reporter {
+	t.Helper()
+	r, err := New(cfg, newResolver(), testLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestDeliver(t *testing.T) {
+	sink := smtpsink.Start(t)
+	cfg := testConfig(t)
+	cfg.SMTP = sink.Addr
+	r := newReporter(t, cfg)
+	running(t, r)
+
+	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+	msgs := sink.Wait(t, 1, 10*time.Second)
+	m := msgs[0]
+	if m.From != "dmarc-reports@mx.example.net" || len(m.To) != 1 || m.To[0] != "ruf@example.com" {
+		t.Errorf("envelope %s -> %v", m.From, m.To)
+	}
+	p := parseReport(t, m.Data)
+	if len(p.types) != 3 || p.feedback.Get("Feedback-Type") != "auth-failure" {
+		t.Errorf("report: %v %v", p.types, p.feedback.Map())
+	}
+	waitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.SpoolDir)) == 0 })
+	st := r.Stats()
+	if st.Submitted != 1 || st.Spooled != 1 || st.Sent != 1 || st.Dropped != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestRelayDownThenBack(t *testing.T) {
+	sink := smtpsink.Start(t)
+	sink.Stop()
+	cfg := testConfig(t)
+	cfg.SMTP = sink.Addr
+	r := newReporter(t, cfg)
+	running(t, r)
+
+	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+	waitFor(t, "retries", func() bool { return r.Stats().Retried >= 2 })
+	files := spoolFiles(t, cfg.SpoolDir)
+	if len(files) != 1 {
+		t.Fatalf("spool holds %v", files)
+	}
+	env, _, err := readSpoolFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env.Attempts < 1 || env.LastError == "" {
+		t.Errorf("attempts not recorded in the spool: %+v", env)
+	}
+	sink.Restart(t)
+	sink.Wait(t, 1, 10*time.Second)
+	waitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.SpoolDir)) == 0 })
+	if st := r.Stats(); st.Sent != 1 || st.Dropped != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestTemporaryReplyRetried(t *testing.T) {
+	sink := smtpsink.Start(t)
+	sink.FailRcpt(smtpsink.Temp(451), 2)
+	cfg := testConfig(t)
+	cfg.SMTP = sink.Addr
+	r := newReporter(t, cfg)
+	running(t, r)
+	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+	sink.Wait(t, 1, 10*time.Second)
+	if st := r.Stats(); st.Retried != 2 {
+		t.Errorf("Retried = %d, want 2", st.Retried)
+	}
+}
+
+func TestPermanentRefusalDropped(t *testing.T) {
+	for _, stage := range []string{"mail", "rcpt", "data"} {
+		t.Run(stage, func(t *testing.T) {
+			sink := smtpsink.Start(t)
+			switch stage {
+			case "mail":
+				sink.FailMail(smtpsink.Perm(550), -1)
+			case "rcpt":
+				sink.FailRcpt(smtpsink.Perm(550), -1)
+			case "data":
+				sink.FailData(smtpsink.Perm(554), -1)
+			}
+			cfg := testConfig(t)
+			cfg.SMTP = sink.Addr
+			r := newReporter(t, cfg)
+			running(t, r)
+			r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+			waitFor(t, "the drop", func() bool { return r.Stats().Dropped == 1 })
+			if st := r.Stats(); st.Retried != 0 || st.Sent != 0 {
+				t.Errorf("stats %+v", st)
+			}
+			if n := sink.Connections(); n != 1 {
+				t.Errorf("%d connections, want 1", n)
+			}
+			if f := spoolFiles(t, cfg.SpoolDir); len(f) != 0 {
+				t.Errorf("spool holds %v", f)
+			}
+		})
+	}
+}
+
+func TestMaxAttempts(t *testing.T) {
+	sink := smtpsink.Start(t)
+	sink.FailData(smtpsink.Temp(452), -1)
+	cfg := testConfig(t)
+	cfg.SMTP = sink.Addr
+	cfg.MaxAttempts = 3
+	r := newReporter(t, cfg)
+	running(t, r)
+	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+	waitFor(t, "the drop", func() bool { return r.Stats().Dropped == 1 })
+	if st := r.Stats(); st.Retried != 2 || st.Sent != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	if n := sink.Connections(); n != 3 {
+		t.Errorf("%d attempts, want 3", n)
+	}
+	if f := spoolFiles(t, cfg.SpoolDir); len(f) != 0 {
+		t.Errorf("spool holds %v", f)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	c := Config{MinBackoff: time.Minute, MaxBackoff: time.Hour}
+	want := []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute, 8 * time.Minute, 16 * time.Minute, 32 * time.Minute, time.Hour, time.Hour}
+	for i, w := range want {
+		if got := c.backoff(i + 1); got != w {
+			t.Errorf("backoff(%d) = %v, want %v", i+1, got, w)
+		}
+	}
+}
+
+func TestUnwritableSpool(t *testing.T) {
+	// New refuses a spool it cannot create.
+	base := t.TempDir()
+	blocker := filepath.Join(base, "file")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t)
+	cfg.SpoolDir = filepath.Join(blocker, "spool")
+	if _, err := New(cfg, newResolver(), testLogger(t), nil); err == nil || !strings.Contains(err.Error(), "spool") {
+		t.Errorf("New with an impossible spool: %v", err)
+	}
+
+	// The spool goes away while running: logged and dropped, nothing
+	// blocks. (Permissions would not stop root, so the directory is
+	// replaced by a file.)
+	sink := smtpsink.Start(t)
+	cfg = testConfig(t)
+	cfg.SMTP = sink.Addr
+	r := newReporter(t, cfg)
+	running(t, r)
+	if err := os.RemoveAll(cfg.SpoolDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg.SpoolDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for i := 0; i < 3; i++ {
+		f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com")
+		f.ClientIP[15] = byte(10 + i)
+		r.Submit(f)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("Submit took %v", d)
+	}
+	waitFor(t, "spool errors", func() bool { return r.Stats().SpoolErrors == 3 })
+	if st := r.Stats(); st.Spooled != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestSubmitNeverBlocks(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.QueueSize = 2
+	r := newReporter(t, cfg) // Run is not started: nothing drains the queue
+	start := time.Now()
+	for i := 0; i < 5; i++ {
+		f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com")
+		r.Submit(f)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("Submit took %v", d)
+	}
+	if st := r.Stats(); st.Suppressed[ReasonQueueFull] != 3 || len(r.queue) != 2 {
+		t.Errorf("queue %d, stats %+v", len(r.queue), st)
+	}
+}
+
+// TestRestartDeliversSpool simulates a kill -9: a Reporter spools a report
+// while the relay is down and is stopped without any cleanup, a temporary
+// file of a write in progress is left behind; a new Reporter on the same
+// spool delivers the report as soon as it starts.
+func TestRestartDeliversSpool(t *testing.T) {
+	sink := smtpsink.Start(t)
+	sink.Stop()
+	cfg := testConfig(t)
+	cfg.SMTP = sink.Addr
+	cfg.MinBackoff, cfg.MaxBackoff = time.Hour, time.Hour // no retry before the restart
+
+	first := newReporter(t, cfg)
+	stop := running(t, first)
+	first.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+	waitFor(t, "the first attempt", func() bool { return first.Stats().Retried == 1 })
+	stop()
+	if err := os.WriteFile(filepath.Join(cfg.SpoolDir, tmpPrefix+"crashed"), []byte("{partial"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(spoolFiles(t, cfg.SpoolDir)); n != 1 {
+		t.Fatalf("%d reports spooled", n)
+	}
+
+	sink.Restart(t)
+	second := newReporter(t, cfg)
+	running(t, second)
+	msgs := sink.Wait(t, 1, 10*time.Second)
+	if !strings.Contains(string(msgs[0].Data), "DMARC failure report for example.com from 192.0.2.1") {
+		t.Errorf("unexpected message delivered")
+	}
+	waitFor(t, "the spool to empty", func() bool {
+		des, _ := os.ReadDir(cfg.SpoolDir)
+		return len(des) == 0
+	})
+	if st := second.Stats(); st.Sent != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestStartTLSAndAuth(t *testing.T) {
+	t.Run("opportunistic TLS with AUTH", func(t *testing.T) {
+		sink := smtpsink.StartWith(t, smtpsink.Options{STARTTLS: true, AuthUser: "u", AuthPassword: "p", RequireAuth: true})
+		cfg := testConfig(t)
+		cfg.SMTP, cfg.SMTPUser, cfg.SMTPPassword = sink.Addr, "u", "p"
+		r := newReporter(t, cfg)
+		running(t, r)
+		r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+		m := sink.Wait(t, 1, 10*time.Second)[0]
+		if !m.TLS || m.AuthUser != "u" {
+			t.Errorf("TLS %v, user %q", m.TLS, m.AuthUser)
+		}
+	})
+	t.Run("AUTH to loopback without TLS", func(t *testing.T) {
+		sink := smtpsink.StartWith(t, smtpsink.Options{AuthUser: "u", AuthPassword: "p", RequireAuth: true})
+		cfg := testConfig(t)
+		cfg.SMTP, cfg.SMTPUser, cfg.SMTPPassword = sink.Addr, "u", "p"
+		r := newReporter(t, cfg)
+		running(t, r)
+		r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+		if m := sink.Wait(t, 1, 10*time.Second)[0]; m.TLS || m.AuthUser != "u" {
+			t.Errorf("TLS %v, user %q", m.TLS, m.AuthUser)
+		}
+	})
+	t.Run("required TLS not offered", func(t *testing.T) {
+		sink := smtpsink.Start(t)
+		cfg := testConfig(t)
+		cfg.SMTP, cfg.StartTLS = sink.Addr, StartTLSRequired
+		r := newReporter(t, cfg)
+		running(t, r)
+		r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+		waitFor(t, "a retry", func() bool { return r.Stats().Retried >= 1 })
+		if len(sink.Messages()) != 0 {
+			t.Errorf("sent without TLS")
+		}
+	})
+	t.Run("required TLS, unverifiable certificate", func(t *testing.T) {
+		sink := smtpsink.StartWith(t, smtpsink.Options{STARTTLS: true})
+		cfg := testConfig(t)
+		cfg.SMTP, cfg.StartTLS = sink.Addr, StartTLSRequired
+		r := newReporter(t, cfg)
+		running(t, r)
+		r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+		waitFor(t, "a retry", func() bool { return r.Stats().Retried >= 1 })
+		if len(sink.Messages()) != 0 {
+			t.Errorf("sent over an unverified TLS session")
+		}
+	})
+}

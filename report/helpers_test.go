@@ -1,0 +1,262 @@
+package report
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-message"
+	"github.com/emersion/go-message/textproto"
+	"github.com/rs/zerolog"
+
+	"github.com/dmarc-milter/dmarc-milter/policy"
+	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
+	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
+	"github.com/dmarc-milter/dmarc-milter/policy/spf"
+)
+
+// fakeResolver answers TXT queries from a map (names lower-case, with the
+// trailing dot); anything else is NXDOMAIN.
+type fakeResolver struct {
+	mu      sync.Mutex
+	txt     map[string][]string
+	fail    map[string]error
+	queries []string
+}
+
+func (f *fakeResolver) LookupTXT(_ context.Context, name string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := strings.ToLower(name)
+	f.queries = append(f.queries, k)
+	if err, ok := f.fail[k]; ok {
+		return nil, err
+	}
+	if v, ok := f.txt[k]; ok {
+		return v, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
+}
+
+func (f *fakeResolver) count(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, q := range f.queries {
+		if q == name {
+			n++
+		}
+	}
+	return n
+}
+
+func newResolver() *fakeResolver {
+	return &fakeResolver{txt: map[string][]string{
+		"_dmarc.example.com.": {"v=DMARC1; p=reject"},
+		"bad.example.":        {"v=spf1 ip4:198.51.100.0/24 -all"},
+		"example.com.":        {"v=spf1 ip4:203.0.113.0/24 -all", "google-site-verification=x"},
+		// reports.example.net agrees to receive reports for example.com.
+		"example.com._report._dmarc.reports.example.net.": {"v=DMARC1;"},
+		// other.example publishes something that is not an authorization.
+		"example.com._report._dmarc.other.example.": {"v=spf1 -all"},
+	}}
+}
+
+// failure returns a message from 192.0.2.1 claiming From example.com with
+// a failing DKIM signature of example.com and an SPF fail for bad.example:
+// DMARC fails. record is the DMARC record of example.com.
+func failure(t testing.TB, record string) *Failure {
+	t.Helper()
+	rec, err := dmarc.ParseRecord(record)
+	if err != nil {
+		t.Fatalf("ParseRecord(%q): %v", record, err)
+	}
+	v := policy.Verdict{
+		FromDomain: "example.com",
+		SPF:        spf.Result{Status: spf.Fail, Domain: "bad.example", Identity: spf.IdentityMailFrom},
+		HeloSPF:    spf.Result{Status: spf.None, Domain: "mail.bad.example", Identity: spf.IdentityHelo},
+		DKIM: []dkim.Result{{
+			Status: dkim.Fail, Domain: "example.com", Selector: "sel1", Identifier: "@example.com",
+			Algorithm: "rsa-sha256", BPrefix: "abcdefgh", Err: errors.New("dkim: body hash did not verify"),
+		}},
+		DMARC: dmarc.Result{
+			Status: dmarc.StatusFail, FromDomain: "example.com", PolicyDomain: "example.com", OrgDomain: "example.com",
+			Record: rec, Policy: rec.Policy, Applied: rec.Policy,
+		},
+		Disposition: rec.Policy,
+	}
+	switch rec.Policy {
+	case dmarc.PolicyReject:
+		v.Action, v.Code, v.Enhanced, v.Text = policy.Reject, 550, "5.7.1", "Message rejected: DMARC policy of example.com says reject"
+	case dmarc.PolicyQuarantine:
+		v.Action = policy.Quarantine
+	}
+	return &Failure{
+		QueueID:    "4AE9D403CC",
+		Arrival:    time.Date(2026, 5, 4, 10, 11, 12, 0, time.UTC),
+		ClientIP:   net.ParseIP("192.0.2.1"),
+		ClientHost: "mail.bad.example",
+		Helo:       "mail.bad.example",
+		MailFrom:   "<bounce+x@bad.example>",
+		Header: []Field{
+			{"Received", " from mail.bad.example (mail.bad.example [192.0.2.1])\n\tby mx.example.net (Postfix) with ESMTP id 4AE9D403CC\n\tfor <alice@example.net>; Mon, 4 May 2026 10:11:12 +0000"},
+			{"DKIM-Signature", " v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=sel1;\n\th=From:To:Subject; bh=AAAA; b=abcdefghijkl"},
+			{"From", " \"Bank\" <alerts@example.com>"},
+			{"To", " alice@example.net"},
+			{"Subject", " Your account"},
+			{"Message-ID", " <123@mail.bad.example>"},
+			{"Date", " Mon, 4 May 2026 10:11:10 +0000"},
+		},
+		LeadingSpace: true,
+		Verdict:      v,
+		AuthResults:  "mx.example.net;\n\tspf=fail smtp.mailfrom=bounce+x@bad.example;\n\tdkim=fail header.d=example.com header.s=sel1;\n\tdmarc=fail header.from=example.com policy.dmarc=reject",
+		Action:       v.Action,
+	}
+}
+
+func testConfig(t testing.TB) Config {
+	return Config{
+		Enabled:      true,
+		From:         "dmarc-reports@mx.example.net",
+		ReportingMTA: "mx.example.net",
+		UserAgent:    "dmarc-milter/test",
+		SpoolDir:     filepath.Join(t.TempDir(), "spool", "failure"),
+		MinBackoff:   20 * time.Millisecond,
+		MaxBackoff:   100 * time.Millisecond,
+		SMTPTimeout:  5 * time.Second,
+	}
+}
+
+// testLogger writes to the test log.
+func testLogger(t testing.TB) zerolog.Logger {
+	return zerolog.New(zerolog.TestWriter{T: t}).Level(zerolog.DebugLevel)
+}
+
+// clock is an injectable clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// parsedReport is a report read back with go-message.
+type parsedReport struct {
+	header   message.Header
+	types    []string // content types of the parts, in order
+	params   []map[string]string
+	text     string
+	feedback textproto.Header
+	original []byte
+}
+
+func parseReport(t testing.TB, raw []byte) *parsedReport {
+	t.Helper()
+	e, err := message.Read(strings.NewReader(string(raw)))
+	if err != nil {
+		t.Fatalf("message.Read: %v", err)
+	}
+	p := &parsedReport{header: e.Header}
+	mr := e.MultipartReader()
+	if mr == nil {
+		t.Fatalf("report is not multipart")
+	}
+	for {
+		part, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("NextPart: %v", err)
+		}
+		ct, params, err := part.Header.ContentType()
+		if err != nil {
+			t.Fatalf("part content type: %v", err)
+		}
+		p.types = append(p.types, ct)
+		p.params = append(p.params, params)
+		body, err := io.ReadAll(part.Body)
+		if err != nil {
+			t.Fatalf("part body: %v", err)
+		}
+		switch ct {
+		case "text/plain":
+			p.text = string(body)
+		case "message/feedback-report":
+			h, err := textproto.ReadHeader(bufio.NewReader(strings.NewReader(string(body))))
+			if err != nil {
+				t.Fatalf("feedback fields: %v", err)
+			}
+			p.feedback = h
+		default:
+			p.original = body
+		}
+	}
+	return p
+}
+
+// spoolFiles lists the report files in dir.
+func spoolFiles(t testing.TB, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "*"+spoolExt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// waitFor polls cond until it holds or fails the test.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// conformanceDir finds ../shared/conformance/<sub> beside the module root.
+// policy/internal/conformance does the same but, being internal to policy/,
+// cannot be imported from here.
+func conformanceDir(t testing.TB, sub string) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Skipf("conformance data: %v", err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Skip("conformance data: no module root")
+		}
+		dir = parent
+	}
+	d := filepath.Join(dir, "..", "shared", "conformance", sub)
+	if _, err := os.Stat(d); err != nil {
+		t.Skipf("conformance data not present, skipping: %s (%v)", d, err)
+	}
+	return d
+}

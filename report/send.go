@@ -1,0 +1,292 @@
+package report
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"time"
+
+	"github.com/emersion/go-message/mail"
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// maxIdle is the longest the sender sleeps without looking at the queue.
+const maxIdle = time.Minute
+
+func (r *Reporter) envelopeFrom() string {
+	a, err := mail.ParseAddress(r.cfg.From)
+	if err != nil {
+		return r.cfg.From
+	}
+	return a.Address
+}
+
+// sendLoop delivers due reports until ctx ends.
+func (r *Reporter) sendLoop(ctx context.Context) {
+	for {
+		for _, e := range r.due() {
+			if ctx.Err() != nil {
+				return
+			}
+			r.attempt(e)
+		}
+		wait := maxIdle
+		if next, ok := r.nextDue(); ok {
+			wait = min(max(next.Sub(r.now()), 0), maxIdle)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-r.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// due returns the reports whose next attempt has come, oldest first.
+func (r *Reporter) due() []*entry {
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*entry
+	for _, e := range r.pending {
+		if !e.env.NextAttempt.After(now) {
+			out = append(out, e)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].env.Created.Before(out[j].env.Created) })
+	return out
+}
+
+func (r *Reporter) nextDue() (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var next time.Time
+	for _, e := range r.pending {
+		if next.IsZero() || e.env.NextAttempt.Before(next) {
+			next = e.env.NextAttempt
+		}
+	}
+	return next, !next.IsZero()
+}
+
+func (r *Reporter) forget(e *entry) {
+	r.mu.Lock()
+	delete(r.pending, e.env.ID)
+	r.mu.Unlock()
+}
+
+// backoff is the wait after the n-th failed attempt: MinBackoff doubling up
+// to MaxBackoff.
+func (c *Config) backoff(n int) time.Duration {
+	d := c.MinBackoff
+	for i := 1; i < n && d < c.MaxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, c.MaxBackoff)
+}
+
+// attempt tries to deliver one report and updates the spool.
+func (r *Reporter) attempt(e *entry) {
+	env, msg, err := readSpoolFile(e.path)
+	if err != nil {
+		r.log.Error().Err(err).Str("path", e.path).Msg("spooled failure report vanished or is unreadable; dropped")
+		r.forget(e)
+		r.count(func(s *Stats) { s.Dropped++ })
+		r.removeSpoolFile(e.path)
+		return
+	}
+	log := r.log.With().Str("id", env.ID).Str("to", env.To).Str("domain", env.Domain).Str("queue_id", env.QueueID).Logger()
+	err = r.deliver(env.From, env.To, msg)
+	env.Attempts++
+	if err == nil {
+		r.forget(e)
+		r.count(func(s *Stats) { s.Sent++ })
+		r.removeSpoolFile(e.path)
+		log.Info().Int("attempts", env.Attempts).Msg("failure report sent")
+		return
+	}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) && se.Code >= 500 && se.Code < 600 && isTransactionError(err) {
+		r.forget(e)
+		r.count(func(s *Stats) { s.Dropped++ })
+		r.removeSpoolFile(e.path)
+		log.Error().Err(err).Int("attempts", env.Attempts).Msg("failure report refused permanently by the relay; dropped")
+		return
+	}
+	if env.Attempts >= r.cfg.MaxAttempts {
+		r.forget(e)
+		r.count(func(s *Stats) { s.Dropped++ })
+		r.removeSpoolFile(e.path)
+		log.Error().Err(err).Int("attempts", env.Attempts).Msg("failure report not delivered after the last attempt; dropped")
+		return
+	}
+	env.LastError = err.Error()
+	env.NextAttempt = r.now().Add(r.cfg.backoff(env.Attempts))
+	r.count(func(s *Stats) { s.Retried++ })
+	ev := log.Warn()
+	if !errors.As(err, &se) {
+		// No SMTP reply at all: the relay is down or unreachable.
+		ev = log.Error()
+	}
+	ev.Err(err).Str("relay", r.cfg.SMTP).Int("attempts", env.Attempts).Time("next_attempt", env.NextAttempt).
+		Msg("failure report not delivered; will retry")
+	if werr := writeSpoolFile(e.path, env, msg); werr != nil {
+		// The old file stays, with its old attempt count; the in-memory
+		// state below still paces the retries.
+		log.Error().Err(werr).Str("path", e.path).Msg("cannot update spooled failure report")
+	}
+	r.mu.Lock()
+	e.env = env
+	r.mu.Unlock()
+}
+
+// transactionError marks an SMTP reply to MAIL, RCPT or DATA: a 5xx there
+// refuses this report, while a 5xx at EHLO, STARTTLS or AUTH is a relay
+// configuration problem that is retried.
+type transactionError struct{ err error }
+
+func (t *transactionError) Error() string { return t.err.Error() }
+func (t *transactionError) Unwrap() error { return t.err }
+
+func isTransactionError(err error) bool {
+	var t *transactionError
+	return errors.As(err, &t)
+}
+
+// deliver sends one message over SMTP to the relay within SMTPTimeout. It
+// is not cancelled by Run's context, so a shutdown lets it finish.
+func (r *Reporter) deliver(from, to string, msg []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.SMTPTimeout)
+	defer cancel()
+
+	c, err := r.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Mail(from, nil); err != nil {
+		return &transactionError{fmt.Errorf("MAIL FROM: %w", err)}
+	}
+	if err := c.Rcpt(to, nil); err != nil {
+		return &transactionError{fmt.Errorf("RCPT TO: %w", err)}
+	}
+	wc, err := c.Data()
+	if err != nil {
+		return &transactionError{fmt.Errorf("DATA: %w", err)}
+	}
+	if _, err := wc.Write(msg); err != nil {
+		return fmt.Errorf("DATA: %w", err)
+	}
+	if err := wc.Close(); err != nil {
+		return &transactionError{fmt.Errorf("end of DATA: %w", err)}
+	}
+	c.Quit()
+	return nil
+}
+
+// dial connects to the relay, says EHLO, does STARTTLS and AUTH as
+// configured.
+func (r *Reporter) dial(ctx context.Context) (*smtp.Client, error) {
+	host, _, _ := net.SplitHostPort(r.cfg.SMTP)
+	connect := func() (*smtp.Client, net.Conn, error) {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", r.cfg.SMTP)
+		if err != nil {
+			return nil, nil, fmt.Errorf("connecting to relay %s: %w", r.cfg.SMTP, err)
+		}
+		if dl, ok := ctx.Deadline(); ok {
+			conn.SetDeadline(dl)
+		}
+		c := smtp.NewClient(conn)
+		c.CommandTimeout = r.cfg.SMTPTimeout
+		c.SubmissionTimeout = r.cfg.SMTPTimeout
+		return c, conn, nil
+	}
+
+	c, conn, err := connect()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Hello(r.cfg.ReportingMTA); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("EHLO: %w", err)
+	}
+	tlsOn := false
+	if r.cfg.StartTLS != StartTLSOff {
+		offered, _ := c.Extension("STARTTLS")
+		switch {
+		case offered:
+			// go-smtp starts TLS only from NewClientStartTLS, on a fresh
+			// connection, before our EHLO: reconnect for it.
+			c.Quit()
+			cfg := r.tlsConfig(host)
+			var d net.Dialer
+			conn, err = d.DialContext(ctx, "tcp", r.cfg.SMTP)
+			if err != nil {
+				return nil, fmt.Errorf("connecting to relay %s: %w", r.cfg.SMTP, err)
+			}
+			if dl, ok := ctx.Deadline(); ok {
+				conn.SetDeadline(dl)
+			}
+			c, err = smtp.NewClientStartTLS(conn, cfg)
+			if err != nil {
+				conn.Close()
+				return nil, fmt.Errorf("STARTTLS with relay %s: %w", r.cfg.SMTP, err)
+			}
+			c.CommandTimeout = r.cfg.SMTPTimeout
+			c.SubmissionTimeout = r.cfg.SMTPTimeout
+			if err := c.Hello(r.cfg.ReportingMTA); err != nil {
+				c.Close()
+				return nil, fmt.Errorf("EHLO after STARTTLS: %w", err)
+			}
+			tlsOn = true
+		case r.cfg.StartTLS == StartTLSRequired:
+			c.Close()
+			return nil, fmt.Errorf("relay %s does not offer STARTTLS, which is required", r.cfg.SMTP)
+		}
+	}
+	if r.cfg.SMTPUser != "" {
+		if !tlsOn && !isLoopback(conn) {
+			c.Close()
+			return nil, fmt.Errorf("not sending the SMTP password to %s without TLS", r.cfg.SMTP)
+		}
+		if err := c.Auth(sasl.NewPlainClient("", r.cfg.SMTPUser, r.cfg.SMTPPassword)); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("AUTH PLAIN: %w", err)
+		}
+	}
+	return c, nil
+}
+
+func (r *Reporter) tlsConfig(host string) *tls.Config {
+	var cfg *tls.Config
+	if r.cfg.TLS != nil {
+		cfg = r.cfg.TLS.Clone()
+	} else {
+		cfg = &tls.Config{}
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = host
+	}
+	if r.cfg.StartTLS == StartTLSOpportunistic {
+		// Opportunistic TLS protects against passive listeners only; a
+		// relay's certificate is often self-signed.
+		cfg.InsecureSkipVerify = true
+	}
+	return cfg
+}
+
+func isLoopback(c net.Conn) bool {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.IsLoopback()
+	}
+	return false
+}

@@ -1,0 +1,286 @@
+package report
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Spool files are named <id>.report and hold one line of JSON (the
+// envelope) followed by the report message. Temporary files start with
+// ".tmp-" and are removed at start-up.
+const (
+	spoolExt  = ".report"
+	tmpPrefix = ".tmp-"
+)
+
+// envelope is the delivery state of one spooled report.
+type envelope struct {
+	ID          string    `json:"id"`
+	From        string    `json:"from"`
+	To          string    `json:"to"`
+	Domain      string    `json:"domain"` // reported domain, for logs
+	QueueID     string    `json:"queue_id,omitempty"`
+	Created     time.Time `json:"created"`
+	Attempts    int       `json:"attempts"`
+	NextAttempt time.Time `json:"next_attempt"`
+	LastError   string    `json:"last_error,omitempty"`
+}
+
+// entry is a spooled report known to the sender.
+type entry struct {
+	env  envelope
+	path string
+}
+
+// prepareSpool creates dir and checks that files can be written there.
+func prepareSpool(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("report: spool directory: %w", err)
+	}
+	f, err := os.CreateTemp(dir, tmpPrefix+"probe-")
+	if err != nil {
+		return fmt.Errorf("report: spool directory %s is not writable: %w", dir, err)
+	}
+	name := f.Name()
+	f.Close()
+	if err := os.Remove(name); err != nil {
+		return fmt.Errorf("report: spool directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+func newID(now time.Time) string {
+	var b [6]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("%s-%s", now.UTC().Format("20060102T150405.000000000"), hex.EncodeToString(b[:]))
+}
+
+// writeSpoolFile writes env and msg to path atomically and durably: a
+// temporary file in the same directory, fsync, rename, fsync of the
+// directory.
+func writeSpoolFile(path string, env envelope, msg []byte) error {
+	head, err := json.Marshal(env)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, tmpPrefix)
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	w := bufio.NewWriter(f)
+	w.Write(head)
+	w.WriteByte('\n')
+	w.Write(msg)
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	ok = true
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// readSpoolFile reads a spool file back.
+func readSpoolFile(path string) (envelope, []byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return envelope{}, nil, err
+	}
+	head, msg, ok := bytes.Cut(b, []byte("\n"))
+	if !ok {
+		return envelope{}, nil, errors.New("no envelope line")
+	}
+	var env envelope
+	if err := json.Unmarshal(head, &env); err != nil {
+		return envelope{}, nil, fmt.Errorf("bad envelope: %w", err)
+	}
+	if env.From == "" || env.To == "" {
+		return envelope{}, nil, errors.New("envelope without sender or recipient")
+	}
+	return env, msg, nil
+}
+
+// removeSpoolFile deletes a delivered or dropped report durably.
+func (r *Reporter) removeSpoolFile(path string) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		r.log.Error().Err(err).Str("path", path).Msg("cannot remove spooled failure report")
+		return
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		r.log.Warn().Err(err).Str("path", r.cfg.SpoolDir).Msg("cannot sync spool directory")
+	}
+}
+
+// spool writes one report for one recipient and tells the sender.
+func (r *Reporter) spool(f *Failure, to string, msg []byte) bool {
+	now := r.now()
+	env := envelope{
+		ID:          newID(now),
+		From:        r.envelopeFrom(),
+		To:          to,
+		Domain:      f.Verdict.FromDomain,
+		QueueID:     f.QueueID,
+		Created:     now,
+		NextAttempt: now,
+	}
+	path := filepath.Join(r.cfg.SpoolDir, env.ID+spoolExt)
+	if err := writeSpoolFile(path, env, msg); err != nil {
+		r.count(func(s *Stats) { s.SpoolErrors++ })
+		r.log.Error().Err(err).Str("path", r.cfg.SpoolDir).Str("queue_id", f.QueueID).Str("to", to).
+			Msg("cannot write failure report to the spool; report dropped")
+		return false
+	}
+	r.mu.Lock()
+	r.pending[env.ID] = &entry{env: env, path: path}
+	r.stats.Spooled++
+	r.mu.Unlock()
+	r.log.Info().Str("queue_id", f.QueueID).Str("domain", env.Domain).Str("to", to).Str("id", env.ID).
+		Msg("failure report spooled")
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// loadSpool removes stale temporary files and registers every spooled
+// report, due at once.
+func (r *Reporter) loadSpool() {
+	des, err := os.ReadDir(r.cfg.SpoolDir)
+	if err != nil {
+		r.log.Error().Err(err).Str("path", r.cfg.SpoolDir).Msg("cannot read the failure report spool")
+		return
+	}
+	now := r.now()
+	n := 0
+	for _, de := range des {
+		name := de.Name()
+		path := filepath.Join(r.cfg.SpoolDir, name)
+		switch {
+		case strings.HasPrefix(name, tmpPrefix):
+			// Left by a crash before its rename: never complete.
+			os.Remove(path)
+		case strings.HasSuffix(name, spoolExt) && de.Type().IsRegular():
+			env, _, err := readSpoolFile(path)
+			if err != nil {
+				r.log.Error().Err(err).Str("path", path).Msg("unreadable spooled failure report; removed")
+				r.removeSpoolFile(path)
+				continue
+			}
+			env.NextAttempt = now
+			r.mu.Lock()
+			r.pending[env.ID] = &entry{env: env, path: path}
+			r.mu.Unlock()
+			n++
+		}
+	}
+	if n > 0 {
+		r.log.Info().Int("count", n).Str("path", r.cfg.SpoolDir).Msg("failure reports found in the spool")
+	}
+}
+
+// process turns one submitted message into spooled reports.
+func (r *Reporter) process(f *Failure) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.suppress(ReasonBuildError)
+			r.log.Error().Str("panic", fmt.Sprint(p)).Str("queue_id", f.QueueID).Msg("panic building a failure report")
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
+	defer cancel()
+	v := &f.Verdict
+	log := r.log.With().Str("queue_id", f.QueueID).Str("domain", v.FromDomain).Logger()
+
+	dests := destinations(v.DMARC.Record.RUF)
+	if len(dests) == 0 {
+		r.suppress(ReasonNoDestination)
+		return
+	}
+	a := analyze(f)
+	if a.spfAligned && v.SPF.Status != "pass" && f.SPFRecords == nil && v.SPF.Domain != "" {
+		f.SPFRecords = r.spfRecords(ctx, v.SPF.Domain)
+	}
+	policyDomain := v.DMARC.PolicyDomain
+	if policyDomain == "" {
+		policyDomain = v.FromDomain
+	}
+	dedupBase := strings.Join([]string{ipString(f.ClientIP), strings.ToLower(v.FromDomain), strings.Join(a.matched, ":"), a.authFailure, strings.Join(a.alignment, ",")}, "|")
+	for _, d := range dests {
+		ok, err := r.authorized(ctx, policyDomain, d.domain)
+		if err != nil {
+			log.Warn().Err(err).Str("to", d.addr).Msg("cannot verify external report destination; not sent this time")
+		}
+		if !ok {
+			r.suppress(ReasonUnauthorized)
+			if err == nil {
+				log.Info().Str("to", d.addr).Msg("external report destination has not authorized reports for this domain; not sent")
+			}
+			continue
+		}
+		key := dedupBase + "|" + strings.ToLower(d.addr)
+		now := r.now()
+		r.mu.Lock()
+		reason := r.limits.allow(&r.cfg, key, d.addr, now)
+		r.mu.Unlock()
+		if reason != "" {
+			r.suppress(reason)
+			log.Debug().Str("to", d.addr).Str("reason", string(reason)).Msg("failure report not sent")
+			continue
+		}
+		msg, err := build(f, a, []string{d.addr}, r.cfg, now, false)
+		if err == nil && d.maxSize > 0 && uint64(len(msg)) > d.maxSize {
+			msg, err = build(f, a, []string{d.addr}, r.cfg, now, true)
+			if err == nil && uint64(len(msg)) > d.maxSize {
+				r.suppress(ReasonTooBig)
+				log.Info().Str("to", d.addr).Uint64("max_size", d.maxSize).Int("size", len(msg)).Msg("failure report larger than the destination's size limit; not sent")
+				continue
+			}
+		}
+		if err != nil {
+			r.suppress(ReasonBuildError)
+			log.Error().Err(err).Msg("cannot build failure report")
+			return
+		}
+		if r.spool(f, d.addr, msg) {
+			r.mu.Lock()
+			r.limits.record(&r.cfg, key, d.addr, now)
+			r.mu.Unlock()
+		}
+	}
+}
