@@ -310,12 +310,14 @@ func joinHostPort(host, port string) string {
 }
 
 // LoopbackAddr is "" or a "host:port" whose host is a loopback address.
-type LoopbackAddr string
+// (A struct, not a string type: go-toml assigns strings to string kinds
+// without calling UnmarshalText.)
+type LoopbackAddr struct{ Addr string }
 
 func (a *LoopbackAddr) UnmarshalText(b []byte) error {
 	s := string(b)
 	if s == "" {
-		*a = ""
+		a.Addr = ""
 		return nil
 	}
 	host, port, err := net.SplitHostPort(s)
@@ -328,7 +330,7 @@ func (a *LoopbackAddr) UnmarshalText(b []byte) error {
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 		return fmt.Errorf("%q is not a loopback address", s)
 	}
-	*a = LoopbackAddr(s)
+	a.Addr = s
 	return nil
 }
 
@@ -337,5 +339,5 @@ func (a *LoopbackAddr) String() string {
 	if a == nil {
 		return ""
 	}
-	return string(*a)
+	return a.Addr
 }

@@ -258,9 +258,9 @@ func serve(args []string, stderr io.Writer) int {
 		Actions: milter.DefaultActions,
 	}
 
-	if cfg.PprofListen != "" {
-		if err := servePprof(string(cfg.PprofListen), logger); err != nil {
-			logger.Error().Err(err).Str("pprof_listen", string(cfg.PprofListen)).Msg("cannot serve pprof")
+	if cfg.PprofListen.Addr != "" {
+		if err := servePprof(cfg.PprofListen.Addr, logger); err != nil {
+			logger.Error().Err(err).Str("pprof_listen", cfg.PprofListen.Addr).Msg("cannot serve pprof")
 			return 1
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -226,8 +227,17 @@ func TestServeUnixSocketAndSIGTERM(t *testing.T) {
 	stale.(*net.UnixListener).SetUnlinkOnClose(false)
 	stale.Close()
 
-	d := startDaemon(t, bin, "serve", "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--authserv-id", "mx.cli.example", "--log-format", "json")
+	pl, _ := net.Listen("tcp", "127.0.0.1:0")
+	pprofAddr := pl.Addr().String()
+	pl.Close()
+	d := startDaemon(t, bin, "serve", "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--authserv-id", "mx.cli.example",
+		"--log-format", "json", "--pprof-listen", pprofAddr)
 	d.waitFor("dmarc-milter ready")
+	if resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/goroutine?debug=1"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("pprof listener: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 
 	fi, err := os.Stat(sock)
 	if err != nil || fi.Mode().Perm() != 0o660 || fi.Mode()&os.ModeSocket == 0 {
