@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/dmarc-milter/dmarc-milter/policy/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/report/smtpsink"
 )
 
 // authservID is the daemon's --authserv-id.
@@ -41,7 +42,7 @@ type env struct {
 	work string
 	bin  string
 	dns  *dnstest.Server
-	sink *sink
+	sink *smtpsink.Sink
 	// Keys of sel1._domainkey.pass.example and ed._domainkey.pass.example.
 	rsa, ed25519 signer
 }
@@ -86,7 +87,7 @@ func setup(t *testing.T) *env {
 		t.Fatalf("DNS server: %v", err)
 	}
 	t.Cleanup(func() { e.dns.Close() })
-	e.sink = startSink(t)
+	e.sink = smtpsink.Start(t)
 	return e
 }
 
@@ -96,6 +97,8 @@ type pass struct {
 	env     *env
 	milter  *milterProc
 	postfix *postfix
+	// rejected is the Message-ID of the message testReject got refused.
+	rejected string
 }
 
 // startPass starts the daemon on transport ("unix" or "inet") and a
@@ -130,7 +133,7 @@ func (e *env) startPass(t *testing.T, transport string) *pass {
 		dns:        e.dns.Addr,
 		config:     config,
 		stateDir:   stateDir,
-		reportSMTP: e.sink.addr,
+		reportSMTP: e.sink.Addr,
 	})
 	// The daemon's listen syntax is Postfix's smtpd_milters syntax.
 	p.postfix = newPostfix(t, filepath.Join(dir, "postfix"), listen)
@@ -164,7 +167,7 @@ func (p *pass) begin(t *testing.T) *transcript {
 		t.Logf("SMTP dialogue:\n%s", tr)
 		t.Logf("Postfix log (%s) meanwhile:\n%s", p.postfix.maillog, p.postfix.log(logOff))
 		t.Logf("dmarc-milter log meanwhile:\n%s", p.milter.log.since(mark))
-		if s := p.env.sink.String(); s != "" {
+		if s := sinkDump(p.env.sink); s != "" {
 			t.Logf("SMTP sink received:\n%s", s)
 		}
 	})
@@ -320,11 +323,10 @@ type scenario struct {
 	run  func(t *testing.T, p *pass)
 }
 
-// scenarios run in order, in each pass, before the daemon is stopped. A
-// failure-report scenario (once the daemon sends them) sends a failing
-// message and waits for p.env.sink.messages() to hold the report.
+// scenarios run in order, in each pass, before the daemon is stopped.
 var scenarios = []scenario{
 	{"reject", testReject},
+	{"failure-report-after-reject", testFailureReport},
 	{"quarantine-held", testQuarantine},
 	{"pass-delivered", testPassDelivered},
 	{"dkim-rsa-simple", func(t *testing.T, p *pass) { testDKIM(t, p, p.env.rsa, "simple") }},
@@ -360,11 +362,54 @@ func testReject(t *testing.T, p *pass) {
 	o := c.send(t, "ceo@pass.example", mailboxAddr, m.raw)
 	c.quit(t)
 	wantReject(t, o)
+	p.rejected = m.id
 	if !strings.Contains(o.Reply.Text, "pass.example") {
 		t.Errorf("reject text %q does not name the domain", o.Reply.Text)
 	}
 	v := p.milter.verdictFor(t, p.postfix.queueIDOf(t, m.id))
 	wantVerdict(t, v, attackerIP, "fail", "reject")
+}
+
+// testFailureReport: the reject above produces a failure report (RFC 9991)
+// for pass.example, whose record asks for them (ruf=, fo=0), delivered by
+// the daemon to the report relay, here the SMTP sink on loopback. The
+// report carries the rejected message's header, so its Message-ID tells
+// this pass's report from the other's.
+func testFailureReport(t *testing.T, p *pass) {
+	if p.rejected == "" {
+		t.Fatal("the reject scenario did not run")
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		for _, m := range p.env.sink.Messages() {
+			data := string(m.Data)
+			if !strings.Contains(data, "Message-ID: "+p.rejected) {
+				continue
+			}
+			for _, want := range []string{"Subject: DMARC failure report for pass.example from " + attackerIP,
+				"Content-Type: multipart/report", "report-type=feedback-report", "Feedback-Type: auth-failure",
+				"Reported-Domain: pass.example", "Source-IP: " + attackerIP,
+				"Delivery-Result: reject", "Authentication-Results: " + authservID, "Subject: wire the money"} {
+				if !strings.Contains(data, want) {
+					t.Errorf("failure report lacks %q", want)
+				}
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no failure report for pass.example from %s reached the SMTP sink", attackerIP)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// sinkDump shows what the report relay received.
+func sinkDump(s *smtpsink.Sink) string {
+	var b strings.Builder
+	for i, m := range s.Messages() {
+		fmt.Fprintf(&b, "--- message %d: from <%s> to %v\n%s\n", i+1, m.From, m.To, m.Data)
+	}
+	return b.String()
 }
 
 // testQuarantine: a message failing DMARC for a p=quarantine domain is

@@ -5,7 +5,6 @@ package e2e
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"net"
 	"net/textproto"
 	"regexp"
@@ -13,8 +12,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/emersion/go-smtp"
 )
 
 // transcript records an SMTP dialogue ("C:" client, "S:" server lines) for
@@ -191,84 +188,4 @@ func (c *smtpClient) quit(t testing.TB) {
 	t.Helper()
 	c.cmd(t, "QUIT")
 	c.conn.Close()
-}
-
-// sink is an SMTP server on loopback that keeps what it receives: the
-// daemon's --report-smtp relay, where failure reports (RFC 9991) are to
-// arrive. A scenario for them checks sink.messages().
-type sink struct {
-	addr string
-	srv  *smtp.Server
-
-	mu   sync.Mutex
-	msgs []sinkMessage
-}
-
-// sinkMessage is one message the sink accepted.
-type sinkMessage struct {
-	From string
-	To   []string
-	Data []byte
-}
-
-func startSink(t testing.TB) *sink {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("SMTP sink: %v", err)
-	}
-	s := &sink{addr: ln.Addr().String()}
-	s.srv = smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) {
-		return &sinkSession{sink: s}, nil
-	}))
-	s.srv.Domain = "sink.e2e.example"
-	s.srv.ReadTimeout = 30 * time.Second
-	s.srv.WriteTimeout = 30 * time.Second
-	go s.srv.Serve(ln)
-	t.Cleanup(func() { s.srv.Close() })
-	return s
-}
-
-func (s *sink) messages() []sinkMessage {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]sinkMessage(nil), s.msgs...)
-}
-
-func (s *sink) String() string {
-	var b strings.Builder
-	for i, m := range s.messages() {
-		fmt.Fprintf(&b, "--- message %d: from <%s> to %v\n%s\n", i+1, m.From, m.To, m.Data)
-	}
-	return b.String()
-}
-
-type sinkSession struct {
-	sink *sink
-	cur  sinkMessage
-}
-
-func (s *sinkSession) Reset()        { s.cur = sinkMessage{} }
-func (s *sinkSession) Logout() error { return nil }
-
-func (s *sinkSession) Mail(from string, _ *smtp.MailOptions) error {
-	s.cur = sinkMessage{From: from}
-	return nil
-}
-
-func (s *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	s.cur.To = append(s.cur.To, to)
-	return nil
-}
-
-func (s *sinkSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	s.cur.Data = b
-	s.sink.mu.Lock()
-	s.sink.msgs = append(s.sink.msgs, s.cur)
-	s.sink.mu.Unlock()
-	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-message/textproto"
 
+	"github.com/dmarc-milter/dmarc-milter/internal/conformance"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
@@ -237,7 +238,7 @@ func TestRedaction(t *testing.T) {
 // TestConformanceStructure compares the structure of our report with real
 // ones: the RFC 6591 auth-failure examples and the RFC 9991 example.
 func TestConformanceStructure(t *testing.T) {
-	dir := conformanceDir(t, "arf")
+	dir := conformance.Dir(t, "arf")
 	samples := []string{
 		"mail-auth/003.eml", // RFC 6591 Appendix B.1
 		"mail-auth/005.eml", // RFC 6591 Appendix B.2

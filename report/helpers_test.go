@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -233,30 +232,4 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// conformanceDir finds ../shared/conformance/<sub> beside the module root.
-// policy/internal/conformance does the same but, being internal to policy/,
-// cannot be imported from here.
-func conformanceDir(t testing.TB, sub string) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Skipf("conformance data: %v", err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("conformance data: no module root")
-		}
-		dir = parent
-	}
-	d := filepath.Join(dir, "..", "shared", "conformance", sub)
-	if _, err := os.Stat(d); err != nil {
-		t.Skipf("conformance data not present, skipping: %s (%v)", d, err)
-	}
-	return d
 }

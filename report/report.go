@@ -126,6 +126,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-message/mail"
@@ -396,7 +397,7 @@ type Stats struct {
 
 // Reporter decides, builds, spools and sends failure reports.
 type Reporter struct {
-	cfg   Config
+	cfg   atomic.Pointer[Config] // replaced by SetConfig
 	res   Resolver
 	log   zerolog.Logger
 	now   func() time.Time
@@ -421,7 +422,6 @@ func New(cfg Config, r Resolver, log zerolog.Logger, now func() time.Time) (*Rep
 		now = time.Now
 	}
 	rp := &Reporter{
-		cfg:     cfg,
 		res:     r,
 		log:     log.With().Str("component", "failure-report").Logger(),
 		now:     now,
@@ -431,6 +431,7 @@ func New(cfg Config, r Resolver, log zerolog.Logger, now func() time.Time) (*Rep
 		authz:   map[string]authzEntry{},
 		stats:   Stats{Suppressed: map[Reason]uint64{}},
 	}
+	rp.cfg.Store(&cfg)
 	if !cfg.Enabled {
 		return rp, nil
 	}
@@ -447,7 +448,34 @@ func New(cfg Config, r Resolver, log zerolog.Logger, now func() time.Time) (*Rep
 }
 
 // Config returns the configuration with defaults applied.
-func (r *Reporter) Config() Config { return r.cfg }
+func (r *Reporter) Config() Config { return *r.cfg.Load() }
+
+func (r *Reporter) conf() *Config { return r.cfg.Load() }
+
+// SetConfig replaces the configuration (SIGHUP reload): switch, limits,
+// lists, content and relay settings take effect for the next report; the
+// spool directory and queue size stay as they were at New. On error the
+// running configuration is kept.
+func (r *Reporter) SetConfig(cfg Config) error {
+	cfg = cfg.withDefaults()
+	old := r.cfg.Load()
+	cfg.SpoolDir, cfg.QueueSize = old.SpoolDir, old.QueueSize
+	if cfg.Enabled {
+		if err := cfg.check(); err != nil {
+			return err
+		}
+		if r.res == nil {
+			return errors.New("report: no resolver")
+		}
+		if err := prepareSpool(cfg.SpoolDir); err != nil {
+			return err
+		}
+	}
+	// Rate-limit and dedup history carries over: a reload is no way
+	// around the limits.
+	r.cfg.Store(&cfg)
+	return nil
+}
 
 // Stats returns a copy of the counters.
 func (r *Reporter) Stats() Stats {
@@ -479,7 +507,7 @@ func (r *Reporter) Submit(f *Failure) {
 		return
 	}
 	r.count(func(s *Stats) { s.Submitted++ })
-	if !r.cfg.Enabled {
+	if !r.conf().Enabled {
 		r.suppress(ReasonDisabled)
 		return
 	}
@@ -492,7 +520,7 @@ func (r *Reporter) Submit(f *Failure) {
 	case r.queue <- f:
 	default:
 		r.suppress(ReasonQueueFull)
-		r.log.Error().Str("queue_id", f.QueueID).Int("queue_size", r.cfg.QueueSize).
+		r.log.Error().Str("queue_id", f.QueueID).Int("queue_size", r.conf().QueueSize).
 			Msg("failure report queue full; report dropped (is the report worker running?)")
 	}
 }
@@ -502,7 +530,7 @@ func (r *Reporter) Submit(f *Failure) {
 // in the spool. It returns when ctx ends, after the SMTP transaction under
 // way (bounded by SMTPTimeout) and the report being built.
 func (r *Reporter) Run(ctx context.Context) error {
-	if !r.cfg.Enabled {
+	if !r.conf().Enabled {
 		<-ctx.Done()
 		return nil
 	}
@@ -547,7 +575,7 @@ func (r *Reporter) exclude(f *Failure) Reason {
 	}
 	if ip, ok := netip.AddrFromSlice(f.ClientIP); ok {
 		ip = ip.Unmap()
-		for _, p := range r.cfg.ExcludeNetworks {
+		for _, p := range r.conf().ExcludeNetworks {
 			if p.Contains(ip) {
 				return ReasonExcludedClient
 			}
@@ -569,10 +597,10 @@ func (r *Reporter) exclude(f *Failure) Reason {
 }
 
 func (r *Reporter) domainReported(domain string) bool {
-	if domainListed(domain, r.cfg.DenyDomains) {
+	if domainListed(domain, r.conf().DenyDomains) {
 		return false
 	}
-	return len(r.cfg.AllowDomains) == 0 || domainListed(domain, r.cfg.AllowDomains)
+	return len(r.conf().AllowDomains) == 0 || domainListed(domain, r.conf().AllowDomains)
 }
 
 // domainListed reports whether domain is one of list or below one of them.
@@ -615,7 +643,7 @@ func autoSubmitted(h []Field) bool {
 // "Report Domain: ..."), or mail from our own report address.
 func (r *Reporter) isReport(f *Failure) bool {
 	own := ""
-	if a, err := mail.ParseAddress(r.cfg.From); err == nil {
+	if a, err := mail.ParseAddress(r.conf().From); err == nil {
 		own = strings.ToLower(a.Address)
 	}
 	if own != "" && strings.EqualFold(strings.Trim(strings.TrimSpace(f.MailFrom), "<>"), own) {

@@ -18,9 +18,9 @@ import (
 const maxIdle = time.Minute
 
 func (r *Reporter) envelopeFrom() string {
-	a, err := mail.ParseAddress(r.cfg.From)
+	a, err := mail.ParseAddress(r.conf().From)
 	if err != nil {
-		return r.cfg.From
+		return r.conf().From
 	}
 	return a.Address
 }
@@ -121,7 +121,7 @@ func (r *Reporter) attempt(e *entry) {
 		log.Error().Err(err).Int("attempts", env.Attempts).Msg("failure report refused permanently by the relay; dropped")
 		return
 	}
-	if env.Attempts >= r.cfg.MaxAttempts {
+	if env.Attempts >= r.conf().MaxAttempts {
 		r.forget(e)
 		r.count(func(s *Stats) { s.Dropped++ })
 		r.removeSpoolFile(e.path)
@@ -129,14 +129,14 @@ func (r *Reporter) attempt(e *entry) {
 		return
 	}
 	env.LastError = err.Error()
-	env.NextAttempt = r.now().Add(r.cfg.backoff(env.Attempts))
+	env.NextAttempt = r.now().Add(r.conf().backoff(env.Attempts))
 	r.count(func(s *Stats) { s.Retried++ })
 	ev := log.Warn()
 	if !errors.As(err, &se) {
 		// No SMTP reply at all: the relay is down or unreachable.
 		ev = log.Error()
 	}
-	ev.Err(err).Str("relay", r.cfg.SMTP).Int("attempts", env.Attempts).Time("next_attempt", env.NextAttempt).
+	ev.Err(err).Str("relay", r.conf().SMTP).Int("attempts", env.Attempts).Time("next_attempt", env.NextAttempt).
 		Msg("failure report not delivered; will retry")
 	if werr := writeSpoolFile(e.path, env, msg); werr != nil {
 		// The old file stays, with its old attempt count; the in-memory
@@ -164,7 +164,7 @@ func isTransactionError(err error) bool {
 // deliver sends one message over SMTP to the relay within SMTPTimeout. It
 // is not cancelled by Run's context, so a shutdown lets it finish.
 func (r *Reporter) deliver(from, to string, msg []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.SMTPTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), r.conf().SMTPTimeout)
 	defer cancel()
 
 	c, err := r.dial(ctx)
@@ -195,19 +195,19 @@ func (r *Reporter) deliver(from, to string, msg []byte) error {
 // dial connects to the relay, says EHLO, does STARTTLS and AUTH as
 // configured.
 func (r *Reporter) dial(ctx context.Context) (*smtp.Client, error) {
-	host, _, _ := net.SplitHostPort(r.cfg.SMTP)
+	host, _, _ := net.SplitHostPort(r.conf().SMTP)
 	connect := func() (*smtp.Client, net.Conn, error) {
 		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", r.cfg.SMTP)
+		conn, err := d.DialContext(ctx, "tcp", r.conf().SMTP)
 		if err != nil {
-			return nil, nil, fmt.Errorf("connecting to relay %s: %w", r.cfg.SMTP, err)
+			return nil, nil, fmt.Errorf("connecting to relay %s: %w", r.conf().SMTP, err)
 		}
 		if dl, ok := ctx.Deadline(); ok {
 			conn.SetDeadline(dl)
 		}
 		c := smtp.NewClient(conn)
-		c.CommandTimeout = r.cfg.SMTPTimeout
-		c.SubmissionTimeout = r.cfg.SMTPTimeout
+		c.CommandTimeout = r.conf().SMTPTimeout
+		c.SubmissionTimeout = r.conf().SMTPTimeout
 		return c, conn, nil
 	}
 
@@ -215,12 +215,12 @@ func (r *Reporter) dial(ctx context.Context) (*smtp.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.Hello(r.cfg.ReportingMTA); err != nil {
+	if err := c.Hello(r.conf().ReportingMTA); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("EHLO: %w", err)
 	}
 	tlsOn := false
-	if r.cfg.StartTLS != StartTLSOff {
+	if r.conf().StartTLS != StartTLSOff {
 		offered, _ := c.Extension("STARTTLS")
 		switch {
 		case offered:
@@ -229,9 +229,9 @@ func (r *Reporter) dial(ctx context.Context) (*smtp.Client, error) {
 			c.Quit()
 			cfg := r.tlsConfig(host)
 			var d net.Dialer
-			conn, err = d.DialContext(ctx, "tcp", r.cfg.SMTP)
+			conn, err = d.DialContext(ctx, "tcp", r.conf().SMTP)
 			if err != nil {
-				return nil, fmt.Errorf("connecting to relay %s: %w", r.cfg.SMTP, err)
+				return nil, fmt.Errorf("connecting to relay %s: %w", r.conf().SMTP, err)
 			}
 			if dl, ok := ctx.Deadline(); ok {
 				conn.SetDeadline(dl)
@@ -239,26 +239,26 @@ func (r *Reporter) dial(ctx context.Context) (*smtp.Client, error) {
 			c, err = smtp.NewClientStartTLS(conn, cfg)
 			if err != nil {
 				conn.Close()
-				return nil, fmt.Errorf("STARTTLS with relay %s: %w", r.cfg.SMTP, err)
+				return nil, fmt.Errorf("STARTTLS with relay %s: %w", r.conf().SMTP, err)
 			}
-			c.CommandTimeout = r.cfg.SMTPTimeout
-			c.SubmissionTimeout = r.cfg.SMTPTimeout
-			if err := c.Hello(r.cfg.ReportingMTA); err != nil {
+			c.CommandTimeout = r.conf().SMTPTimeout
+			c.SubmissionTimeout = r.conf().SMTPTimeout
+			if err := c.Hello(r.conf().ReportingMTA); err != nil {
 				c.Close()
 				return nil, fmt.Errorf("EHLO after STARTTLS: %w", err)
 			}
 			tlsOn = true
-		case r.cfg.StartTLS == StartTLSRequired:
+		case r.conf().StartTLS == StartTLSRequired:
 			c.Close()
-			return nil, fmt.Errorf("relay %s does not offer STARTTLS, which is required", r.cfg.SMTP)
+			return nil, fmt.Errorf("relay %s does not offer STARTTLS, which is required", r.conf().SMTP)
 		}
 	}
-	if r.cfg.SMTPUser != "" {
+	if r.conf().SMTPUser != "" {
 		if !tlsOn && !isLoopback(conn) {
 			c.Close()
-			return nil, fmt.Errorf("not sending the SMTP password to %s without TLS", r.cfg.SMTP)
+			return nil, fmt.Errorf("not sending the SMTP password to %s without TLS", r.conf().SMTP)
 		}
-		if err := c.Auth(sasl.NewPlainClient("", r.cfg.SMTPUser, r.cfg.SMTPPassword)); err != nil {
+		if err := c.Auth(sasl.NewPlainClient("", r.conf().SMTPUser, r.conf().SMTPPassword)); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("AUTH PLAIN: %w", err)
 		}
@@ -268,15 +268,15 @@ func (r *Reporter) dial(ctx context.Context) (*smtp.Client, error) {
 
 func (r *Reporter) tlsConfig(host string) *tls.Config {
 	var cfg *tls.Config
-	if r.cfg.TLS != nil {
-		cfg = r.cfg.TLS.Clone()
+	if r.conf().TLS != nil {
+		cfg = r.conf().TLS.Clone()
 	} else {
 		cfg = &tls.Config{}
 	}
 	if cfg.ServerName == "" {
 		cfg.ServerName = host
 	}
-	if r.cfg.StartTLS == StartTLSOpportunistic {
+	if r.conf().StartTLS == StartTLSOpportunistic {
 		// Opportunistic TLS protects against passive listeners only; a
 		// relay's certificate is often self-signed.
 		cfg.InsecureSkipVerify = true

@@ -142,7 +142,7 @@ func (r *Reporter) removeSpoolFile(path string) {
 		return
 	}
 	if err := syncDir(filepath.Dir(path)); err != nil {
-		r.log.Warn().Err(err).Str("path", r.cfg.SpoolDir).Msg("cannot sync spool directory")
+		r.log.Warn().Err(err).Str("path", r.conf().SpoolDir).Msg("cannot sync spool directory")
 	}
 }
 
@@ -158,10 +158,10 @@ func (r *Reporter) spool(f *Failure, to string, msg []byte) bool {
 		Created:     now,
 		NextAttempt: now,
 	}
-	path := filepath.Join(r.cfg.SpoolDir, env.ID+spoolExt)
+	path := filepath.Join(r.conf().SpoolDir, env.ID+spoolExt)
 	if err := writeSpoolFile(path, env, msg); err != nil {
 		r.count(func(s *Stats) { s.SpoolErrors++ })
-		r.log.Error().Err(err).Str("path", r.cfg.SpoolDir).Str("queue_id", f.QueueID).Str("to", to).
+		r.log.Error().Err(err).Str("path", r.conf().SpoolDir).Str("queue_id", f.QueueID).Str("to", to).
 			Msg("cannot write failure report to the spool; report dropped")
 		return false
 	}
@@ -181,16 +181,16 @@ func (r *Reporter) spool(f *Failure, to string, msg []byte) bool {
 // loadSpool removes stale temporary files and registers every spooled
 // report, due at once.
 func (r *Reporter) loadSpool() {
-	des, err := os.ReadDir(r.cfg.SpoolDir)
+	des, err := os.ReadDir(r.conf().SpoolDir)
 	if err != nil {
-		r.log.Error().Err(err).Str("path", r.cfg.SpoolDir).Msg("cannot read the failure report spool")
+		r.log.Error().Err(err).Str("path", r.conf().SpoolDir).Msg("cannot read the failure report spool")
 		return
 	}
 	now := r.now()
 	n := 0
 	for _, de := range des {
 		name := de.Name()
-		path := filepath.Join(r.cfg.SpoolDir, name)
+		path := filepath.Join(r.conf().SpoolDir, name)
 		switch {
 		case strings.HasPrefix(name, tmpPrefix):
 			// Left by a crash before its rename: never complete.
@@ -210,7 +210,7 @@ func (r *Reporter) loadSpool() {
 		}
 	}
 	if n > 0 {
-		r.log.Info().Int("count", n).Str("path", r.cfg.SpoolDir).Msg("failure reports found in the spool")
+		r.log.Info().Int("count", n).Str("path", r.conf().SpoolDir).Msg("failure reports found in the spool")
 	}
 }
 
@@ -255,17 +255,18 @@ func (r *Reporter) process(f *Failure) {
 		}
 		key := dedupBase + "|" + strings.ToLower(d.addr)
 		now := r.now()
+		cfg := r.conf()
 		r.mu.Lock()
-		reason := r.limits.allow(&r.cfg, key, d.addr, now)
+		reason := r.limits.allow(cfg, key, d.addr, now)
 		r.mu.Unlock()
 		if reason != "" {
 			r.suppress(reason)
 			log.Debug().Str("to", d.addr).Str("reason", string(reason)).Msg("failure report not sent")
 			continue
 		}
-		msg, err := build(f, a, []string{d.addr}, r.cfg, now, false)
+		msg, err := build(f, a, []string{d.addr}, *cfg, now, false)
 		if err == nil && d.maxSize > 0 && uint64(len(msg)) > d.maxSize {
-			msg, err = build(f, a, []string{d.addr}, r.cfg, now, true)
+			msg, err = build(f, a, []string{d.addr}, *cfg, now, true)
 			if err == nil && uint64(len(msg)) > d.maxSize {
 				r.suppress(ReasonTooBig)
 				log.Info().Str("to", d.addr).Uint64("max_size", d.maxSize).Int("size", len(msg)).Msg("failure report larger than the destination's size limit; not sent")
@@ -279,7 +280,7 @@ func (r *Reporter) process(f *Failure) {
 		}
 		if r.spool(f, d.addr, msg) {
 			r.mu.Lock()
-			r.limits.record(&r.cfg, key, d.addr, now)
+			r.limits.record(cfg, key, d.addr, now)
 			r.mu.Unlock()
 		}
 	}

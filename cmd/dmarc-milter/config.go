@@ -62,6 +62,35 @@ type Config struct {
 	ReportSMTP string `toml:"report_smtp"`
 	// ReportFrom is the From address of outgoing reports.
 	ReportFrom string `toml:"report_from"`
+	// ReportSMTPUser and ReportSMTPPassword: optional AUTH PLAIN at the
+	// relay (only over TLS or to a loopback relay).
+	ReportSMTPUser     string `toml:"report_smtp_user"`
+	ReportSMTPPassword string `toml:"report_smtp_password"`
+	// ReportStartTLS: "opportunistic", "required" or "off".
+	ReportStartTLS Choice `toml:"report_starttls"`
+	// ReportMaxAttempts, ReportMinBackoff, ReportMaxBackoff: delivery retries.
+	ReportMaxAttempts int      `toml:"report_max_attempts"`
+	ReportMinBackoff  Duration `toml:"report_min_backoff"`
+	ReportMaxBackoff  Duration `toml:"report_max_backoff"`
+	// FailureReports switches failure reports (RFC 9991) on or off.
+	FailureReports bool `toml:"failure_reports"`
+	// FailureReportInclude: "headers" (text/rfc822-headers) or "message"
+	// (message/rfc822 up to FailureReportMaxMessageSize bytes of body).
+	FailureReportInclude        Choice `toml:"failure_report_include"`
+	FailureReportMaxMessageSize int    `toml:"failure_report_max_message_size"`
+	// FailureReportRedact replaces local parts of addresses by "redacted".
+	FailureReportRedact bool `toml:"failure_report_redact"`
+	// Policy domains (and subdomains) reported on: allow (empty: all) and
+	// deny lists; client networks never reported on.
+	FailureReportAllowDomains    []string `toml:"failure_report_allow_domains"`
+	FailureReportDenyDomains     []string `toml:"failure_report_deny_domains"`
+	FailureReportExcludeNetworks []Prefix `toml:"failure_report_exclude_networks"`
+	// Rate limits and de-duplication.
+	FailureReportPerDestination       int      `toml:"failure_report_per_destination"`
+	FailureReportPerDestinationWindow Duration `toml:"failure_report_per_destination_window"`
+	FailureReportGlobal               int      `toml:"failure_report_global"`
+	FailureReportGlobalWindow         Duration `toml:"failure_report_global_window"`
+	FailureReportDedupWindow          Duration `toml:"failure_report_dedup_window"`
 	// PprofListen, if set, serves Go's pprof profiles on this loopback
 	// "host:port" (off by default).
 	PprofListen LoopbackAddr `toml:"pprof_listen"`
@@ -74,27 +103,39 @@ type Config struct {
 // authserv-id and the report address.
 func defaultConfig(hostname string) Config {
 	return Config{
-		Listen:            ListenSpec{Network: "tcp", Address: "127.0.0.1:8893"},
-		SocketMode:        0o660,
-		DNSTimeout:        Duration(2 * time.Second),
-		DNSCacheSize:      50000,
-		CheckTimeout:      Duration(20 * time.Second),
-		AuthservID:        hostname,
-		Quarantine:        Choice{Value: "hold", allowed: []string{"hold", "mark"}},
-		TempError:         Choice{Value: "tempfail", allowed: []string{"tempfail", "accept"}},
-		RejectBadFrom:     true,
-		RejectText:        "Message rejected: DMARC policy of {domain} says reject",
-		TrustedNetworks:   []Prefix{{netip.MustParsePrefix("127.0.0.0/8")}, {netip.MustParsePrefix("::1/128")}},
-		MaxDKIMSignatures: 5,
-		IdleTimeout:       Duration(5 * time.Minute),
-		ReadTimeout:       Duration(30 * time.Second),
-		WriteTimeout:      Duration(30 * time.Second),
-		ShutdownTimeout:   Duration(30 * time.Second),
-		StateDir:          "/var/lib/dmarc-milter",
-		ReportSMTP:        "127.0.0.1:25",
-		ReportFrom:        "postmaster@" + hostname,
-		LogFormat:         Choice{Value: "json", allowed: []string{"json", "text"}},
-		LogLevel:          Choice{Value: "info", allowed: []string{"debug", "info", "warn", "error"}},
+		Listen:                            ListenSpec{Network: "tcp", Address: "127.0.0.1:8893"},
+		SocketMode:                        0o660,
+		DNSTimeout:                        Duration(2 * time.Second),
+		DNSCacheSize:                      50000,
+		CheckTimeout:                      Duration(20 * time.Second),
+		AuthservID:                        hostname,
+		Quarantine:                        Choice{Value: "hold", allowed: []string{"hold", "mark"}},
+		TempError:                         Choice{Value: "tempfail", allowed: []string{"tempfail", "accept"}},
+		RejectBadFrom:                     true,
+		RejectText:                        "Message rejected: DMARC policy of {domain} says reject",
+		TrustedNetworks:                   []Prefix{{netip.MustParsePrefix("127.0.0.0/8")}, {netip.MustParsePrefix("::1/128")}},
+		MaxDKIMSignatures:                 5,
+		IdleTimeout:                       Duration(5 * time.Minute),
+		ReadTimeout:                       Duration(30 * time.Second),
+		WriteTimeout:                      Duration(30 * time.Second),
+		ShutdownTimeout:                   Duration(30 * time.Second),
+		StateDir:                          "/var/lib/dmarc-milter",
+		ReportSMTP:                        "127.0.0.1:25",
+		ReportFrom:                        "postmaster@" + hostname,
+		ReportStartTLS:                    Choice{Value: "opportunistic", allowed: []string{"opportunistic", "required", "off"}},
+		ReportMaxAttempts:                 10,
+		ReportMinBackoff:                  Duration(time.Minute),
+		ReportMaxBackoff:                  Duration(time.Hour),
+		FailureReports:                    true,
+		FailureReportInclude:              Choice{Value: "headers", allowed: []string{"headers", "message"}},
+		FailureReportMaxMessageSize:       64 << 10,
+		FailureReportPerDestination:       10,
+		FailureReportPerDestinationWindow: Duration(time.Hour),
+		FailureReportGlobal:               300,
+		FailureReportGlobalWindow:         Duration(time.Hour),
+		FailureReportDedupWindow:          Duration(time.Hour),
+		LogFormat:                         Choice{Value: "json", allowed: []string{"json", "text"}},
+		LogLevel:                          Choice{Value: "info", allowed: []string{"debug", "info", "warn", "error"}},
 	}
 }
 

@@ -33,6 +33,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/milter"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/resolver"
+	"github.com/dmarc-milter/dmarc-milter/report"
 )
 
 // Set at build time: -ldflags "-X main.version=1.2.3 -X main.commit=abc".
@@ -115,6 +116,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	f.LogLevel = cfg.LogLevel
 	fs.Var(&f.LogLevel, "log-level", "log level: debug, info, warn or error")
 	monitor := fs.Bool("monitor", false, "evaluate, stamp and log, but never enforce")
+	failureReports := fs.Bool("failure-reports", true, "send DMARC failure reports to the domains that ask for them")
 	fs.Var(&f.PprofListen, "pprof-listen", "serve pprof profiles on this loopback `HOST:PORT` (off by default)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -162,6 +164,8 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 			cfg.LogLevel = f.LogLevel
 		case "monitor":
 			cfg.Monitor = *monitor
+		case "failure-reports":
+			cfg.FailureReports = *failureReports
 		case "pprof-listen":
 			cfg.PprofListen = f.PprofListen
 		}
@@ -241,15 +245,35 @@ func serve(args []string, stderr io.Writer) int {
 	}
 
 	ev := policy.New(policyConfig(cfg), res)
+
+	// Failure reports are written to the spool and sent by a background
+	// worker, never in the milter's reply path. A reporter that cannot
+	// start (unwritable spool) is logged loudly and mail flows without it.
+	reporter, err := report.New(reportConfig(cfg), res, logger, nil)
+	if err != nil {
+		logger.Error().Err(err).Str("state_dir", cfg.StateDir).Msg("FAILURE REPORTS DISABLED: cannot start the reporter; mail is still checked")
+		reporter = nil
+	}
+	reportCtx, stopReports := context.WithCancel(context.Background())
+	defer stopReports()
+	reportsDone := make(chan struct{})
+	settings := milter.Settings{
+		Evaluator:         ev,
+		LookupTXT:         res.LookupTXT,
+		MaxDKIMSignatures: cfg.MaxDKIMSignatures,
+		CheckTimeout:      time.Duration(cfg.CheckTimeout),
+		Log:               logger,
+		KeepBody:          keepBody(cfg),
+	}
+	if reporter != nil {
+		settings.OnVerdict = func(r *milter.Report) { reporter.Submit(failureOf(r)) }
+		go func() { reporter.Run(reportCtx); close(reportsDone) }()
+	} else {
+		close(reportsDone)
+	}
 	srv := &milter.Server{
-		NewHandler: milter.NewSessionHandler(milter.Settings{
-			Evaluator:         ev,
-			LookupTXT:         res.LookupTXT,
-			MaxDKIMSignatures: cfg.MaxDKIMSignatures,
-			CheckTimeout:      time.Duration(cfg.CheckTimeout),
-			Log:               logger,
-		}),
-		Log: logger,
+		NewHandler: milter.NewSessionHandler(settings),
+		Log:        logger,
 		Timeouts: milter.Timeouts{
 			Idle:  time.Duration(cfg.IdleTimeout),
 			Read:  time.Duration(cfg.ReadTimeout),
@@ -288,7 +312,7 @@ wait:
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
 				daemon.SdNotify(false, daemon.SdNotifyReloading)
-				cfg = reload(args, cfg, ev, logger, levels)
+				cfg = reload(args, cfg, ev, reporter, logger, levels)
 				daemon.SdNotify(false, daemon.SdNotifyReady)
 				continue
 			}
@@ -305,6 +329,9 @@ wait:
 	if err := srv.Shutdown(ctx); err != nil {
 		logger.Warn().Err(err).Msg("shutdown timeout; closed remaining sessions")
 	}
+	// Reports already spooled stay there for the next start.
+	stopReports()
+	<-reportsDone
 	if listening.Listen.Network == "unix" {
 		os.Remove(listening.Listen.Address)
 	}
@@ -316,11 +343,17 @@ wait:
 // what can change without dropping connections: the local policy (networks,
 // domain lists, actions, texts) and the log level. A bad file keeps the
 // running configuration; settings that need a restart are named in the log.
-func reload(args []string, old Config, ev *policy.Evaluator, logger zerolog.Logger, levels *levelWriter) Config {
+func reload(args []string, old Config, ev *policy.Evaluator, reporter *report.Reporter, logger zerolog.Logger, levels *levelWriter) Config {
 	cfg, err := parseFlags(args, io.Discard)
 	if err != nil {
 		logger.Error().Err(err).Msg("reload failed; keeping the running configuration")
 		return old
+	}
+	if reporter != nil {
+		if err := reporter.SetConfig(reportConfig(cfg)); err != nil {
+			logger.Error().Err(err).Msg("reload failed: report settings; keeping the running configuration")
+			return old
+		}
 	}
 	ev.SetConfig(policyConfig(cfg))
 	levels.set(cfg.LogLevel.Value)
@@ -335,6 +368,10 @@ func reload(args []string, old Config, ev *policy.Evaluator, logger zerolog.Logg
 		{"max_dkim_signatures", old.MaxDKIMSignatures, cfg.MaxDKIMSignatures},
 		{"idle_timeout", old.IdleTimeout, cfg.IdleTimeout}, {"read_timeout", old.ReadTimeout, cfg.ReadTimeout},
 		{"write_timeout", old.WriteTimeout, cfg.WriteTimeout}, {"log_format", old.LogFormat.Value, cfg.LogFormat.Value},
+		{"state_dir", old.StateDir, cfg.StateDir}, {"pprof_listen", old.PprofListen, cfg.PprofListen},
+		{"shutdown_timeout", old.ShutdownTimeout, cfg.ShutdownTimeout},
+		{"failure_report_include", old.FailureReportInclude.Value, cfg.FailureReportInclude.Value},
+		{"failure_report_max_message_size", old.FailureReportMaxMessageSize, cfg.FailureReportMaxMessageSize},
 	} {
 		if c.old != c.new {
 			restart = append(restart, c.name)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	gomilter "github.com/emersion/go-milter"
 
 	"github.com/dmarc-milter/dmarc-milter/policy/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/report/smtpsink"
 )
 
 func TestParseListen(t *testing.T) {
@@ -185,7 +187,7 @@ func TestPackagedConfigMatchesDefaults(t *testing.T) {
 }
 
 func stripChoices(c Config) Config {
-	for _, ch := range []*Choice{&c.Quarantine, &c.TempError, &c.LogFormat, &c.LogLevel} {
+	for _, ch := range []*Choice{&c.Quarantine, &c.TempError, &c.LogFormat, &c.LogLevel, &c.ReportStartTLS, &c.FailureReportInclude} {
 		ch.allowed = nil
 	}
 	return c
@@ -230,7 +232,7 @@ func TestServeUnixSocketAndSIGTERM(t *testing.T) {
 	pl, _ := net.Listen("tcp", "127.0.0.1:0")
 	pprofAddr := pl.Addr().String()
 	pl.Close()
-	d := startDaemon(t, bin, "serve", "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--authserv-id", "mx.cli.example",
+	d := startDaemon(t, bin, "serve", "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--authserv-id", "mx.cli.example", "--state-dir", t.TempDir(),
 		"--log-format", "json", "--pprof-listen", pprofAddr)
 	d.waitFor("dmarc-milter ready")
 	if resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/goroutine?debug=1"); err != nil || resp.StatusCode != 200 {
@@ -250,7 +252,7 @@ func TestServeUnixSocketAndSIGTERM(t *testing.T) {
 
 	// A second daemon on the same live socket refuses to start.
 	var out bytes.Buffer
-	second := exec.Command(bin, "serve", "--listen", "unix:"+sock, "--dns", dnsSrv.Addr)
+	second := exec.Command(bin, "serve", "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--state-dir", t.TempDir())
 	second.Stderr = &out
 	if err := second.Run(); err == nil || !strings.Contains(out.String(), "in use") {
 		t.Errorf("second daemon on a live socket: %v %q", err, out.String())
@@ -354,7 +356,7 @@ func TestReload(t *testing.T) {
 	bin := buildDaemon(t)
 	sock := filepath.Join(t.TempDir(), "m.sock")
 	conf := writeFile(t, "monitor = false\n")
-	d := startDaemon(t, bin, "serve", "--config", conf, "--listen", "unix:"+sock, "--dns", dnsSrv.Addr)
+	d := startDaemon(t, bin, "serve", "--config", conf, "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--state-dir", t.TempDir())
 	d.waitFor("dmarc-milter ready")
 	if code := spoof(t, "unix", sock); code != 550 {
 		t.Fatalf("before reload: %d, want 550", code)
@@ -395,5 +397,82 @@ func TestVersion(t *testing.T) {
 	}
 	if code := run([]string{"frobnicate"}, &bytes.Buffer{}); code != 2 {
 		t.Errorf("unknown command exit %d, want 2", code)
+	}
+}
+
+// A failure report spooled while the relay is down survives kill -9 and is
+// delivered by the next start; the milter's reply never waits for it.
+func TestFailureReportSurvivesKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the daemon")
+	}
+	zone, err := dnstest.LoadZoneFile("../../testdata/zones/example.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dnsSrv := dnstest.NewServer(t, zone)
+	sink := smtpsink.Start(t)
+	sink.Stop() // the relay is down
+	bin := buildDaemon(t)
+	state := t.TempDir()
+	sock := filepath.Join(t.TempDir(), "m.sock")
+	conf := writeFile(t, "report_min_backoff = \"200ms\"\nreport_max_backoff = \"1s\"\n")
+	args := []string{"serve", "--config", conf, "--listen", "unix:" + sock, "--dns", dnsSrv.Addr,
+		"--state-dir", state, "--report-smtp", sink.Addr, "--report-from", "dmarc-reports@mx.cli.example",
+		"--authserv-id", "mx.cli.example"}
+
+	d := startDaemon(t, bin, args...)
+	d.waitFor("dmarc-milter ready")
+	start := time.Now()
+	if code := spoof(t, "unix", sock); code != 550 {
+		t.Fatalf("spoof: %d, want 550", code)
+	}
+	if elapsed := time.Since(start); elapsed > 2*time.Second {
+		t.Errorf("the milter reply waited %v for the dead relay", elapsed)
+	}
+	spool := filepath.Join(state, "spool", "failure")
+	var files []string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		files, _ = filepath.Glob(filepath.Join(spool, "*"))
+		if len(files) >= 2 {
+			break
+		}
+	}
+	if len(files) < 2 {
+		t.Fatalf("reports not spooled in %s: %v\n%s", spool, files, strings.Join(d.log, "\n"))
+	}
+	d.waitFor("relay") // a failed delivery attempt was logged
+	d.cmd.Process.Signal(syscall.SIGKILL)
+	d.cmd.Wait()
+
+	sink.Restart(t)
+	d2 := startDaemon(t, bin, args...)
+	d2.waitFor("dmarc-milter ready")
+	msgs := sink.Wait(t, 2, 15*time.Second)
+	var rcpts []string
+	for _, m := range msgs {
+		rcpts = append(rcpts, m.To...)
+		if m.From != "dmarc-reports@mx.cli.example" {
+			t.Errorf("envelope sender %q", m.From)
+		}
+		for _, want := range []string{"Subject: DMARC failure report for pass.example from 203.0.113.66",
+			"report-type=feedback-report", "Feedback-Type: auth-failure", "Auth-Failure: dmarc",
+			"Source-IP: 203.0.113.66", "Reported-Domain: pass.example", "Delivery-Result: reject", "Auto-Submitted: auto-generated"} {
+			if !strings.Contains(string(m.Data), want) {
+				t.Errorf("report lacks %q:\n%s", want, m.Data)
+			}
+		}
+	}
+	slices.Sort(rcpts)
+	if strings.Join(rcpts, ",") != "dmarc-failures@pass.example,failures@reports.example" {
+		t.Errorf("report recipients %v", rcpts)
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if files, _ = filepath.Glob(filepath.Join(spool, "*")); len(files) == 0 {
+			break
+		}
+	}
+	if len(files) != 0 {
+		t.Errorf("delivered reports still in the spool: %v", files)
 	}
 }

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dmarc-milter/dmarc-milter/policy/internal/conformance"
+	"github.com/dmarc-milter/dmarc-milter/internal/conformance"
 )
 
 // verifyAsMilter feeds raw through a Verifier as Postfix would, once per

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dmarc-milter/dmarc-milter/policy/internal/conformance"
+	"github.com/dmarc-milter/dmarc-milter/internal/conformance"
 )
 
 // Conformance cases that do not pass, with the reason. Every case of an RFC

@@ -17,8 +17,8 @@ import (
 	"github.com/miekg/dns"
 	"gopkg.in/yaml.v3"
 
+	"github.com/dmarc-milter/dmarc-milter/internal/conformance"
 	"github.com/dmarc-milter/dmarc-milter/policy/dnstest"
-	"github.com/dmarc-milter/dmarc-milter/policy/internal/conformance"
 	"github.com/dmarc-milter/dmarc-milter/policy/resolver"
 )
 
