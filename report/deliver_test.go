@@ -320,3 +320,61 @@ func TestStartTLSAndAuth(t *testing.T) {
 		}
 	})
 }
+
+// SetConfig (SIGHUP) applies new settings to the next report and keeps the
+// running ones when the new ones are bad.
+func TestSetConfig(t *testing.T) {
+	sink := smtpsink.Start(t)
+	cfg := testConfig(t)
+	cfg.SMTP = sink.Addr
+	r := newReporter(t, cfg)
+	running(t, r)
+
+	off := cfg
+	off.Enabled = false
+	if err := r.SetConfig(off); err != nil {
+		t.Fatal(err)
+	}
+	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+	if got := r.Stats().Suppressed[ReasonDisabled]; got != 1 {
+		t.Errorf("after switching reports off: suppressed(disabled) = %d, want 1", got)
+	}
+
+	bad := cfg
+	bad.From = "not an address"
+	if err := r.SetConfig(bad); err == nil {
+		t.Error("bad report address accepted")
+	}
+	if r.Config().Enabled {
+		t.Error("a rejected SetConfig changed the running configuration")
+	}
+
+	on := cfg
+	on.SpoolDir = "/elsewhere" // needs a restart: ignored
+	if err := r.SetConfig(on); err != nil {
+		t.Fatal(err)
+	}
+	if r.Config().SpoolDir != cfg.SpoolDir {
+		t.Errorf("spool dir changed by SetConfig: %s", r.Config().SpoolDir)
+	}
+	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+	sink.Wait(t, 1, 10*time.Second)
+}
+
+// A reporter started with reports off sends them once a reload turns them
+// on, without a restart.
+func TestSetConfigTurnsReportsOn(t *testing.T) {
+	sink := smtpsink.Start(t)
+	cfg := testConfig(t)
+	cfg.SMTP = sink.Addr
+	off := cfg
+	off.Enabled = false
+	r := newReporter(t, off)
+	running(t, r)
+	time.Sleep(50 * time.Millisecond) // let Run start with reports off
+	if err := r.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+	sink.Wait(t, 1, 10*time.Second)
+}

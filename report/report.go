@@ -474,6 +474,9 @@ func (r *Reporter) SetConfig(cfg Config) error {
 	// Rate-limit and dedup history carries over: a reload is no way
 	// around the limits.
 	r.cfg.Store(&cfg)
+	if cfg.Enabled && !old.Enabled {
+		r.loadSpool() // reports left from before reports were turned off
+	}
 	return nil
 }
 
@@ -530,11 +533,11 @@ func (r *Reporter) Submit(f *Failure) {
 // in the spool. It returns when ctx ends, after the SMTP transaction under
 // way (bounded by SMTPTimeout) and the report being built.
 func (r *Reporter) Run(ctx context.Context) error {
-	if !r.conf().Enabled {
-		<-ctx.Done()
-		return nil
+	// The loops run even while reports are off, so that a reload that
+	// turns them on (SetConfig) needs no restart.
+	if r.conf().Enabled {
+		r.loadSpool()
 	}
-	r.loadSpool()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/mail"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -172,6 +173,9 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	})
 	if err != nil {
 		return cfg, err
+	}
+	if _, err := mail.ParseAddress(cfg.ReportFrom); err != nil {
+		return cfg, fmt.Errorf("report_from: %q is not an e-mail address", cfg.ReportFrom)
 	}
 	if strings.ContainsAny(cfg.AuthservID, " \t;()\"") || cfg.AuthservID == "" {
 		return cfg, fmt.Errorf("authserv-id %q is not a valid token", cfg.AuthservID)
