@@ -87,7 +87,7 @@ func (e *Evaluator) IsOurs(value string) bool {
 // value: the first token, after comments and white space, up to ";" or
 // white space. It is lenient on purpose (a forgery need not be well formed).
 func AuthservIDOf(value string) string {
-	s := stripComments(value)
+	s := StripComments(value)
 	s = strings.TrimSpace(s)
 	if i := strings.IndexAny(s, "; \t\r\n"); i >= 0 {
 		s = s[:i]
@@ -95,9 +95,9 @@ func AuthservIDOf(value string) string {
 	return strings.Trim(s, `"`)
 }
 
-// stripComments removes RFC 5322 comments (nested parentheses, with
-// quoted-pairs) from s.
-func stripComments(s string) string {
+// StripComments removes RFC 5322 comments (nested parentheses, with
+// quoted-pairs) from a header field value.
+func StripComments(s string) string {
 	var b strings.Builder
 	depth := 0
 	for i := 0; i < len(s); i++ {

@@ -630,7 +630,7 @@ func autoSubmitted(h []Field) bool {
 		if !strings.EqualFold(strings.TrimSpace(f.Name), "Auto-Submitted") {
 			continue
 		}
-		v := stripComments(f.Value)
+		v := policy.StripComments(f.Value)
 		if i := strings.IndexByte(v, ';'); i >= 0 {
 			v = v[:i]
 		}
@@ -657,7 +657,7 @@ func (r *Reporter) isReport(f *Failure) bool {
 		v := strings.TrimSpace(h.Value)
 		switch {
 		case strings.EqualFold(name, "Content-Type"):
-			if strings.HasPrefix(strings.ToLower(strings.TrimSpace(stripComments(v))), "multipart/report") {
+			if strings.HasPrefix(strings.ToLower(strings.TrimSpace(policy.StripComments(v))), "multipart/report") {
 				return true
 			}
 		case strings.EqualFold(name, "Subject"):
@@ -680,23 +680,3 @@ func (r *Reporter) isReport(f *Failure) bool {
 	return false
 }
 
-// stripComments removes RFC 5322 comments (nested parentheses, with
-// quoted-pairs) from s.
-func stripComments(s string) string {
-	var b strings.Builder
-	depth := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '\\' && depth > 0:
-			i++
-		case c == '(':
-			depth++
-		case c == ')' && depth > 0:
-			depth--
-		case depth == 0:
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
-}
