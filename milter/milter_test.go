@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -588,5 +589,55 @@ func TestSMTPReplyEscapes(t *testing.T) {
 	got := e.run(badIP, "x.example", msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "pct")})
 	if got.act.Code != gomilter.ActReplyCode || got.act.SMTPCode != 550 || got.act.SMTPText != "5.7.1 50%% off  next" {
 		t.Errorf("reply %+v", got.act)
+	}
+}
+
+// A 50 MB message streams through the milter without the live heap
+// growing with it (issue target: less than 16 MB).
+func TestLargeMessageMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("50 MB message")
+	}
+	e := newEnv(t, envOptions{})
+	s := e.dial(0)
+	connectAndHelo(t, s, goodIP, "mx.pass.example")
+	line := strings.Repeat("x", 76) + "\r\n"
+	chunk := []byte(strings.Repeat(line, gomilter.MaxBodyChunk/len(line)))
+	signed := sign(t, plainMessage("bob@pass.example", "big"), "pass.example", "sel1", "rsa2048.pem", msgdkim.CanonicalizationRelaxed)
+	fields, _ := splitMessage(t, signed, true)
+
+	s.Macros(gomilter.CodeMail)
+	s.Mail("bob@pass.example", nil)
+	for _, f := range fields {
+		s.HeaderField(f[0], f[1])
+	}
+	s.HeaderEnd()
+
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	base, peak := ms.HeapAlloc, ms.HeapAlloc
+	for i, n := 0, 0; n < 50<<20; i++ {
+		if _, err := s.BodyChunk(chunk); err != nil {
+			t.Fatal(err)
+		}
+		n += len(chunk)
+		if i%100 == 99 {
+			runtime.GC()
+			runtime.ReadMemStats(&ms)
+			peak = max(peak, ms.HeapAlloc)
+		}
+	}
+	_, act, err := s.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The body was not the signed one: DKIM fails, SPF passes: accepted.
+	if act.Code != gomilter.ActContinue {
+		t.Errorf("action %+v", act)
+	}
+	t.Logf("50 MB message: live heap grew by at most %d KiB", (peak-base)>>10)
+	if peak-base > 16<<20 {
+		t.Errorf("live heap grew by %d bytes, want < 16 MB", peak-base)
 	}
 }
