@@ -641,3 +641,19 @@ func TestLargeMessageMemory(t *testing.T) {
 		t.Errorf("live heap grew by %d bytes, want < 16 MB", peak-base)
 	}
 }
+
+// A client without an IP address (Postfix's smtpd on a unix socket, or an
+// unknown family) is local: stamped, never enforced.
+func TestLocalClientWithoutAddress(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	s := e.dial(0)
+	if _, err := s.Conn("localhost", gomilter.FamilyUnix, 0, "/var/run/smtp.sock"); err != nil {
+		t.Fatal(err)
+	}
+	s.Helo("localhost")
+	got := send(t, s, msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "local")})
+	check(t, got, want{code: 250, ar: []string{"dmarc=fail"}})
+	if !strings.Contains(e.logs.String(), `"exempt":"local-client"`) {
+		t.Errorf("not logged as a local client:\n%s", e.logs.String())
+	}
+}

@@ -272,7 +272,7 @@ func (s *session) logSummary(queueID string, m *message, v policy.Verdict) {
 		Int("removed_forged_ar", len(m.forged)).
 		Dur("elapsed", s.set.Now().Sub(m.start))
 	if v.Exempt != "" {
-		e = e.Str("exempt", v.Exempt)
+		e = e.Str("exempt", string(v.Exempt))
 	}
 	if v.FromErr != nil {
 		e = e.Str("from_error", v.FromErr.Error())

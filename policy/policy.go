@@ -145,6 +145,24 @@ type Message struct {
 	DKIM    []dkim.Result
 }
 
+// Exemption is a local policy under which a message is evaluated and
+// stamped but not enforced.
+type Exemption string
+
+const (
+	ExemptMonitor        Exemption = "monitor"         // monitor mode
+	ExemptAuthenticated  Exemption = "authenticated"   // SASL-authenticated client
+	ExemptTrustedNetwork Exemption = "trusted-network" // client in trusted_networks
+	ExemptLocalClient    Exemption = "local-client"    // no client IP address (unix socket, unknown family)
+	ExemptDomain         Exemption = "exempt-domain"   // From domain in exempt_domains
+)
+
+// Local reports whether the exemption is for mail from this site's own
+// users or hosts (which get no failure reports).
+func (e Exemption) Local() bool {
+	return e == ExemptAuthenticated || e == ExemptTrustedNetwork || e == ExemptLocalClient
+}
+
 // Verdict is the outcome for one message.
 type Verdict struct {
 	FromDomain string
@@ -156,9 +174,8 @@ type Verdict struct {
 	// Disposition is what DMARC asks for: the applied policy when DMARC
 	// failed, none otherwise.
 	Disposition dmarc.Policy
-	// Exempt names the local policy that stopped enforcement ("" if none):
-	// "monitor", "authenticated", "trusted-network" or "exempt-domain".
-	Exempt string
+	// Exempt names the local policy that stopped enforcement ("" if none).
+	Exempt Exemption
 	Action Action
 	// Unknown is set when a DNS temporary error left the outcome unknown.
 	Unknown bool
@@ -186,7 +203,7 @@ func (e *Evaluator) Decide(ctx context.Context, m Message) Verdict {
 	}
 	v.FromDomain = domain
 	if v.Exempt == "" && cfg.exemptDomain(domain) {
-		v.Exempt = "exempt-domain"
+		v.Exempt = ExemptDomain
 	}
 
 	in := dmarc.Input{
@@ -233,19 +250,23 @@ func (e *Evaluator) Decide(ctx context.Context, m Message) Verdict {
 	return v
 }
 
-func (cfg *Config) exemption(m Message) string {
+func (cfg *Config) exemption(m Message) Exemption {
 	switch {
 	case cfg.Monitor:
-		return "monitor"
+		return ExemptMonitor
 	case m.AuthUser != "":
-		return "authenticated"
+		return ExemptAuthenticated
 	}
-	if ip, ok := netip.AddrFromSlice(m.ClientIP); ok {
-		ip = ip.Unmap()
-		for _, p := range cfg.TrustedNetworks {
-			if p.Contains(ip) {
-				return "trusted-network"
-			}
+	ip, ok := netip.AddrFromSlice(m.ClientIP)
+	if !ok {
+		// Postfix gives no address for a client on a unix socket or of
+		// unknown family: it is local, and SPF cannot be evaluated.
+		return ExemptLocalClient
+	}
+	ip = ip.Unmap()
+	for _, p := range cfg.TrustedNetworks {
+		if p.Contains(ip) {
+			return ExemptTrustedNetwork
 		}
 	}
 	return ""

@@ -22,7 +22,7 @@
 // (Content-Type multipart/report, a Subject starting "Report Domain:" as
 // RFC 9990 aggregate reports have, or a From or MAIL FROM equal to our own
 // report address); a message from an authenticated client or a trusted
-// network (policy.Verdict.Exempt "authenticated" or "trusted-network": our
+// network or over a unix socket (policy.Exemption.Local: our
 // own outgoing mail); a client in Config.ExcludeNetworks; a From domain
 // in Config.DenyDomains or, when Config.AllowDomains is not empty, outside
 // it (a listed domain covers its subdomains).
@@ -573,7 +573,7 @@ func (r *Reporter) exclude(f *Failure) Reason {
 		return ReasonPSD
 	case isNullSender(f.MailFrom):
 		return ReasonNullSender
-	case v.Exempt == "authenticated" || v.Exempt == "trusted-network":
+	case v.Exempt.Local():
 		return ReasonLocalClient
 	}
 	if ip, ok := netip.AddrFromSlice(f.ClientIP); ok {
