@@ -422,6 +422,10 @@ func (c *Conn) negotiate(data []byte) (Reply, bool, error) {
 	c.version = min(mtaVersion, protocolVersion)
 	c.actions = c.srv.Actions & mtaActions
 	c.protocol = wantProtocol & mtaProtocol
+	c.srv.Log.Debug().Uint32("mta_version", mtaVersion).Str("mta_actions", fmt.Sprintf("%#x", mtaActions)).
+		Str("mta_protocol", fmt.Sprintf("%#x", uint32(mtaProtocol))).Uint32("version", c.version).
+		Str("actions", fmt.Sprintf("%#x", c.actions)).Str("protocol", fmt.Sprintf("%#x", uint32(c.protocol))).
+		Msg("milter options negotiated")
 	var b []byte
 	b = binary.BigEndian.AppendUint32(b, c.version)
 	b = binary.BigEndian.AppendUint32(b, c.actions)
