@@ -78,11 +78,14 @@ type Conn struct {
 	connMacros map[string]string
 	msgMacros  map[string]string
 
-	// buf is reused for every command up to reuseMax bytes: nothing a
-	// handler is given may be kept after it returns (strings are copied,
-	// body chunks are hashed or copied), so a 50 MB message streams
-	// through one 64 KiB buffer instead of 800 allocations.
-	buf []byte
+	// Commands are read into small (most commands) or a buffer from the
+	// server's pool (body chunks), returned once the command is handled:
+	// nothing a handler is given may be kept after it returns (strings are
+	// copied, body chunks hashed or copied). So a 50 MB message streams
+	// through one pooled 64 KiB buffer instead of 800 allocations, and an
+	// idle connection holds no large buffer.
+	small  [1024]byte
+	pooled *[]byte
 
 	// mu guards idle and the read deadline against drain.
 	mu       sync.Mutex
@@ -95,8 +98,8 @@ func newConn(nc net.Conn, srv *Server) *Conn {
 	return &Conn{
 		nc:         nc,
 		srv:        srv,
-		br:         bufio.NewReaderSize(nc, 8<<10),
-		bw:         bufio.NewWriterSize(nc, 4<<10),
+		br:         bufio.NewReaderSize(nc, 4<<10),
+		bw:         bufio.NewWriterSize(nc, 1<<10),
 		connMacros: make(map[string]string),
 		msgMacros:  make(map[string]string),
 		idle:       true,
@@ -252,6 +255,7 @@ func (c *Conn) serve(h Handler) {
 			return
 		}
 		reply, send, err := c.dispatch(h, gomilter.Code(code), data)
+		c.release()
 		if err == errQuit {
 			return
 		}
@@ -292,12 +296,13 @@ func (c *Conn) readPacket(t Timeouts) (byte, []byte, error) {
 		return 0, nil, fmt.Errorf("milter: invalid packet length %d", n)
 	}
 	var buf []byte
-	if n <= reuseMax {
-		if cap(c.buf) < int(n) {
-			c.buf = make([]byte, reuseMax)
-		}
-		buf = c.buf[:n]
-	} else {
+	switch {
+	case n <= uint32(len(c.small)):
+		buf = c.small[:n]
+	case n <= reuseMax:
+		c.pooled = c.srv.buffer()
+		buf = (*c.pooled)[:n]
+	default:
 		buf = make([]byte, n) // a rare large header field
 	}
 	if _, err := io.ReadFull(c.br, buf); err != nil {
@@ -306,8 +311,16 @@ func (c *Conn) readPacket(t Timeouts) (byte, []byte, error) {
 	return buf[0], buf[1:], nil
 }
 
-// reuseMax is the largest command read into the connection's reusable
-// buffer: a full body chunk (64 KiB) and its command byte.
+// release gives a pooled command buffer back once the command is handled.
+func (c *Conn) release() {
+	if c.pooled != nil {
+		c.srv.bufs.Put(c.pooled)
+		c.pooled = nil
+	}
+}
+
+// reuseMax is the largest command read into a pooled buffer: a full body
+// chunk (64 KiB) and its command byte.
 const reuseMax = 64<<10 + 16
 
 func unexpectedEOF(err error) error {

@@ -71,6 +71,8 @@ type Server struct {
 	// Actions the milter may perform; negotiated down to what the MTA offers.
 	Actions uint32
 
+	bufs sync.Pool // *[]byte of reuseMax bytes, for body chunks
+
 	mu       sync.Mutex
 	conns    map[*Conn]struct{}
 	lns      map[net.Listener]struct{}
@@ -176,6 +178,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		return ctx.Err()
 	}
+}
+
+// buffer returns a command buffer of reuseMax bytes from the pool.
+func (s *Server) buffer() *[]byte {
+	if b, ok := s.bufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, reuseMax)
+	return &b
 }
 
 // ActiveConns reports the number of open milter connections.

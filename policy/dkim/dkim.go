@@ -55,6 +55,9 @@ const (
 // Options.MaxSignatures is not set.
 const DefaultMaxSignatures = 5
 
+// pipePiece is the largest write handed to go-msgauth at once.
+const pipePiece = 8 << 10
+
 // MaxBlankRun is the longest run of consecutive white space and line
 // breaks in a body that is hashed (see the package documentation).
 const MaxBlankRun = 1 << 20
@@ -280,9 +283,16 @@ func (v *Verifier) WriteBody(chunk []byte) error {
 		return nil
 	}
 	// io.Pipe hands chunk to the reader, which copies it, and returns only
-	// once all of it has been read.
-	if _, err := v.pw.Write(chunk); err != nil {
-		return fmt.Errorf("dkim: passing body to verifier: %w", err)
+	// once all of it has been read. go-msgauth's canonicalizers allocate a
+	// copy of every write: in pieces of pipePiece bytes those copies come
+	// from small size classes that are reused at once, instead of 64 KiB
+	// spans that make the resident size of a large message grow.
+	for len(chunk) > 0 {
+		n := min(len(chunk), pipePiece)
+		if _, err := v.pw.Write(chunk[:n]); err != nil {
+			return fmt.Errorf("dkim: passing body to verifier: %w", err)
+		}
+		chunk = chunk[n:]
 	}
 	return nil
 }
