@@ -106,7 +106,8 @@ type Conn struct {
 
 	// mu guards idle and the read deadline against drain.
 	mu       sync.Mutex
-	idle     bool // between messages
+	idle     bool      // between messages
+	rdl, wdl time.Time // the read and write deadlines last set
 	draining atomic.Bool
 	inEOM    bool
 }
@@ -203,8 +204,25 @@ func (c *Conn) flush() error {
 	if c.bw.Buffered() == 0 {
 		return nil
 	}
-	c.nc.SetWriteDeadline(time.Now().Add(c.srv.timeouts().Write))
+	if want := time.Now().Add(c.srv.timeouts().Write); want.Sub(c.wdl) > deadlineSlack {
+		c.nc.SetWriteDeadline(want)
+		c.wdl = want
+	}
 	return c.bw.Flush()
+}
+
+// deadlineSlack is how stale a socket deadline may get before it is moved:
+// setting one costs a trip through the runtime's poller, and commands
+// arrive many times a second.
+const deadlineSlack = time.Second
+
+// setReadDeadline makes the read deadline about d from now; c.mu is held.
+func (c *Conn) setReadDeadline(d time.Duration) {
+	want := time.Now().Add(d)
+	if want.Before(c.rdl) || want.Sub(c.rdl) > deadlineSlack {
+		c.nc.SetReadDeadline(want)
+		c.rdl = want
+	}
 }
 
 func (s *Server) timeouts() Timeouts {
@@ -227,7 +245,8 @@ func (c *Conn) drain() {
 	defer c.mu.Unlock()
 	c.draining.Store(true)
 	if c.idle {
-		c.nc.SetReadDeadline(time.Now())
+		c.rdl = time.Now()
+		c.nc.SetReadDeadline(c.rdl)
 	}
 }
 
@@ -298,12 +317,18 @@ func (c *Conn) readPacket(t Timeouts) (byte, []byte, error) {
 		c.mu.Unlock()
 		return 0, nil, os.ErrDeadlineExceeded
 	}
-	c.nc.SetReadDeadline(time.Now().Add(t.Idle))
+	if c.br.Buffered() == 0 { // about to wait for the next command
+		c.setReadDeadline(t.Idle)
+	}
 	c.mu.Unlock()
 	if _, err := c.br.Peek(1); err != nil {
 		return 0, nil, err
 	}
-	c.nc.SetReadDeadline(time.Now().Add(t.Read))
+	if c.br.Buffered() < 4 {
+		c.mu.Lock()
+		c.setReadDeadline(t.Read)
+		c.mu.Unlock()
+	}
 	var hdr [4]byte
 	if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
 		return 0, nil, unexpectedEOF(err)
@@ -311,6 +336,11 @@ func (c *Conn) readPacket(t Timeouts) (byte, []byte, error) {
 	n := binary.BigEndian.Uint32(hdr[:])
 	if n == 0 || n > maxPacket {
 		return 0, nil, fmt.Errorf("milter: invalid packet length %d", n)
+	}
+	if c.br.Buffered() < int(n) { // the rest must come within the read timeout
+		c.mu.Lock()
+		c.setReadDeadline(t.Read)
+		c.mu.Unlock()
 	}
 	var buf []byte
 	switch {

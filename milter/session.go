@@ -96,12 +96,24 @@ type message struct {
 	forged  []int
 	arCount int
 
-	dkim *dkim.Verifier
-	spf  chan spfResults
-	body []byte // kept for OnVerdict, at most KeepBody+1 bytes
+	dkim             *dkim.Verifier
+	spfMail, spfHelo spf.Result
+	body             []byte // kept for OnVerdict, at most KeepBody+1 bytes
 }
 
-type spfResults struct{ mail, helo spf.Result }
+// checkSPF evaluates the MAIL FROM and HELO identities. A library panic
+// must not take the daemon down: the checks become permerrors, logged.
+func (s *session) checkSPF(ctx context.Context, from string) (mail, helo spf.Result) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.set.Log.Error().Str("panic", fmt.Sprint(p)).Str("mail_from", from).Msg("panic in SPF check")
+			err := fmt.Errorf("spf: check failed: %v", p)
+			mail = spf.Result{Status: spf.PermError, Identity: spf.IdentityMailFrom, Err: err}
+			helo = spf.Result{Status: spf.PermError, Identity: spf.IdentityHelo, Err: err}
+		}
+	}()
+	return s.set.Evaluator.SPF(ctx, s.clientIP, s.helo, from)
+}
 
 func (s *session) Connect(c *Conn, host string, addr net.IP) Reply {
 	s.clientHost, s.clientIP = host, addr
@@ -118,25 +130,11 @@ func (s *session) MailFrom(c *Conn, from string, args []string) Reply {
 	ctx, cancel := context.WithTimeout(context.Background(), s.set.CheckTimeout)
 	m := &message{ctx: ctx, cancel: cancel, start: s.set.Now(), mailFrom: from}
 	m.authUser = c.Macro("{auth_authen}")
-	// SPF needs only the envelope: run it while the message streams in.
-	m.spf = make(chan spfResults, 1)
-	ip, helo := s.clientIP, s.helo
-	log := s.set.Log
-	go func() {
-		var r spfResults
-		defer func() {
-			// A library panic must not take the daemon down: the checks
-			// become permerrors and the panic is logged.
-			if p := recover(); p != nil {
-				log.Error().Str("panic", fmt.Sprint(p)).Str("mail_from", from).Msg("panic in SPF check")
-				err := fmt.Errorf("spf: check failed: %v", p)
-				r.mail = spf.Result{Status: spf.PermError, Identity: spf.IdentityMailFrom, Err: err}
-				r.helo = spf.Result{Status: spf.PermError, Identity: spf.IdentityHelo, Err: err}
-			}
-			m.spf <- r
-		}()
-		r.mail, r.helo = s.set.Evaluator.SPF(ctx, ip, helo, from)
-	}()
+	// SPF needs only the envelope, so it runs now. With the no-reply
+	// options the MTA does not wait for this: it goes on sending the
+	// header and body, which queue in the socket meanwhile, so DNS time
+	// overlaps the transfer without a goroutine per message.
+	m.spfMail, m.spfHelo = s.checkSPF(ctx, from)
 	m.dkim = dkim.NewVerifier(ctx, dkim.Options{
 		LookupTXT:     s.set.LookupTXT,
 		MaxSignatures: s.set.MaxDKIMSignatures,
@@ -195,7 +193,6 @@ func (s *session) EndOfMessage(c *Conn) Reply {
 	defer s.reset()
 
 	dkimResults := m.dkim.Close()
-	sr := <-m.spf
 	ev := s.set.Evaluator
 	v := ev.Decide(m.ctx, policy.Message{
 		ClientIP: s.clientIP,
@@ -203,8 +200,8 @@ func (s *session) EndOfMessage(c *Conn) Reply {
 		MailFrom: m.mailFrom,
 		AuthUser: m.authUser,
 		From:     m.from,
-		SPF:      sr.mail,
-		HeloSPF:  sr.helo,
+		SPF:      m.spfMail,
+		HeloSPF:  m.spfHelo,
 		DKIM:     dkimResults,
 	})
 	queueID := c.Macro("i")

@@ -270,7 +270,17 @@ func serve(args []string, stderr io.Writer) int {
 		KeepBody:          keepBody(cfg),
 	}
 	if reporter != nil {
-		settings.OnVerdict = func(r *milter.Report) { reporter.Submit(failureOf(r)) }
+		settings.OnVerdict = func(r *milter.Report) {
+			// Most messages pass or come from domains that ask for no
+			// failure reports: decide that before copying the header.
+			if rec := r.Verdict.DMARC.Record; rec == nil || len(rec.RUF) == 0 {
+				return
+			}
+			if _, ok := report.Wanted(&report.Failure{Verdict: r.Verdict}); !ok {
+				return
+			}
+			reporter.Submit(failureOf(r))
+		}
 		go func() { reporter.Run(reportCtx); close(reportsDone) }()
 	} else {
 		close(reportsDone)
