@@ -679,4 +679,3 @@ func (r *Reporter) isReport(f *Failure) bool {
 	}
 	return false
 }
-
