@@ -141,17 +141,11 @@ func newEnv(t testing.TB, o envOptions) *env {
 	return e
 }
 
-// postfixProtocol is what Postfix 3.x offers in option negotiation.
-const postfixProtocol = gomilter.OptNoConnect | gomilter.OptNoHelo | gomilter.OptNoMailFrom |
-	gomilter.OptNoRcptTo | gomilter.OptNoBody | gomilter.OptNoHeaders | gomilter.OptNoEOH |
-	gomilter.OptNoHeaderReply | gomilter.OptNoUnknown | gomilter.OptNoData | gomilter.OptSkip |
-	gomilter.OptRcptRej | gomilter.OptNoConnReply | gomilter.OptNoHeloReply | gomilter.OptNoMailReply |
-	gomilter.OptNoRcptReply | gomilter.OptNoDataReply | gomilter.OptNoUnknownReply |
-	gomilter.OptNoEOHReply | gomilter.OptNoBodyReply | gomilter.OptHeaderLeadingSpace
-
-const postfixActions = gomilter.OptAddHeader | gomilter.OptChangeBody | gomilter.OptAddRcpt |
-	gomilter.OptRemoveRcpt | gomilter.OptChangeHeader | gomilter.OptQuarantine | gomilter.OptChangeFrom |
-	gomilter.OptAddRcptWithArgs | gomilter.OptSetSymList
+// Postfix's offer in option negotiation.
+const (
+	postfixProtocol = milter.PostfixProtocol
+	postfixActions  = milter.PostfixActions
+)
 
 // dial opens a milter session the way Postfix does. protocol 0 means
 // postfixProtocol.

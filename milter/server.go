@@ -199,3 +199,18 @@ func (s *Server) ActiveConns() int {
 // DefaultActions are the actions dmarc-milter uses: add the
 // Authentication-Results field, remove forged ones, and quarantine.
 const DefaultActions = uint32(gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptQuarantine)
+
+// What Postfix 3.x (milter_protocol = 6) offers in option negotiation: every
+// action, and every skip and no-reply option with SMFIP_HDR_LEADSPC. Load
+// generators and tests use them to speak to a milter as Postfix does.
+const (
+	PostfixActions = gomilter.OptAddHeader | gomilter.OptChangeBody | gomilter.OptAddRcpt |
+		gomilter.OptRemoveRcpt | gomilter.OptChangeHeader | gomilter.OptQuarantine | gomilter.OptChangeFrom |
+		gomilter.OptAddRcptWithArgs | gomilter.OptSetSymList
+	PostfixProtocol = gomilter.OptNoConnect | gomilter.OptNoHelo | gomilter.OptNoMailFrom |
+		gomilter.OptNoRcptTo | gomilter.OptNoBody | gomilter.OptNoHeaders | gomilter.OptNoEOH |
+		gomilter.OptNoHeaderReply | gomilter.OptNoUnknown | gomilter.OptNoData | gomilter.OptSkip |
+		gomilter.OptRcptRej | gomilter.OptNoConnReply | gomilter.OptNoHeloReply | gomilter.OptNoMailReply |
+		gomilter.OptNoRcptReply | gomilter.OptNoDataReply | gomilter.OptNoUnknownReply |
+		gomilter.OptNoEOHReply | gomilter.OptNoBodyReply | gomilter.OptHeaderLeadingSpace
+)

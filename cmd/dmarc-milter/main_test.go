@@ -193,6 +193,17 @@ func stripChoices(c Config) Config {
 	return c
 }
 
+// daemonPrereqs starts a DNS server for the test zone and builds the
+// daemon, for the tests that run the real binary.
+func daemonPrereqs(t *testing.T) (*dnstest.Server, string) {
+	t.Helper()
+	zone, err := dnstest.LoadZoneFile("../../testdata/zones/example.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dnstest.NewServer(t, zone), buildDaemon(t)
+}
+
 // buildDaemon builds the real binary once per test run.
 func buildDaemon(t *testing.T) string {
 	t.Helper()
@@ -212,12 +223,7 @@ func TestServeUnixSocketAndSIGTERM(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the daemon")
 	}
-	zone, err := dnstest.LoadZoneFile("../../testdata/zones/example.zone")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dnsSrv := dnstest.NewServer(t, zone)
-	bin := buildDaemon(t)
+	dnsSrv, bin := daemonPrereqs(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "milter.sock")
 
@@ -348,12 +354,7 @@ func TestReload(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the daemon")
 	}
-	zone, err := dnstest.LoadZoneFile("../../testdata/zones/example.zone")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dnsSrv := dnstest.NewServer(t, zone)
-	bin := buildDaemon(t)
+	dnsSrv, bin := daemonPrereqs(t)
 	sock := filepath.Join(t.TempDir(), "m.sock")
 	conf := writeFile(t, "monitor = false\n")
 	d := startDaemon(t, bin, "serve", "--config", conf, "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--state-dir", t.TempDir())
@@ -406,14 +407,9 @@ func TestFailureReportSurvivesKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the daemon")
 	}
-	zone, err := dnstest.LoadZoneFile("../../testdata/zones/example.zone")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dnsSrv := dnstest.NewServer(t, zone)
+	dnsSrv, bin := daemonPrereqs(t)
 	sink := smtpsink.Start(t)
 	sink.Stop() // the relay is down
-	bin := buildDaemon(t)
 	state := t.TempDir()
 	sock := filepath.Join(t.TempDir(), "m.sock")
 	conf := writeFile(t, "report_min_backoff = \"200ms\"\nreport_max_backoff = \"1s\"\n")

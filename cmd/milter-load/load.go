@@ -14,21 +14,15 @@ import (
 	"time"
 
 	gomilter "github.com/emersion/go-milter"
+
+	"github.com/dmarc-milter/dmarc-milter/milter"
 )
 
-// postfixProtocol is what Postfix 3.x offers in option negotiation
-// (milter_protocol = 6): every skip and no-reply option and SMFIP_HDR_LEADSPC.
-const postfixProtocol = gomilter.OptNoConnect | gomilter.OptNoHelo | gomilter.OptNoMailFrom |
-	gomilter.OptNoRcptTo | gomilter.OptNoBody | gomilter.OptNoHeaders | gomilter.OptNoEOH |
-	gomilter.OptNoHeaderReply | gomilter.OptNoUnknown | gomilter.OptNoData | gomilter.OptSkip |
-	gomilter.OptRcptRej | gomilter.OptNoConnReply | gomilter.OptNoHeloReply | gomilter.OptNoMailReply |
-	gomilter.OptNoRcptReply | gomilter.OptNoDataReply | gomilter.OptNoUnknownReply |
-	gomilter.OptNoEOHReply | gomilter.OptNoBodyReply | gomilter.OptHeaderLeadingSpace
-
-// postfixActions is the action mask Postfix 3.x offers.
-const postfixActions = gomilter.OptAddHeader | gomilter.OptChangeBody | gomilter.OptAddRcpt |
-	gomilter.OptRemoveRcpt | gomilter.OptChangeHeader | gomilter.OptQuarantine | gomilter.OptChangeFrom |
-	gomilter.OptAddRcptWithArgs | gomilter.OptSetSymList
+// Postfix's offer in option negotiation.
+const (
+	postfixProtocol = milter.PostfixProtocol
+	postfixActions  = milter.PostfixActions
+)
 
 // go-milter's client downgrades to a milter that answers with protocol
 // version 2 (as go-milter's own Server does) only if the masks it offered
