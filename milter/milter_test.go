@@ -657,3 +657,38 @@ func TestLocalClientWithoutAddress(t *testing.T) {
 		t.Errorf("not logged as a local client:\n%s", e.logs.String())
 	}
 }
+
+// The body is kept for failure reports only up to KeepBody+1 bytes, and the
+// report sees the header fields as received.
+func TestReportKeepsBoundedBody(t *testing.T) {
+	for _, keep := range []int{0, 10, 1 << 20} {
+		reports := make(chan *milter.Report, 1)
+		e := newEnv(t, envOptions{settings: func(s *milter.Settings) {
+			s.KeepBody = keep
+			s.OnVerdict = func(r *milter.Report) { reports <- r }
+		}})
+		raw := plainMessage("bob@pass.example", "keep")
+		check(t, e.run(badIP, "x.example", msg{mailFrom: "bob@pass.example", raw: raw}), want{code: 550})
+		var got *milter.Report
+		select {
+		case got = <-reports:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("keep=%d: no report", keep)
+		}
+		_, body, _ := strings.Cut(raw, "\r\n\r\n")
+		wantBody := body
+		switch {
+		case keep == 0:
+			wantBody = ""
+		case keep+1 < len(body):
+			wantBody = body[:keep+1]
+		}
+		if string(got.Body) != wantBody {
+			t.Errorf("keep=%d: body %q, want %q", keep, got.Body, wantBody)
+		}
+		if len(got.Headers) != 5 || got.Headers[0].Name != "From" || !got.LeadingSpace || got.AuthResults == "" ||
+			got.Verdict.Action != policy.Reject || got.ClientIP.String() != badIP {
+			t.Errorf("keep=%d: report %+v", keep, got)
+		}
+	}
+}
