@@ -128,8 +128,8 @@ type Verifier struct {
 	cancel context.CancelFunc
 	opts   Options
 
-	header []byte      // the header rebuilt so far, CRLF line ends
-	sigs   []signature // DKIM-Signature fields, in header order
+	fields []headerField // the header fields so far, as the MTA delivered them
+	sigs   []signature   // DKIM-Signature fields, in header order
 
 	started bool // EndHeaders called
 	closed  bool // Close or Abort called
@@ -140,6 +140,9 @@ type Verifier struct {
 	verifs  []*msgauth.Verification
 	verr    error
 }
+
+// headerField is one header field as the MTA delivered it.
+type headerField struct{ name, value string }
 
 // NewVerifier returns a Verifier for one message. DNS lookups use ctx (and
 // stop when the Verifier is aborted or closed).
@@ -190,7 +193,9 @@ func (v *Verifier) AddHeader(name, value string) {
 	if v.started || v.closed {
 		return
 	}
-	v.header = append(v.header, RebuildField(name, value, v.opts.LeadingSpace)...)
+	// Kept as delivered (the strings are shared with the caller, not
+	// copied); the header is rebuilt only if a signature needs it.
+	v.fields = append(v.fields, headerField{name, value})
 	if strings.EqualFold(strings.TrimSpace(name), "DKIM-Signature") {
 		v.sigs = append(v.sigs, parseSignature(value))
 	}
@@ -208,11 +213,16 @@ func (v *Verifier) EndHeaders() error {
 		return nil
 	}
 	v.started = true
-	header := append(v.header, "\r\n"...)
-	v.header = nil
+	fields := v.fields
+	v.fields = nil
 	if len(v.sigs) == 0 {
 		return nil
 	}
+	var header []byte
+	for _, f := range fields {
+		header = append(header, RebuildField(f.name, f.value, v.opts.LeadingSpace)...)
+	}
+	header = append(header, "\r\n"...)
 
 	pr, pw := io.Pipe()
 	v.pw = pw
@@ -341,7 +351,7 @@ func (v *Verifier) Abort() {
 		_ = v.pw.Close()
 		<-v.done
 	}
-	v.header, v.sigs, v.verifs, v.pw = nil, nil, nil, nil
+	v.fields, v.sigs, v.verifs, v.pw = nil, nil, nil, nil
 }
 
 // lookupTXT adapts Options.LookupTXT to go-msgauth, which has no context
