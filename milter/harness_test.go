@@ -106,6 +106,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	set := milter.Settings{
 		Evaluator:         policy.New(pc, res),
 		LookupTXT:         res.LookupTXT,
+		PrefetchTXT:       res.PrefetchTXT,
 		MaxDKIMSignatures: 5,
 		CheckTimeout:      5 * time.Second,
 		Log:               log,

@@ -19,6 +19,9 @@ type Settings struct {
 	Evaluator *policy.Evaluator
 	// LookupTXT is the DNS lookup DKIM key queries go through.
 	LookupTXT func(ctx context.Context, name string) ([]string, error)
+	// PrefetchTXT, if set, starts a TXT lookup without waiting for it
+	// (DKIM keys, at end of header); see dkim.Options.Prefetch.
+	PrefetchTXT func(name string)
 	// MaxDKIMSignatures bounds the signatures verified per message.
 	MaxDKIMSignatures int
 	// CheckTimeout bounds the DNS work for one message.
@@ -137,6 +140,7 @@ func (s *session) MailFrom(c *Conn, from string, args []string) Reply {
 	m.spfMail, m.spfHelo = s.checkSPF(ctx, from)
 	m.dkim = dkim.NewVerifier(ctx, dkim.Options{
 		LookupTXT:     s.set.LookupTXT,
+		Prefetch:      s.set.PrefetchTXT,
 		MaxSignatures: s.set.MaxDKIMSignatures,
 		LeadingSpace:  c.LeadingSpace(),
 		Now:           s.set.Now,

@@ -264,6 +264,7 @@ func serve(args []string, stderr io.Writer) int {
 	settings := milter.Settings{
 		Evaluator:         ev,
 		LookupTXT:         res.LookupTXT,
+		PrefetchTXT:       res.PrefetchTXT,
 		MaxDKIMSignatures: cfg.MaxDKIMSignatures,
 		CheckTimeout:      time.Duration(cfg.CheckTimeout),
 		Log:               logger,

@@ -212,3 +212,25 @@ func parseSize(s string) (int, error) {
 	}
 	return n * mult, nil
 }
+
+// writeCorpus writes msgs into dir as NAME.eml with LF line endings: the
+// format smtp-source -F expects (it appends CRLF to every line), and one
+// loadCorpus reads back unchanged.
+func writeCorpus(dir string, msgs []*message) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, m := range msgs {
+		var b bytes.Buffer
+		for _, f := range m.fields {
+			b.WriteString(f[0] + ":" + f[1] + "\n") // continuation lines are already joined with LF
+		}
+		b.WriteString("\n")
+		b.Write(bytes.ReplaceAll(m.body, []byte("\r\n"), []byte("\n")))
+		name := strings.TrimSuffix(m.name, ".eml") + ".eml"
+		if err := os.WriteFile(filepath.Join(dir, name), b.Bytes(), 0o644); err != nil {
+			return fmt.Errorf("write corpus: %w", err)
+		}
+	}
+	return nil
+}

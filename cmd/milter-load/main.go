@@ -149,6 +149,7 @@ func cli(args []string, stdout, stderr io.Writer, interrupt <-chan os.Signal) in
 	timeout := fs.Duration("timeout", 30*time.Second, "per read and write on the milter connection")
 	idle := fs.Int("idle", 0, "open this many idle connections (connect and HELO sent) and hold them for --duration or until interrupted, instead of sending mail")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
+	writeDir := fs.String("write-corpus", "", "write the messages to `dir` as .eml files with LF line endings (what smtp-source -F sends) and exit, instead of connecting")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -161,6 +162,49 @@ func cli(args []string, stdout, stderr io.Writer, interrupt <-chan os.Signal) in
 	}
 	if fs.NArg() > 0 {
 		return usage("unexpected argument %q", fs.Arg(0))
+	}
+	// corpus loads --corpus or generates the messages; its errors are
+	// usage errors.
+	corpus := func() ([]*message, error) {
+		if *corpusDir != "" {
+			return loadCorpus(*corpusDir)
+		}
+		o := genOptions{count: *gen, domains: splitList(*domains), selector: *dkimSelector, sdid: *dkimDomain, signed: *signed}
+		for _, s := range splitList(*sizes) {
+			n, err := parseSize(s)
+			if err != nil {
+				return nil, fmt.Errorf("--sizes: %w", err)
+			}
+			o.sizes = append(o.sizes, n)
+		}
+		if *dkimKey != "" {
+			var err error
+			if o.signer, err = loadKey(*dkimKey); err != nil {
+				return nil, fmt.Errorf("--dkim-key: %w", err)
+			}
+		}
+		if o.signed < 0 {
+			o.signed = 0
+			if o.signer != nil {
+				o.signed = 1
+			}
+		}
+		if o.signed > 1 {
+			return nil, errors.New("--signed must be between 0 and 1")
+		}
+		return generate(o)
+	}
+	if *writeDir != "" {
+		msgs, err := corpus()
+		if err != nil {
+			return usage("%v", err)
+		}
+		if err := writeCorpus(*writeDir, msgs); err != nil {
+			fmt.Fprintf(stderr, "milter-load: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "milter-load: wrote %d messages to %s\n", len(msgs), *writeDir)
+		return 0
 	}
 	if *v2 && *postfix {
 		return usage("--v2 and --postfix exclude each other")
@@ -235,34 +279,7 @@ func cli(args []string, stdout, stderr io.Writer, interrupt <-chan os.Signal) in
 	}
 
 	var err error
-	if *corpusDir != "" {
-		cfg.corpus, err = loadCorpus(*corpusDir)
-	} else {
-		o := genOptions{count: *gen, domains: splitList(*domains), selector: *dkimSelector, sdid: *dkimDomain, signed: *signed}
-		for _, s := range splitList(*sizes) {
-			n, err := parseSize(s)
-			if err != nil {
-				return usage("--sizes: %v", err)
-			}
-			o.sizes = append(o.sizes, n)
-		}
-		if *dkimKey != "" {
-			if o.signer, err = loadKey(*dkimKey); err != nil {
-				return usage("--dkim-key: %v", err)
-			}
-		}
-		if o.signed < 0 {
-			o.signed = 0
-			if o.signer != nil {
-				o.signed = 1
-			}
-		}
-		if o.signed > 1 {
-			return usage("--signed must be between 0 and 1")
-		}
-		cfg.corpus, err = generate(o)
-	}
-	if err != nil {
+	if cfg.corpus, err = corpus(); err != nil {
 		return usage("%v", err)
 	}
 

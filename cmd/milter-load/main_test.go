@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	gomilter "github.com/emersion/go-milter"
+	msgdkim "github.com/emersion/go-msgauth/dkim"
 	"github.com/rs/zerolog"
 
 	"github.com/dmarc-milter/dmarc-milter/milter"
@@ -326,6 +328,53 @@ func TestCorpusDir(t *testing.T) {
 	defer rec.mu.Unlock()
 	if rec.bodyBytes != 4*len("body\r\n") {
 		t.Errorf("body bytes %d, want CRLF bodies", rec.bodyBytes)
+	}
+}
+
+// TestWriteCorpus writes a signed generated message the way smtp-source -F
+// wants it (LF line endings) and checks that, sent with CRLF as smtp-source
+// does, its signature still verifies, and that --corpus reads it back.
+func TestWriteCorpus(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join("..", "..", "testdata", "keys")
+	var out, errb bytes.Buffer
+	code := cli([]string{"--write-corpus", dir, "--gen", "2", "--sizes", "4k", "--domains", "d1.example",
+		"--dkim-key", filepath.Join(keys, "rsa2048.pem"), "--signed", "0.5"}, &out, &errb, nil)
+	if code != 0 || !strings.Contains(out.String(), "wrote 2 messages") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+	pub, err := os.ReadFile(filepath.Join(keys, "rsa2048.pub.b64"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lookup := func(name string) ([]string, error) {
+		if name != "sel1._domainkey.d1.example" {
+			return nil, &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
+		}
+		return []string{"v=DKIM1; k=rsa; p=" + strings.TrimSpace(string(pub))}, nil
+	}
+	for i, want := range []int{1, 0} {
+		raw, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("gen-%d.eml", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(raw, []byte("\r")) || len(raw) < 4000 || len(raw) > 5000 {
+			t.Fatalf("gen-%d.eml: %d bytes, CR present: %v", i, len(raw), bytes.Contains(raw, []byte("\r")))
+		}
+		crlf := bytes.ReplaceAll(raw, []byte("\n"), []byte("\r\n"))
+		vs, err := msgdkim.VerifyWithOptions(bytes.NewReader(crlf), &msgdkim.VerifyOptions{LookupTXT: lookup})
+		if err != nil || len(vs) != want {
+			t.Fatalf("gen-%d.eml: %d signatures, err %v; want %d", i, len(vs), err, want)
+		}
+		for _, v := range vs {
+			if v.Err != nil {
+				t.Errorf("gen-%d.eml: signature does not verify: %v", i, v.Err)
+			}
+		}
+	}
+	back, err := loadCorpus(dir)
+	if err != nil || len(back) != 2 || back[0].mailFrom != "user0@d1.example" {
+		t.Fatalf("read back: %v, %d messages", err, len(back))
 	}
 }
 

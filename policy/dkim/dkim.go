@@ -5,15 +5,20 @@
 //
 // The cryptography, canonicalization (RFC 6376 section 3.4) and key record
 // parsing (section 3.6.1) are those of github.com/emersion/go-msgauth/dkim.
-// This package feeds that library's streaming verifier through an io.Pipe
-// from a goroutine, so that the body is hashed while it streams and memory
-// per message does not grow with the size of the body; it rebuilds the
-// header byte-exactly from the (name, value) pairs the MTA delivers, and it
-// maps the library's errors to RFC 8601 result values.
+// This package rebuilds the header byte-exactly from the (name, value) pairs
+// the MTA delivers, and maps the library's errors to RFC 8601 result values.
+// A message of up to InlineMax bytes is kept and verified at Close in the
+// calling goroutine: most mail is that small, and handing it to another
+// goroutine costs more scheduler work than hashing it. A larger message is
+// fed to the library's verifier through an io.Pipe from a goroutine as it
+// streams, so memory per message does not grow with the size of the body.
+// Either way the key lookups start at EndHeaders (Options.Prefetch), so DNS
+// time overlaps the transfer of the body.
 //
-// Memory: a Verifier keeps the header until verification starts (go-msgauth
-// then keeps its own copy, bounded by the MTA's header size limit) and the
-// hashing state of each signature; body chunks are not kept. One exception
+// Memory: a Verifier keeps the header and at most InlineMax bytes of body
+// until it streams (go-msgauth then keeps its own copy of the header,
+// bounded by the MTA's header size limit) and the hashing state of each
+// signature; streamed body chunks are not kept. One exception
 // lies in go-msgauth's body canonicalizers: because trailing empty lines are
 // not hashed (RFC 6376 sections 3.4.3 and 3.4.4), they hold back a run of
 // empty lines (with relaxed, also whitespace-only lines) until a non-empty
@@ -24,6 +29,7 @@
 package dkim
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -57,6 +63,11 @@ const DefaultMaxSignatures = 5
 
 // pipePiece is the largest write handed to go-msgauth at once.
 const pipePiece = 8 << 10
+
+// InlineMax is the size of header and body up to which a signed message is
+// kept and verified at Close instead of streamed (see the package
+// documentation).
+const InlineMax = 64 << 10
 
 // MaxBlankRun is the longest run of consecutive white space and line
 // breaks in a body that is hashed (see the package documentation).
@@ -113,6 +124,11 @@ type Options struct {
 	// LeadingSpace is true when the MTA delivers header values with their
 	// leading whitespace intact (milter SMFIP_HDR_LEADSPC).
 	LeadingSpace bool
+	// Prefetch, if set, is called at EndHeaders with the key record name
+	// (RFC 6376 section 3.6.2.1) of each signature that will be verified,
+	// so that a caching resolver can start the lookup while the body
+	// arrives. It must not block.
+	Prefetch func(name string)
 	// Now is the clock for signature expiry (x=); if nil, time.Now.
 	// go-msgauth also checks x= against its own time.Now, which cannot be
 	// injected: a signature is reported expired if it has expired by either
@@ -131,12 +147,13 @@ type Verifier struct {
 	fields []headerField // the header fields so far, as the MTA delivered them
 	sigs   []signature   // DKIM-Signature fields, in header order
 
-	started bool // EndHeaders called
-	closed  bool // Close or Abort called
-	pw      *io.PipeWriter
-	blank   int           // length of the current run of white space and line breaks
-	tooMuch bool          // the run exceeded MaxBlankRun; the body is no longer hashed
-	done    chan struct{} // closed when the verification goroutine ends
+	started bool           // EndHeaders called
+	closed  bool           // Close or Abort called
+	inline  []byte         // header and body so far, while not streaming
+	pw      *io.PipeWriter // set once streaming
+	blank   int            // length of the current run of white space and line breaks
+	tooMuch bool           // the run exceeded MaxBlankRun; the body is no longer hashed
+	done    chan struct{}  // closed when the verification goroutine ends
 	verifs  []*msgauth.Verification
 	verr    error
 }
@@ -202,9 +219,8 @@ func (v *Verifier) AddHeader(name, value string) {
 }
 
 // EndHeaders marks the end of the header. If it holds a DKIM-Signature
-// field, verification starts in a goroutine: it looks up the keys while the
-// body is being received. Otherwise nothing is started and the body is
-// ignored.
+// field, the key lookups are prefetched and the header is kept for
+// verification; otherwise the body is ignored.
 func (v *Verifier) EndHeaders() error {
 	if v.closed {
 		return ErrClosed
@@ -218,39 +234,74 @@ func (v *Verifier) EndHeaders() error {
 	if len(v.sigs) == 0 {
 		return nil
 	}
-	var header []byte
-	for _, f := range fields {
-		header = append(header, RebuildField(f.name, f.value, v.opts.LeadingSpace)...)
+	if v.opts.Prefetch != nil {
+		for i, sig := range v.sigs {
+			if i < v.opts.MaxSignatures && sig.selector != "" && sig.domain != "" {
+				v.opts.Prefetch(sig.selector + "._domainkey." + sig.domain)
+			}
+		}
 	}
-	header = append(header, "\r\n"...)
+	n := 2
+	for _, f := range fields {
+		n += len(f.name) + len(f.value) + 4 + strings.Count(f.value, "\n")
+	}
+	v.inline = make([]byte, 0, n+8<<10)
+	for _, f := range fields {
+		v.inline = append(v.inline, RebuildField(f.name, f.value, v.opts.LeadingSpace)...)
+	}
+	v.inline = append(v.inline, "\r\n"...)
+	return nil
+}
 
+// verify runs go-msgauth's verifier over r, the whole message, and records
+// its outcome.
+func (v *Verifier) verify(r io.Reader) {
+	defer func() {
+		// A library panic on a hostile message must not take the daemon
+		// down; the same message would panic again, so the result is
+		// permanent.
+		if p := recover(); p != nil {
+			v.verifs, v.verr = nil, fmt.Errorf("%w: %v", errVerifierPanic, p)
+		}
+	}()
+	v.verifs, v.verr = msgauth.VerifyWithOptions(r, &msgauth.VerifyOptions{
+		LookupTXT:        v.lookupTXT,
+		MaxVerifications: v.opts.MaxSignatures,
+	})
+}
+
+// stream starts verification in a goroutine reading from a pipe, and
+// writes what was kept so far into it.
+func (v *Verifier) stream() error {
 	pr, pw := io.Pipe()
 	v.pw = pw
 	v.done = make(chan struct{})
-	opts := &msgauth.VerifyOptions{
-		LookupTXT:        v.lookupTXT,
-		MaxVerifications: v.opts.MaxSignatures,
-	}
 	go func() {
 		defer close(v.done)
-		defer func() {
-			// A library panic on a hostile message must not take the
-			// daemon down; the same message would panic again, so the
-			// result is permanent. Drain so the writer never blocks.
-			if p := recover(); p != nil {
-				v.verifs, v.verr = nil, fmt.Errorf("%w: %v", errVerifierPanic, p)
-				_, _ = io.Copy(io.Discard, pr)
-			}
-		}()
-		v.verifs, v.verr = msgauth.VerifyWithOptions(pr, opts)
+		v.verify(pr)
 		// "There is no guarantee that the reader will be completely
-		// consumed": drain it so that WriteBody and Close never block.
+		// consumed" (and a panic leaves it half read): drain it so that
+		// WriteBody and Close never block.
 		_, _ = io.Copy(io.Discard, pr)
 	}()
-	// The library reads the whole header before its first key lookup, so
-	// this returns promptly. It keeps its own copy of the header.
-	if _, err := pw.Write(header); err != nil {
-		return fmt.Errorf("dkim: passing header to verifier: %w", err)
+	kept := v.inline
+	v.inline = nil
+	return v.pipe(kept)
+}
+
+// pipe writes b to the streaming verifier. io.Pipe hands b to the reader,
+// which copies it, and returns only once all of it has been read.
+// go-msgauth's canonicalizers allocate a copy of every write: in pieces of
+// pipePiece bytes those copies come from small size classes that are reused
+// at once, instead of 64 KiB spans that make the resident size of a large
+// message grow.
+func (v *Verifier) pipe(b []byte) error {
+	for len(b) > 0 {
+		n := min(len(b), pipePiece)
+		if _, err := v.pw.Write(b[:n]); err != nil {
+			return fmt.Errorf("dkim: passing message to verifier: %w", err)
+		}
+		b = b[n:]
 	}
 	return nil
 }
@@ -271,7 +322,7 @@ func (v *Verifier) WriteBody(chunk []byte) error {
 			return err
 		}
 	}
-	if v.pw == nil || len(chunk) == 0 || v.tooMuch {
+	if len(v.sigs) == 0 || len(chunk) == 0 || v.tooMuch {
 		return nil
 	}
 	// The run of white space and line breaks at the end of what was
@@ -288,23 +339,23 @@ func (v *Verifier) WriteBody(chunk []byte) error {
 	if v.blank > MaxBlankRun {
 		// Stop here: the library would buffer the whole run.
 		v.tooMuch = true
-		_ = v.pw.Close()
-		<-v.done
+		v.inline = nil
+		if v.pw != nil {
+			_ = v.pw.Close()
+			<-v.done
+		}
 		return nil
 	}
-	// io.Pipe hands chunk to the reader, which copies it, and returns only
-	// once all of it has been read. go-msgauth's canonicalizers allocate a
-	// copy of every write: in pieces of pipePiece bytes those copies come
-	// from small size classes that are reused at once, instead of 64 KiB
-	// spans that make the resident size of a large message grow.
-	for len(chunk) > 0 {
-		n := min(len(chunk), pipePiece)
-		if _, err := v.pw.Write(chunk[:n]); err != nil {
-			return fmt.Errorf("dkim: passing body to verifier: %w", err)
+	if v.pw == nil {
+		if len(v.inline)+len(chunk) <= InlineMax {
+			v.inline = append(v.inline, chunk...)
+			return nil
 		}
-		chunk = chunk[n:]
+		if err := v.stream(); err != nil {
+			return err
+		}
 	}
-	return nil
+	return v.pipe(chunk)
 }
 
 // Close ends the message and returns one Result per DKIM-Signature field, in
@@ -318,18 +369,22 @@ func (v *Verifier) Close() []Result {
 	}
 	v.closed = true
 	defer v.cancel()
-	if v.pw == nil {
+	switch {
+	case len(v.sigs) == 0:
 		return nil
+	case v.pw != nil:
+		_ = v.pw.Close()
+		<-v.done
+	case !v.tooMuch:
+		v.verify(bytes.NewReader(v.inline))
 	}
-	_ = v.pw.Close()
-	<-v.done
 	results := v.results()
 	if v.tooMuch {
 		for i := range results {
 			results[i].Status, results[i].Err = PermError, ErrBlankRun
 		}
 	}
-	v.verifs, v.sigs, v.pw = nil, nil, nil
+	v.verifs, v.sigs, v.pw, v.inline = nil, nil, nil, nil
 	return results
 }
 
@@ -351,7 +406,7 @@ func (v *Verifier) Abort() {
 		_ = v.pw.Close()
 		<-v.done
 	}
-	v.fields, v.sigs, v.verifs, v.pw = nil, nil, nil, nil
+	v.fields, v.sigs, v.verifs, v.pw, v.inline = nil, nil, nil, nil, nil
 }
 
 // lookupTXT adapts Options.LookupTXT to go-msgauth, which has no context

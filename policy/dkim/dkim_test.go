@@ -399,6 +399,81 @@ func TestBPrefix(t *testing.T) {
 	}
 }
 
+// TestInlineAndStreaming checks both ways a message is verified: kept and
+// verified at Close up to InlineMax bytes, without a goroutine, and
+// streamed through a pipe once it grows past that, whatever the chunking;
+// and that the key lookups are prefetched at EndHeaders.
+func TestInlineAndStreaming(t *testing.T) {
+	rsaKey := loadKey(t, "rsa2048.pem")
+	edKey := loadKey(t, "ed25519.pem")
+	z := zone{
+		"rsa._domainkey.example.org": {txts: []string{keyRecord(t, rsaKey.Public())}},
+		"ed._domainkey.example.org":  {txts: []string{keyRecord(t, edKey.Public())}},
+	}
+	signBoth := func(body string) []byte {
+		m := sign(t, body, &msgauth.SignOptions{Domain: "example.org", Selector: "rsa", Signer: rsaKey})
+		return sign(t, string(m), &msgauth.SignOptions{Domain: "example.org", Selector: "ed", Signer: edKey,
+			BodyCanonicalization: msgauth.CanonicalizationSimple})
+	}
+	line := "a line of body text, long enough to fill the message up\r\n"
+	header, _ := splitMessage(signBoth(testMessage), true)
+	headerLen := 0
+	for _, f := range header {
+		headerLen += len(RebuildField(f.name, f.value, true))
+	}
+	tests := []struct {
+		name   string
+		body   int // approximate bytes of body added to testMessage
+		stream bool
+	}{
+		{"4 KiB", 4 << 10, false},
+		{"just under InlineMax", InlineMax - headerLen - len(testMessage) - 2*len(line), false},
+		{"just over InlineMax", InlineMax - headerLen + len(line), true},
+		{"200 KiB", 200 << 10, true},
+	}
+	for _, tt := range tests {
+		msg := signBoth(testMessage + strings.Repeat(line, tt.body/len(line)))
+		fields, body := splitMessage(msg, true)
+		for _, sizes := range append(chunkSizes[1:], []int{len(body)}) {
+			t.Run(fmt.Sprintf("%s/%v", tt.name, sizes[:min(len(sizes), 2)]), func(t *testing.T) {
+				var prefetched []string
+				before := runtime.NumGoroutine()
+				v := NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: true,
+					Prefetch: func(name string) { prefetched = append(prefetched, name) }})
+				for _, f := range fields {
+					v.AddHeader(f.name, f.value)
+				}
+				if err := v.EndHeaders(); err != nil {
+					t.Fatal(err)
+				}
+				if want := []string{"ed._domainkey.example.org", "rsa._domainkey.example.org"}; !slices.Equal(prefetched, want) {
+					t.Errorf("prefetched %q, want %q", prefetched, want)
+				}
+				buf := make([]byte, 0, 64<<10)
+				for b, i := body, 0; len(b) > 0; i++ {
+					n := min(sizes[i%len(sizes)], len(b))
+					buf = append(buf[:0], b[:n]...)
+					b = b[n:]
+					if err := v.WriteBody(buf); err != nil {
+						t.Fatal(err)
+					}
+					clear(buf) // the verifier must not keep the caller's chunk
+				}
+				if streaming := v.pw != nil; streaming != tt.stream {
+					t.Errorf("header+body %d bytes: streaming %v, want %v", headerLen+len(body), streaming, tt.stream)
+				}
+				if !tt.stream && runtime.NumGoroutine() != before {
+					t.Errorf("a goroutine was started for a message kept inline")
+				}
+				got := v.Close()
+				if len(got) != 2 || got[0].Status != Pass || got[1].Status != Pass {
+					t.Fatalf("results %+v, want two passes", got)
+				}
+			})
+		}
+	}
+}
+
 func TestNoSignatureNoGoroutine(t *testing.T) {
 	before := runtime.NumGoroutine()
 	v := NewVerifier(context.Background(), Options{LookupTXT: zone{}.lookupTXT, LeadingSpace: true})

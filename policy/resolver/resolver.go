@@ -354,35 +354,10 @@ func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16) ([]dns
 // lookupAnswer is lookup returning the whole answer; err is set only for
 // failures (not for NXDOMAIN or NODATA).
 func (r *Resolver) lookupAnswer(ctx context.Context, name string, qtype uint16) (answer, *net.DNSError) {
-	fqdn := dns.Fqdn(strings.ToLower(presentation(name)))
-	// Like net.Resolver, a name that is not a valid domain name (empty
-	// label, label over 63 or name over 255 octets) does not exist; it is
-	// not sent upstream.
-	if _, ok := dns.IsDomainName(fqdn); !ok || strings.HasPrefix(fqdn, ".") && fqdn != "." {
-		return answer{notFound: true, nxdomain: true}, nil
-	}
-	k := key{fqdn, qtype}
-
-	r.mu.Lock()
-	if ans, ok := r.cached(k); ok {
-		r.mu.Unlock()
-		r.hits.Add(1)
+	ans, c := r.begin(ctx, name, qtype, true)
+	if c == nil {
 		return ans, nil
 	}
-	r.misses.Add(1)
-	c, shared := r.inflight[k]
-	if shared {
-		r.merged.Add(1)
-	} else {
-		c = &call{done: make(chan struct{})}
-		r.inflight[k] = c
-		// The upstream query does not depend on the first caller's
-		// context: a caller giving up must not fail the others waiting
-		// for the same answer. It is bounded by Timeout and Attempts.
-		go r.resolve(context.WithoutCancel(ctx), k, c)
-	}
-	r.mu.Unlock()
-
 	select {
 	case <-c.done:
 		if c.err != nil {
@@ -400,6 +375,55 @@ func (r *Resolver) lookupAnswer(ctx context.Context, name string, qtype uint16) 
 			UnwrapErr:   ctx.Err(),
 		}
 	}
+}
+
+// PrefetchTXT starts looking up the TXT records of name, unless they are
+// cached or already being looked up, and returns at once. A LookupTXT of
+// the same name then finds the answer in the cache or joins the query under
+// way, so the time of the upstream query overlaps other work (DKIM keys
+// while the body arrives). It does not count as a lookup in Stats.
+func (r *Resolver) PrefetchTXT(name string) {
+	r.begin(context.Background(), name, dns.TypeTXT, false)
+}
+
+// begin returns the cached answer for (name, qtype) with a nil call, or
+// the call under way for it, starting one if there is none. count says
+// whether to count the lookup in Stats.
+func (r *Resolver) begin(ctx context.Context, name string, qtype uint16, count bool) (answer, *call) {
+	fqdn := dns.Fqdn(strings.ToLower(presentation(name)))
+	// Like net.Resolver, a name that is not a valid domain name (empty
+	// label, label over 63 or name over 255 octets) does not exist; it is
+	// not sent upstream.
+	if _, ok := dns.IsDomainName(fqdn); !ok || strings.HasPrefix(fqdn, ".") && fqdn != "." {
+		return answer{notFound: true, nxdomain: true}, nil
+	}
+	k := key{fqdn, qtype}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ans, ok := r.cached(k); ok {
+		if count {
+			r.hits.Add(1)
+		}
+		return ans, nil
+	}
+	if count {
+		r.misses.Add(1)
+	}
+	c, shared := r.inflight[k]
+	if shared {
+		if count {
+			r.merged.Add(1)
+		}
+		return answer{}, c
+	}
+	c = &call{done: make(chan struct{})}
+	r.inflight[k] = c
+	// The upstream query does not depend on the first caller's context: a
+	// caller giving up must not fail the others waiting for the same
+	// answer. It is bounded by Timeout and Attempts.
+	go r.resolve(context.WithoutCancel(ctx), k, c)
+	return answer{}, c
 }
 
 // presentation returns the raw name (as SPF macro expansion can produce:

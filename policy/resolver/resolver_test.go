@@ -362,6 +362,31 @@ func TestMergedQueries(t *testing.T) {
 	}
 }
 
+func TestPrefetch(t *testing.T) {
+	srv := dnstest.NewServer(t, testZone)
+	srv.SetDelay("example.test", dns.TypeTXT, 100*time.Millisecond)
+	r := newResolver(t, Config{}, srv.Addr)
+
+	start := time.Now()
+	r.PrefetchTXT("example.test")
+	r.PrefetchTXT("Example.Test.") // joins the query under way
+	r.PrefetchTXT("bad..name")     // not a domain name: nothing sent
+	if d := time.Since(start); d > 50*time.Millisecond {
+		t.Errorf("PrefetchTXT blocked for %v", d)
+	}
+	txt, err := r.LookupTXT(context.Background(), "example.test")
+	if err != nil || len(txt) != 1 {
+		t.Fatalf("LookupTXT after prefetch = %q, %v", txt, err)
+	}
+	r.PrefetchTXT("example.test") // cached: nothing sent
+	if n := srv.Queries(); n != 1 {
+		t.Errorf("upstream queries = %d, want 1", n)
+	}
+	if s := r.Stats(); s.Misses != 1 || s.Merged != 1 || s.Hits != 0 {
+		t.Errorf("Stats = %+v, want the lookup alone counted, as merged into the prefetch", s)
+	}
+}
+
 func TestServfail(t *testing.T) {
 	srv := dnstest.NewServer(t, testZone)
 	srv.SetServfail("example.test", dns.TypeTXT)
