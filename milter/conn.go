@@ -113,11 +113,12 @@ type Conn struct {
 }
 
 func newConn(nc net.Conn, srv *Server) *Conn {
+	rw := newRawIO(nc)
 	return &Conn{
 		nc:         nc,
 		srv:        srv,
-		br:         bufio.NewReaderSize(nc, 4<<10),
-		bw:         bufio.NewWriterSize(nc, 1<<10),
+		br:         bufio.NewReaderSize(rw, 4<<10),
+		bw:         bufio.NewWriterSize(rw, 1<<10),
 		connMacros: make(map[string]string),
 		msgMacros:  make(map[string]string),
 		idle:       true,
