@@ -25,13 +25,35 @@ import (
 type rawIO struct {
 	rc syscall.RawConn
 
-	// The current call's buffer and outcome; readFn and writeFn are bound
-	// once so that a call allocates nothing.
-	p       []byte
-	n       int
-	errno   syscall.Errno
+	// The current read's and write's buffer and outcome, apart so that a
+	// read and a write may run at the same time, as on a net.Conn.
+	// readFn and writeFn are bound once so that a call allocates nothing.
+	rd, wr  rawCall
 	readFn  func(uintptr) bool
 	writeFn func(uintptr) bool
+}
+
+// rawCall is the state of one read or write.
+type rawCall struct {
+	p     []byte
+	n     int
+	errno syscall.Errno
+}
+
+// do makes the system call trap (read or write) on fd; it reports false,
+// to wait for the poller, when the socket is not ready.
+func (c *rawCall) do(trap, fd uintptr) bool {
+	for {
+		n, _, e := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&c.p[0])), uintptr(len(c.p)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		c.n, c.errno = int(n), e
+		return true
+	}
 }
 
 // newRawIO returns a reader and writer for nc: rawIO for the sockets of the
@@ -50,43 +72,18 @@ func newRawIO(nc net.Conn) io.ReadWriter {
 	return r
 }
 
-func (r *rawIO) read(fd uintptr) bool {
-	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&r.p[0])), uintptr(len(r.p)))
-		switch e {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false // wait for the poller
-		}
-		r.n, r.errno = int(n), e
-		return true
-	}
-}
-
-func (r *rawIO) write(fd uintptr) bool {
-	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&r.p[0])), uintptr(len(r.p)))
-		switch e {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		}
-		r.n, r.errno = int(n), e
-		return true
-	}
-}
+func (r *rawIO) read(fd uintptr) bool  { return r.rd.do(syscall.SYS_READ, fd) }
+func (r *rawIO) write(fd uintptr) bool { return r.wr.do(syscall.SYS_WRITE, fd) }
 
 // Read reads once, like net.Conn's Read: io.EOF when the peer closed.
 func (r *rawIO) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	r.p, r.n, r.errno = p, 0, 0
+	r.rd = rawCall{p: p}
 	err := r.rc.Read(r.readFn)
-	n, errno := r.n, r.errno
-	r.p = nil
+	n, errno := r.rd.n, r.rd.errno
+	r.rd.p = nil
 	switch {
 	case err != nil:
 		return 0, err // deadline exceeded, or the connection was closed
@@ -102,10 +99,10 @@ func (r *rawIO) Read(p []byte) (int, error) {
 func (r *rawIO) Write(p []byte) (int, error) {
 	done := 0
 	for done < len(p) {
-		r.p, r.n, r.errno = p[done:], 0, 0
+		r.wr = rawCall{p: p[done:]}
 		err := r.rc.Write(r.writeFn)
-		n, errno := r.n, r.errno
-		r.p = nil
+		n, errno := r.wr.n, r.wr.errno
+		r.wr.p = nil
 		switch {
 		case err != nil:
 			return done, err

@@ -77,6 +77,27 @@ func TestRawIO(t *testing.T) {
 			t.Fatalf("read %d bytes, not what was written (%d bytes)", got.Len(), len(data))
 		}
 	})
+	t.Run("reads and writes at the same time", func(t *testing.T) {
+		a, b := socketPair(t)
+		rw := newRawIO(a)
+		go io.Copy(b, b) // the peer echoes
+		data := bytes.Repeat([]byte("full duplex "), 1<<17)
+		errc := make(chan error, 1)
+		go func() {
+			_, err := rw.Write(data)
+			errc <- err
+		}()
+		got := make([]byte, len(data))
+		if _, err := io.ReadFull(rw, got); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatal("echo differs from what was written")
+		}
+	})
 	t.Run("read deadline", func(t *testing.T) {
 		a, _ := socketPair(t)
 		r := newRawIO(a)
