@@ -64,9 +64,17 @@ func splitMessage(raw []byte, leadingSpace bool) ([]field, []byte) {
 }
 
 // feed drives v as the milter would, the body in chunks whose sizes cycle
-// through sizes. Each chunk lives in one reused buffer that is overwritten
-// after WriteBody returns, which catches a verifier that keeps it.
+// through sizes, and closes it.
 func feed(t testing.TB, v *Verifier, fields []field, body []byte, sizes []int) []Result {
+	t.Helper()
+	write(t, v, fields, body, sizes)
+	return v.Close()
+}
+
+// write is feed without the Close. Each chunk lives in one reused buffer
+// that is overwritten after WriteBody returns, which catches a verifier that
+// keeps it.
+func write(t testing.TB, v *Verifier, fields []field, body []byte, sizes []int) {
 	t.Helper()
 	for _, f := range fields {
 		v.AddHeader(f.name, f.value)
@@ -86,7 +94,6 @@ func feed(t testing.TB, v *Verifier, fields []field, body []byte, sizes []int) [
 			buf[j] = 'X'
 		}
 	}
-	return v.Close()
 }
 
 // zone is an in-memory TXT lookup.
@@ -440,24 +447,9 @@ func TestInlineAndStreaming(t *testing.T) {
 				before := runtime.NumGoroutine()
 				v := NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: true,
 					Prefetch: func(name string) { prefetched = append(prefetched, name) }})
-				for _, f := range fields {
-					v.AddHeader(f.name, f.value)
-				}
-				if err := v.EndHeaders(); err != nil {
-					t.Fatal(err)
-				}
+				write(t, v, fields, body, sizes)
 				if want := []string{"ed._domainkey.example.org", "rsa._domainkey.example.org"}; !slices.Equal(prefetched, want) {
 					t.Errorf("prefetched %q, want %q", prefetched, want)
-				}
-				buf := make([]byte, 0, 64<<10)
-				for b, i := body, 0; len(b) > 0; i++ {
-					n := min(sizes[i%len(sizes)], len(b))
-					buf = append(buf[:0], b[:n]...)
-					b = b[n:]
-					if err := v.WriteBody(buf); err != nil {
-						t.Fatal(err)
-					}
-					clear(buf) // the verifier must not keep the caller's chunk
 				}
 				if streaming := v.pw != nil; streaming != tt.stream {
 					t.Errorf("header+body %d bytes: streaming %v, want %v", headerLen+len(body), streaming, tt.stream)
