@@ -36,8 +36,9 @@ type env struct {
 	dns  *dnstest.Server
 	res  *resolver.Resolver
 	srv  *milter.Server
-	sock string
-	logs *syncBuffer
+	sock string // unix socket path, or TCP address when network is "tcp"
+	network string
+	logs    *syncBuffer
 }
 
 type envOptions struct {
@@ -45,6 +46,8 @@ type envOptions struct {
 	settings  func(*milter.Settings)
 	timeouts  milter.Timeouts
 	dnsTimout time.Duration
+	// tcp listens on 127.0.0.1 instead of a unix socket.
+	tcp bool
 }
 
 // syncBuffer collects log output from concurrent sessions.
@@ -124,11 +127,15 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.sock = filepath.Join(dir, "m.sock")
-	ln, err := net.Listen("unix", e.sock)
+	e.network, e.sock = "unix", filepath.Join(dir, "m.sock")
+	if o.tcp {
+		e.network, e.sock = "tcp", "127.0.0.1:0"
+	}
+	ln, err := net.Listen(e.network, e.sock)
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.sock = ln.Addr().String()
 	done := make(chan struct{})
 	go func() { e.srv.Serve(ln); close(done) }()
 	t.Cleanup(func() {
@@ -152,10 +159,17 @@ const (
 // postfixProtocol.
 func (e *env) dial(protocol gomilter.OptProtocol) *gomilter.ClientSession {
 	e.t.Helper()
+	return e.dialWith(protocol, nil)
+}
+
+// dialWith is dial with a dialer of the caller's (nil: net.Dialer).
+func (e *env) dialWith(protocol gomilter.OptProtocol, d gomilter.Dialer) *gomilter.ClientSession {
+	e.t.Helper()
 	if protocol == 0 {
 		protocol = postfixProtocol
 	}
-	c := gomilter.NewClientWithOptions("unix", e.sock, gomilter.ClientOptions{
+	c := gomilter.NewClientWithOptions(e.network, e.sock, gomilter.ClientOptions{
+		Dialer:       d,
 		ReadTimeout:  10 * time.Second,
 		WriteTimeout: 10 * time.Second,
 		ActionMask:   postfixActions,
