@@ -197,9 +197,29 @@ func TestPolicies(t *testing.T) {
 			want: want{code: 550, text: "more than one From"},
 		},
 		{
-			name: "two addresses in one From", ip: goodIP, helo: "x.example", mailFrom: "bob@pass.example",
+			name: "two authors, the second without DMARC: the strictest result is none", ip: goodIP, helo: "x.example", mailFrom: "bob@pass.example",
 			raw:  message([]string{"From: bob@pass.example, eve@evil.example", "Subject: two"}, "x\n"),
-			want: want{code: 550, text: "more than one address"},
+			want: want{code: 250, ar: []string{"dmarc=none", "header.from=evil.example"}},
+		},
+		{
+			name: "two authors in one domain pass", ip: goodIP, helo: "x.example", mailFrom: "bob@pass.example",
+			raw:  message([]string{"From: alice@pass.example, Bob <bob@PASS.example>", "Subject: two"}, "x\n"),
+			want: want{code: 250, ar: []string{"dmarc=pass", "header.from=pass.example"}},
+		},
+		{
+			name: "a spoof never rides on a second, passing author", ip: goodIP, helo: "x.example", mailFrom: "bob@pass.example",
+			raw:  message([]string{"From: bob@pass.example, ceo@kantiflow.xyz", "Subject: two"}, "x\n"),
+			want: want{code: 550, text: "kantiflow.xyz"},
+		},
+		{
+			name: "six author domains are a bad From", ip: goodIP, helo: "x.example", mailFrom: "bob@pass.example",
+			raw:  message([]string{"From: a@a.example, b@b.example, c@c.example, d@d.example, e@e.example, f@f.example", "Subject: six"}, "x\n"),
+			want: want{code: 550, text: "more than 5 domains"},
+		},
+		{
+			name: "obsolete route form (RFC 5322 section 4.4)", ip: goodIP, helo: "x.example", mailFrom: "bob@pass.example",
+			raw:  message([]string{"From: <@relay.test:bob@pass.example>", "Subject: route"}, "x\n"),
+			want: want{code: 250, ar: []string{"dmarc=pass", "header.from=pass.example"}},
 		},
 		{
 			name: "unparseable From", ip: goodIP, helo: "x.example", mailFrom: "bob@pass.example",
@@ -691,4 +711,15 @@ func TestReportKeepsBoundedBody(t *testing.T) {
 			t.Errorf("keep=%d: report %+v", keep, got)
 		}
 	}
+}
+
+// TestRejectMultiAuthor: the explicit local rule rejects several addresses
+// in From before DMARC, even in one domain.
+func TestRejectMultiAuthor(t *testing.T) {
+	e := newEnv(t, envOptions{policy: func(c *policy.Config) { c.RejectMultiAuthor = true }})
+	got := e.run(goodIP, "x.example", msg{mailFrom: "bob@pass.example",
+		raw: message([]string{"From: alice@pass.example, bob@pass.example", "Subject: two"}, "x\n")})
+	check(t, got, want{code: 550, text: "more than one address in the From header field"})
+	got = e.run(goodIP, "x.example", msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "one")})
+	check(t, got, want{code: 250, ar: []string{"dmarc=pass"}})
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
+	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 )
 
@@ -24,7 +25,10 @@ type Settings struct {
 	PrefetchTXT func(name string)
 	// MaxDKIMSignatures bounds the signatures verified per message.
 	MaxDKIMSignatures int
-	// CheckTimeout bounds the DNS work for one message.
+	// CheckTimeout bounds the DNS work of each check of a message, from
+	// when that check starts: SPF at MAIL FROM, each DKIM key lookup, and
+	// DMARC at end of message. The time the client takes to send the
+	// message never counts.
 	CheckTimeout time.Duration
 	Log          zerolog.Logger
 	Now          func() time.Time
@@ -130,19 +134,24 @@ func (s *session) Helo(c *Conn, name string) Reply {
 
 func (s *session) MailFrom(c *Conn, from string, args []string) Reply {
 	s.reset()
-	ctx, cancel := context.WithTimeout(context.Background(), s.set.CheckTimeout)
+	// The message's context ends with the message; each check bounds its
+	// own DNS time (Settings.CheckTimeout).
+	ctx, cancel := context.WithCancel(context.Background())
 	m := &message{ctx: ctx, cancel: cancel, start: s.set.Now(), mailFrom: from}
 	m.authUser = c.Macro("{auth_authen}")
 	// SPF needs only the envelope, so it runs now. With the no-reply
 	// options the MTA does not wait for this: it goes on sending the
 	// header and body, which queue in the socket meanwhile, so DNS time
 	// overlaps the transfer without a goroutine per message.
-	m.spfMail, m.spfHelo = s.checkSPF(ctx, from)
+	spfCtx, spfCancel := context.WithTimeout(ctx, s.set.CheckTimeout)
+	m.spfMail, m.spfHelo = s.checkSPF(spfCtx, from)
+	spfCancel()
 	m.dkim = dkim.NewVerifier(ctx, dkim.Options{
 		LookupTXT:     s.set.LookupTXT,
 		Prefetch:      s.set.PrefetchTXT,
 		MaxSignatures: s.set.MaxDKIMSignatures,
 		LeadingSpace:  c.LeadingSpace(),
+		LookupTimeout: s.set.CheckTimeout,
 		Now:           s.set.Now,
 	})
 	s.msg = m
@@ -169,9 +178,20 @@ func (s *session) Header(c *Conn, name, value string) Reply {
 }
 
 func (s *session) EndOfHeaders(c *Conn) Reply {
-	if s.msg != nil {
-		if err := s.msg.dkim.EndHeaders(); err != nil {
-			s.set.Log.Debug().Err(err).Msg("dkim: header")
+	m := s.msg
+	if m == nil {
+		return Continue
+	}
+	if err := m.dkim.EndHeaders(); err != nil {
+		s.set.Log.Debug().Err(err).Msg("dkim: header")
+	}
+	// The From field is known: start the Author Domain's policy lookup
+	// (RFC 9989 section 4.10.1) while the body arrives, as the DKIM key
+	// lookups are; the evaluation at end of message joins it or finds it
+	// cached.
+	if s.set.PrefetchTXT != nil {
+		for _, d := range dmarc.AuthorDomains(m.from) {
+			s.set.PrefetchTXT("_dmarc." + d + ".")
 		}
 	}
 	return Continue
@@ -198,7 +218,9 @@ func (s *session) EndOfMessage(c *Conn) Reply {
 
 	dkimResults := m.dkim.Close()
 	ev := s.set.Evaluator
-	v := ev.Decide(m.ctx, policy.Message{
+	ctx, cancel := context.WithTimeout(m.ctx, s.set.CheckTimeout)
+	defer cancel()
+	v := ev.Decide(ctx, policy.Message{
 		ClientIP: s.clientIP,
 		Helo:     s.helo,
 		MailFrom: m.mailFrom,
@@ -282,6 +304,9 @@ func (s *session) logSummary(queueID string, m *message, v policy.Verdict) {
 		e = e.Str("dmarc_error", v.DMARC.Err.Error())
 	}
 	e.Msg("message")
+	for _, err := range v.DMARC.Ignored {
+		s.set.Log.Debug().Str("queue_id", queueID).Err(err).Msg("dmarc: lookup failure ignored: its answer could not change the verdict")
+	}
 }
 
 func ipString(ip net.IP) string {

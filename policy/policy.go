@@ -12,6 +12,7 @@ package policy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -65,10 +66,15 @@ type Config struct {
 	// TempErrorAccept accepts mail whose DMARC outcome a DNS temporary error
 	// left unknown, instead of answering 451 4.7.5.
 	TempErrorAccept bool
-	// RejectBadFrom rejects messages without exactly one From header field
-	// holding exactly one address (RFC 9989 section 5.7.1 lets a receiver
-	// reject these; DMARC cannot be evaluated for them).
+	// RejectBadFrom rejects messages without exactly one From header field,
+	// with a From field that does not parse, or with more than
+	// MaxAuthorDomains domains in it (DMARC cannot be evaluated for them;
+	// RFC 9989 section 11.5 lets a receiver reject them).
 	RejectBadFrom bool
+	// RejectMultiAuthor rejects messages whose From field holds more than
+	// one address, before DMARC (RFC 9989 section 11.5). Off, each Author
+	// Domain is evaluated and the strictest result applies.
+	RejectMultiAuthor bool
 	// RejectText is the text of the 550 5.7.1 reply; "{domain}" stands for
 	// the RFC5322.From domain.
 	RejectText string
@@ -191,23 +197,28 @@ func (e *Evaluator) Decide(ctx context.Context, m Message) Verdict {
 	v := Verdict{SPF: m.SPF, HeloSPF: m.HeloSPF, DKIM: m.DKIM}
 	v.Exempt = cfg.exemption(m)
 
-	domain, err := dmarc.FromDomain(m.From)
+	author, err := dmarc.ParseFrom(m.From)
+	if err == nil && len(author.Domains) > MaxAuthorDomains {
+		err = fmt.Errorf("%w (%d)", errTooManyAuthors, len(author.Domains))
+	}
+	reject := cfg.RejectBadFrom
+	if err == nil && author.Addresses > 1 && cfg.RejectMultiAuthor {
+		err, reject = fmt.Errorf("%w (%d)", errMultiAuthor, author.Addresses), true
+	}
 	if err != nil {
 		v.FromErr = err
 		v.DMARC = dmarc.Result{Status: dmarc.StatusPermError, Err: err}
-		if cfg.RejectBadFrom && v.Exempt == "" {
+		if reject && v.Exempt == "" {
 			v.Action, v.Code, v.Enhanced = Reject, 550, "5.7.1"
 			v.Text = "Message rejected: " + fromErrorText(err)
 		}
 		return v
 	}
-	v.FromDomain = domain
-	if v.Exempt == "" && cfg.exemptDomain(domain) {
+	if v.Exempt == "" && cfg.exemptDomains(author.Domains) {
 		v.Exempt = ExemptDomain
 	}
 
 	in := dmarc.Input{
-		FromDomain:   domain,
 		SPFDomain:    m.SPF.Domain,
 		SPFPass:      m.SPF.Status == spf.Pass,
 		SPFTempError: m.SPF.Status == spf.TempError,
@@ -216,18 +227,24 @@ func (e *Evaluator) Decide(ctx context.Context, m Message) Verdict {
 	for _, d := range m.DKIM {
 		in.DKIM = append(in.DKIM, dmarc.DKIMResult{Domain: d.Domain, Pass: d.Status == dkim.Pass, TempError: d.Status == dkim.TempError})
 	}
-	v.DMARC = dmarc.Evaluate(ctx, e.res, in)
-	v.Disposition = dmarc.PolicyNone
-
-	switch v.DMARC.Status {
-	case dmarc.StatusTempError:
-		// DNS failed for the policy record, or for an SPF or DKIM check
-		// whose identifier would have been aligned while nothing else
-		// passed: the outcome is unknown. It matters unless the domain's
-		// policy is known to be none.
-		v.Unknown = v.DMARC.Record == nil || v.DMARC.Applied != dmarc.PolicyNone
-	case dmarc.StatusFail:
-		v.Disposition = v.DMARC.Applied
+	// RFC 9989 section 11.5: with several Author Domains, each is
+	// evaluated and the strictest result applies.
+	for i, domain := range author.Domains {
+		in.FromDomain = domain
+		r := dmarc.Evaluate(ctx, e.res, in)
+		if i == 0 || stricter(r, v.DMARC) {
+			v.DMARC = r
+		}
+	}
+	domain := v.DMARC.FromDomain
+	v.FromDomain = domain
+	v.Disposition = v.DMARC.Disposition
+	if v.Disposition == "" {
+		// A DNS failure whose answer could change what happens to the
+		// message: the outcome is unknown (dmarc.Evaluate weighs which
+		// failures matter).
+		v.Unknown = true
+		v.Disposition = dmarc.PolicyNone
 	}
 
 	if v.Exempt != "" {
@@ -272,6 +289,62 @@ func (cfg *Config) exemption(m Message) Exemption {
 	return ""
 }
 
+// MaxAuthorDomains is the largest number of distinct Author Domains
+// evaluated for one message (RFC 9989 section 11.5 warns that evaluating
+// many is a denial-of-service vector); a From field with more is a bad
+// From (Config.RejectBadFrom).
+const MaxAuthorDomains = 5
+
+var (
+	errTooManyAuthors = fmt.Errorf("more than %d domains in the From header field", MaxAuthorDomains)
+	errMultiAuthor    = errors.New("more than one address in the From header field")
+)
+
+// stricter reports whether the DMARC result a asks for more than b: an
+// unknown outcome, then reject, quarantine, none; for the same
+// disposition, fail before temperror, permerror, none and pass.
+func stricter(a, b dmarc.Result) bool {
+	ra, rb := strictness(a), strictness(b)
+	return ra > rb
+}
+
+func strictness(r dmarc.Result) int {
+	d := 0
+	switch r.Disposition {
+	case "":
+		d = 4
+	case dmarc.PolicyReject:
+		d = 3
+	case dmarc.PolicyQuarantine:
+		d = 2
+	case dmarc.PolicyNone:
+		d = 1
+	}
+	st := 0
+	switch r.Status {
+	case dmarc.StatusFail:
+		st = 4
+	case dmarc.StatusTempError:
+		st = 3
+	case dmarc.StatusPermError:
+		st = 2
+	case dmarc.StatusNone:
+		st = 1
+	}
+	return d*10 + st
+}
+
+// exemptDomains reports whether every Author Domain is in ExemptDomains
+// (or below one): a spoof must not ride on an exempt co-author.
+func (cfg *Config) exemptDomains(domains []string) bool {
+	for _, domain := range domains {
+		if !cfg.exemptDomain(domain) {
+			return false
+		}
+	}
+	return len(domains) > 0
+}
+
 func (cfg *Config) exemptDomain(domain string) bool {
 	for _, d := range cfg.ExemptDomains {
 		if strings.EqualFold(domain, d) || hasSuffixFold(domain, "."+d) {
@@ -291,8 +364,8 @@ func fromErrorText(err error) string {
 		return "no From header field"
 	case errors.Is(err, dmarc.ErrMultipleFrom):
 		return "more than one From header field"
-	case errors.Is(err, dmarc.ErrMultipleAddresses):
-		return "more than one address in the From header field"
+	case errors.Is(err, errMultiAuthor), errors.Is(err, errTooManyAuthors):
+		return errors.Unwrap(err).Error()
 	}
 	return "unparseable From header field"
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/dmarc-milter/dmarc-milter/policy/resolver"
 	"net"
 	"net/netip"
 	"os"
@@ -30,7 +31,11 @@ type Config struct {
 	DNSTimeout Duration `toml:"dns_timeout"`
 	// DNSCacheSize bounds the number of cached DNS answers.
 	DNSCacheSize int `toml:"dns_cache_size"`
-	// CheckTimeout bounds the DNS work for one message.
+	// DNSFailureTTL is how long a DNS temporary failure is cached; "0s"
+	// turns failure caching off.
+	DNSFailureTTL Duration `toml:"dns_failure_ttl"`
+	// CheckTimeout bounds the DNS work of each check of a message, from
+	// when that check starts.
 	CheckTimeout Duration `toml:"check_timeout"`
 	// AuthservID goes into Authentication-Results; default: the host name.
 	AuthservID string `toml:"authserv_id"`
@@ -43,6 +48,8 @@ type Config struct {
 	TempError Choice `toml:"temperror"`
 	// RejectBadFrom rejects mail without exactly one From address.
 	RejectBadFrom bool `toml:"reject_bad_from"`
+	// RejectMultiAuthor rejects mail whose From holds several addresses.
+	RejectMultiAuthor bool `toml:"reject_multi_author"`
 	// RejectText is the text of the 550 5.7.1 reply; {domain} is replaced.
 	RejectText string `toml:"reject_text"`
 	// TrustedNetworks are never enforced (A-R still added).
@@ -107,6 +114,7 @@ func defaultConfig(hostname string) Config {
 		SocketMode:                        0o660,
 		DNSTimeout:                        Duration(2 * time.Second),
 		DNSCacheSize:                      50000,
+		DNSFailureTTL:                     Duration(resolver.DefaultFailureTTL),
 		CheckTimeout:                      Duration(20 * time.Second),
 		AuthservID:                        hostname,
 		Quarantine:                        Choice{Value: "hold", allowed: []string{"hold", "mark"}},

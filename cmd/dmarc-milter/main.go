@@ -239,9 +239,10 @@ func serve(args []string, stderr io.Writer) int {
 		}
 	}
 	res, err := resolver.New(resolver.Config{
-		Servers:   servers,
-		Timeout:   time.Duration(cfg.DNSTimeout),
-		CacheSize: cfg.DNSCacheSize,
+		Servers:    servers,
+		Timeout:    time.Duration(cfg.DNSTimeout),
+		CacheSize:  cfg.DNSCacheSize,
+		FailureTTL: failureTTL(cfg.DNSFailureTTL),
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "dmarc-milter: dns: %v\n", err)
@@ -380,6 +381,7 @@ func reload(args []string, old Config, ev *policy.Evaluator, reporter *report.Re
 		{"listen", old.Listen, cfg.Listen}, {"socket_mode", old.SocketMode, cfg.SocketMode},
 		{"dns", strings.Join(old.DNS, ","), strings.Join(cfg.DNS, ",")}, {"dns_timeout", old.DNSTimeout, cfg.DNSTimeout},
 		{"dns_cache_size", old.DNSCacheSize, cfg.DNSCacheSize}, {"check_timeout", old.CheckTimeout, cfg.CheckTimeout},
+		{"dns_failure_ttl", old.DNSFailureTTL, cfg.DNSFailureTTL},
 		{"max_dkim_signatures", old.MaxDKIMSignatures, cfg.MaxDKIMSignatures},
 		{"idle_timeout", old.IdleTimeout, cfg.IdleTimeout}, {"read_timeout", old.ReadTimeout, cfg.ReadTimeout},
 		{"write_timeout", old.WriteTimeout, cfg.WriteTimeout}, {"log_format", old.LogFormat.Value, cfg.LogFormat.Value},
@@ -420,15 +422,25 @@ func servePprof(addr string, logger zerolog.Logger) error {
 	return nil
 }
 
+// failureTTL maps dns_failure_ttl to resolver.Config.FailureTTL, where
+// zero means the default and a negative value turns caching off.
+func failureTTL(d Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return time.Duration(d)
+}
+
 func policyConfig(cfg Config) policy.Config {
 	pc := policy.Config{
-		AuthservID:      cfg.AuthservID,
-		Monitor:         cfg.Monitor,
-		Quarantine:      policy.QuarantineMode(cfg.Quarantine.Value),
-		TempErrorAccept: cfg.TempError.Value == "accept",
-		RejectBadFrom:   cfg.RejectBadFrom,
-		RejectText:      cfg.RejectText,
-		ExemptDomains:   cfg.ExemptDomains,
+		AuthservID:        cfg.AuthservID,
+		Monitor:           cfg.Monitor,
+		Quarantine:        policy.QuarantineMode(cfg.Quarantine.Value),
+		TempErrorAccept:   cfg.TempError.Value == "accept",
+		RejectBadFrom:     cfg.RejectBadFrom,
+		RejectMultiAuthor: cfg.RejectMultiAuthor,
+		RejectText:        cfg.RejectText,
+		ExemptDomains:     cfg.ExemptDomains,
 	}
 	for _, p := range cfg.TrustedNetworks {
 		pc.TrustedNetworks = append(pc.TrustedNetworks, p.Prefix)

@@ -129,6 +129,10 @@ type Options struct {
 	// so that a caching resolver can start the lookup while the body
 	// arrives. It must not block.
 	Prefetch func(name string)
+	// LookupTimeout, if positive, bounds each key lookup from when it
+	// starts, so that the time the client takes to send the message does
+	// not count against DNS.
+	LookupTimeout time.Duration
 	// Now is the clock for signature expiry (x=); if nil, time.Now.
 	// go-msgauth also checks x= against its own time.Now, which cannot be
 	// injected: a signature is reported expired if it has expired by either
@@ -416,7 +420,13 @@ func (v *Verifier) lookupTXT(name string) ([]string, error) {
 	if v.opts.LookupTXT == nil {
 		return nil, &net.DNSError{Err: "no resolver configured", Name: name, IsTemporary: true}
 	}
-	txts, err := v.opts.LookupTXT(v.ctx, name)
+	ctx := v.ctx
+	if v.opts.LookupTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, v.opts.LookupTimeout)
+		defer cancel()
+	}
+	txts, err := v.opts.LookupTXT(ctx, name)
 	if err == nil {
 		return txts, nil
 	}

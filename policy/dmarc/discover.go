@@ -39,16 +39,25 @@ type Discovery struct {
 }
 
 // walkEntry is a name at which exactly one DMARC record was found during a
-// tree walk.
+// tree walk, or (failed set) whose lookup failed.
 type walkEntry struct {
 	domain string
 	rec    *Record // nil if the record is malformed
 	err    error   // the *SyntaxError for a malformed record
+	failed error   // the lookup failed temporarily: nothing is known
+
+	// unknown: a failed name supposed to hold a record with psd hypoPSD
+	// (Evaluate weighs what a failed lookup could have returned).
+	unknown bool
+	hypoPSD byte
 }
 
 // psd is the record's "psd" tag; 'u' for a malformed record.
 func (e walkEntry) psd() byte {
-	if e.rec == nil {
+	switch {
+	case e.unknown:
+		return e.hypoPSD
+	case e.rec == nil:
 		return 'u'
 	}
 	return e.rec.PSD
@@ -63,8 +72,10 @@ func (e walkEntry) psd() byte {
 // It returns the names with exactly one DMARC record, longest first. TXT
 // records that are not DMARC records are ignored and names with more than
 // one DMARC record are skipped (Section 4.10 step 2). A DNS error other
-// than "not found" ends the walk with an error wrapping ErrTempError.
-func treeWalk(ctx context.Context, r Resolver, domain string) (entries []walkEntry, queries int, err error) {
+// than "not found" ends the walk with an error wrapping ErrTempError,
+// unless keepGoing: the name is then returned as an entry with failed set,
+// and the walk goes on.
+func treeWalk(ctx context.Context, r Resolver, domain string, keepGoing bool) (entries []walkEntry, queries int, err error) {
 	labels := strings.Split(domain, ".")
 	targets := []string{domain}
 	// Steps 3-4 and 7: drop to at most 7 labels, then one label at a time.
@@ -75,7 +86,11 @@ func treeWalk(ctx context.Context, r Resolver, domain string) (entries []walkEnt
 		queries++
 		e, found, err := lookupRecord(ctx, r, target)
 		if err != nil {
-			return entries, queries, err
+			if !keepGoing {
+				return entries, queries, err
+			}
+			entries = append(entries, walkEntry{domain: target, failed: err})
+			continue
 		}
 		if !found {
 			continue
@@ -165,7 +180,7 @@ func Discover(ctx context.Context, r Resolver, fromDomain string) (Discovery, er
 	if err != nil {
 		return Discovery{}, err
 	}
-	entries, queries, err := treeWalk(ctx, r, domain)
+	entries, queries, err := treeWalk(ctx, r, domain, false)
 	d := Discovery{Queries: queries}
 	if err != nil {
 		return d, err
@@ -217,7 +232,7 @@ func OrganizationalDomain(ctx context.Context, r Resolver, domain string) (strin
 	if err != nil {
 		return "", err
 	}
-	entries, _, err := treeWalk(ctx, r, d)
+	entries, _, err := treeWalk(ctx, r, d, false)
 	if err != nil {
 		return "", err
 	}

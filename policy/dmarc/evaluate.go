@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -76,152 +77,463 @@ type Result struct {
 	SPFAligned, DKIMAligned bool
 	AlignedDKIMDomain       string
 
+	// Disposition is what DMARC asks the receiver to do (Section 5.3):
+	// Applied when Status is fail, none otherwise. For a temperror it is
+	// set when every possible answer of the failed lookups leads to the
+	// same disposition (the failure cannot change what happens to the
+	// message), and "" when the failure leaves it unknown.
+	Disposition Policy
+
 	// Err is the cause of a temperror or permerror (and ErrNoRecord for
 	// StatusNone).
 	Err error
+
+	// Ignored lists the lookup failures whose answers could not have
+	// changed the result or the disposition, for logging.
+	Ignored []error
 }
 
 // Evaluate applies DMARC (RFC 9989 Section 5.3) to a message whose SPF and
 // DKIM results are in in. DNS lookups of one evaluation are cached, so the
 // tree walks for the Author Domain and for the identifiers share queries.
+//
+// It asks only what the verdict needs, in RFC 9989's order: the Author
+// Domain's own record first (Section 4.10.1); the DNS Tree Walk for a
+// policy only when there is none; and the Organizational Domain
+// (Section 4.10.2) only when an identifier that passed differs from the
+// Author Domain and relaxed alignment could make it align. A message
+// without any passing identifier fails without a walk.
+//
+// A lookup that fails (a temporary DNS error) is weighed by what its answer
+// could have been: no record, a record without psd, with psd=y or with
+// psd=n (and, for an SPF or DKIM temperror, pass or not; for the existence
+// check, NXDOMAIN or not). If every possibility leads to the same result
+// and disposition, the failure cannot change the verdict: it is listed in
+// Result.Ignored and the result stands. If only the result could differ
+// (say pass against fail under p=none), the result is temperror with the
+// Disposition known. Otherwise the result is temperror and the
+// Disposition unknown ("").
 func Evaluate(ctx context.Context, r Resolver, in Input) Result {
-	res := Result{}
 	from, err := normalizeDomain(in.FromDomain)
 	if err != nil {
-		res.Status, res.Err = StatusPermError, err
-		res.FromDomain = in.FromDomain
-		return res
+		return Result{Status: StatusPermError, Err: err, FromDomain: in.FromDomain, Disposition: PolicyNone}
 	}
-	res.FromDomain = from
-	cr := &cachingResolver{r: r, m: map[string]cachedTXT{}}
+	e := &evaluation{ctx: ctx, r: &cachingResolver{r: r, m: map[string]cachedTXT{}}, from: from, in: in, walks: map[string][]walkEntry{}}
+	return e.run()
+}
 
-	// Section 5.3.2: policy discovery.
-	d, err := Discover(ctx, cr, from)
-	res.PolicyDomain, res.OrgDomain = d.Domain, d.OrgDomain
-	switch {
-	case err == nil:
-	case errors.Is(err, ErrNoRecord):
-		res.Status, res.Err = StatusNone, err
-		return res
-	case IsTemporary(err):
+// evaluation is the state of one Evaluate call.
+type evaluation struct {
+	ctx  context.Context
+	r    Resolver
+	from string
+	in   Input
+
+	own      walkEntry // the Author Domain's record
+	ownFound bool
+	walks    map[string][]walkEntry // tree walks by starting name
+	failed   []string               // names whose lookup failed, in order
+	errs     []error                // those failures
+	exists   *bool                  // result of the existence check, nil if not made or failed
+	existErr error
+}
+
+// maxUnknowns bounds the failed lookups weighed against each other; with
+// more, the outcome is taken as unknown (4^3 possibilities at most).
+const maxUnknowns = 3
+
+// candidate is an identifier that passed (or whose check failed
+// temporarily, maybe) and that Evaluate tries to align.
+type candidate struct {
+	domain string // normalized
+	spf    bool   // the SPF identifier, else a DKIM one
+	maybe  bool   // the check ended in temperror
+	mode   Align
+}
+
+// outcome is the verdict under one possibility of the failed lookups.
+type outcome struct {
+	status      Status
+	disposition Policy // "" when a record of unknown content would apply
+}
+
+func (e *evaluation) run() Result {
+	res := Result{FromDomain: e.from}
+
+	// Section 4.10.1: the Author Domain's own record first.
+	own, found, err := lookupRecord(e.ctx, e.r, e.from)
+	if err != nil {
 		res.Status, res.Err = StatusTempError, err
-		return res
-	default:
-		// A malformed record (*SyntaxError, RFC 9989 Section 9.2) or an
-		// unusable domain.
-		res.Status, res.Err = StatusPermError, err
+		// Whatever that record holds, an identical identifier that passed
+		// aligns in either mode: pass, or none without any record.
+		if e.identicalPass() {
+			res.Disposition = PolicyNone
+		}
 		return res
 	}
-	rec := d.Record
-	res.Record = rec
+	e.own, e.ownFound = own, found
+	if !found {
+		e.walk(e.from)
+	}
 
-	// Sections 5.3.3-5.3.5: alignment of the authenticated identifiers.
-	var tempErrs []error
-	if in.SPFPass || in.SPFTempError {
-		ok, err := aligned(ctx, cr, from, d.OrgDomain, in.SPFDomain, rec.ASPF)
-		switch {
-		case err != nil:
-			tempErrs = append(tempErrs, err)
-		case ok && in.SPFPass:
-			res.SPFAligned = true
-		case ok:
-			tempErrs = append(tempErrs, fmt.Errorf("%w: SPF temperror for aligned domain %q", ErrTempError, in.SPFDomain))
+	cands := e.candidates()
+	h0 := map[string]byte{} // every failed name: no record
+	var exist0 *bool
+	base, detail := e.decide(h0, cands, false, exist0)
+	res.PolicyDomain, res.OrgDomain = detail.policyDomain, detail.orgDomain
+	res.Record, res.Policy, res.Applied = detail.rec, detail.policy, detail.applied
+	res.SPFAligned, res.DKIMAligned, res.AlignedDKIMDomain = detail.spf, detail.dkim, detail.dkimDomain
+	res.Status, res.Err = base.status, detail.err
+
+	uncertain := len(e.errs) > 0 || e.existErr != nil && detail.askedExists
+	for _, c := range cands {
+		uncertain = uncertain || c.maybe && detail.maybeAligned[c]
+	}
+	if !uncertain {
+		res.Disposition = base.disposition
+		return res
+	}
+
+	// Weigh every possibility of what failed. First make every walk a
+	// possibility could need, so that all failures are known.
+	for _, c := range cands {
+		if c.domain != e.from && shareParent(c.domain, e.from) {
+			e.walk(e.from)
+			e.walk(c.domain)
 		}
 	}
-	for _, dk := range in.DKIM {
-		if !dk.Pass && !dk.TempError {
-			continue
+	causes := slices.Clone(e.errs)
+	for _, c := range cands {
+		if c.maybe && detail.maybeAligned[c] {
+			causes = append(causes, tempIdentErr(c))
 		}
-		ok, err := aligned(ctx, cr, from, d.OrgDomain, dk.Domain, rec.ADKIM)
-		switch {
-		case err != nil:
-			tempErrs = append(tempErrs, err)
-		case ok && dk.Pass:
-			if !res.DKIMAligned {
-				res.DKIMAligned = true
-				res.AlignedDKIMDomain, _ = normalizeDomain(dk.Domain)
+	}
+	if e.existErr != nil && detail.askedExists {
+		causes = append(causes, e.existErr)
+	}
+	same, sameDisp := true, true
+	if len(e.failed) > maxUnknowns {
+		same, sameDisp = false, false
+	} else {
+		for _, h := range hypotheses(e.failed) {
+			for _, tempPass := range []bool{false, true} {
+				for _, ex := range []*bool{nil, ptr(true), ptr(false)} {
+					if ex != nil && (e.existErr == nil || !detail.askedExists) {
+						continue
+					}
+					o, _ := e.decide(h, cands, tempPass, ex)
+					same = same && o == base
+					sameDisp = sameDisp && o.disposition == base.disposition && o.disposition != ""
+				}
 			}
-		case ok:
-			tempErrs = append(tempErrs, fmt.Errorf("%w: DKIM temperror for aligned domain %q", ErrTempError, dk.Domain))
 		}
 	}
-	pass := res.SPFAligned || res.DKIMAligned
-
-	// Section 4.10.1: which policy applies.
-	policy, err := choosePolicy(ctx, in.Exists, from, d.Domain, rec)
-	if err != nil && !pass {
-		tempErrs = append(tempErrs, err)
-	}
-	res.Policy = policy
-	res.Applied = policy
-	if rec.Testing {
-		res.Applied = policy.downgrade()
-	}
-
 	switch {
-	case pass:
-		res.Status = StatusPass
-	case len(tempErrs) > 0:
-		// Section 5.3.6: a lookup that did not complete could have produced
-		// an aligned pass, so the message neither passes nor fails.
-		res.Status, res.Err = StatusTempError, errors.Join(tempErrs...)
+	case same && base.disposition != "":
+		// The failures cannot change the verdict.
+		res.Ignored = causes
+		res.Disposition = base.disposition
 	default:
-		res.Status = StatusFail
+		// The result is not known: alignment found under one possibility
+		// is not claimed.
+		res.Status, res.Err = StatusTempError, errors.Join(causes...)
+		res.SPFAligned, res.DKIMAligned, res.AlignedDKIMDomain = false, false, ""
+		if sameDisp {
+			res.Disposition = base.disposition
+		}
 	}
 	return res
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// tempIdentErr says that an aligned identifier's check ended in temperror.
+func tempIdentErr(c candidate) error {
+	what := "DKIM"
+	if c.spf {
+		what = "SPF"
+	}
+	return fmt.Errorf("%w: %s temperror for aligned domain %q", ErrTempError, what, c.domain)
+}
+
+// hypotheses returns every assignment of a state to the failed names:
+// 0 no record, 'u' a record without psd, 'y' psd=y, 'n' psd=n.
+func hypotheses(names []string) []map[string]byte {
+	out := []map[string]byte{{}}
+	for _, n := range names {
+		var next []map[string]byte
+		for _, h := range out {
+			for _, st := range []byte{0, 'u', 'y', 'n'} {
+				c := make(map[string]byte, len(h)+1)
+				for k, v := range h {
+					c[k] = v
+				}
+				c[n] = st
+				next = append(next, c)
+			}
+		}
+		out = next
+	}
+	return out
+}
+
+// identicalPass reports whether an identifier identical to the Author
+// Domain passed: it aligns in strict and relaxed mode alike (Section 4.4).
+func (e *evaluation) identicalPass() bool {
+	if e.in.SPFPass && sameDomain(e.in.SPFDomain, e.from) {
+		return true
+	}
+	for _, d := range e.in.DKIM {
+		if d.Pass && sameDomain(d.Domain, e.from) {
+			return true
+		}
+	}
+	return false
+}
+
+func sameDomain(ident, from string) bool {
+	id, err := normalizeDomain(ident)
+	return err == nil && id == from
+}
+
+// candidates lists the identifiers worth aligning: those that passed or
+// ended in temperror, with a valid domain name.
+func (e *evaluation) candidates() []candidate {
+	var cs []candidate
+	add := func(domain string, spf, pass, temp bool) {
+		if !pass && !temp {
+			return
+		}
+		id, err := normalizeDomain(domain)
+		if err != nil {
+			return // not a domain name: not aligned
+		}
+		cs = append(cs, candidate{domain: id, spf: spf, maybe: !pass})
+	}
+	add(e.in.SPFDomain, true, e.in.SPFPass, e.in.SPFTempError)
+	for _, d := range e.in.DKIM {
+		add(d.Domain, false, d.Pass, d.TempError)
+	}
+	return cs
+}
+
+// walk performs (once) the DNS Tree Walk from domain, keeping failed names
+// as entries to be weighed.
+func (e *evaluation) walk(domain string) []walkEntry {
+	if w, ok := e.walks[domain]; ok {
+		return w
+	}
+	entries, _, _ := treeWalk(e.ctx, e.r, domain, true)
+	for _, en := range entries {
+		if en.failed != nil && !slices.Contains(e.failed, en.domain) {
+			e.failed = append(e.failed, en.domain)
+			e.errs = append(e.errs, en.failed)
+		}
+	}
+	e.walks[domain] = entries
+	return entries
+}
+
+// concrete returns the walk from domain as it would be had each failed name
+// the state h gives it, cut after the first psd=y or psd=n record where the
+// walk would have stopped.
+func (e *evaluation) concrete(domain string, h map[string]byte) []walkEntry {
+	var out []walkEntry
+	for _, en := range e.walk(domain) {
+		if en.failed != nil {
+			st := h[en.domain]
+			if st == 0 {
+				continue
+			}
+			en = walkEntry{domain: en.domain, unknown: true, hypoPSD: st}
+		}
+		out = append(out, en)
+		if p := en.psd(); p == 'y' || p == 'n' {
+			break
+		}
+	}
+	return out
+}
+
+// decision holds the details of the outcome under the base possibility.
+type decision struct {
+	policyDomain, orgDomain string
+	rec                     *Record
+	policy, applied         Policy
+	spf, dkim               bool
+	dkimDomain              string
+	err                     error
+	askedExists             bool
+	maybeAligned            map[candidate]bool
+}
+
+// decide computes the outcome with the failed names in the states h, the
+// temperror identifiers counted as passing if tempPass, and the Author
+// Domain's existence ex (nil: as found, or assumed existing).
+func (e *evaluation) decide(h map[string]byte, cands []candidate, tempPass bool, ex *bool) (outcome, decision) {
+	var d decision
+	var rec *Record
+	unknownRec := false
+	if e.ownFound {
+		d.policyDomain = e.from
+		if e.own.err != nil {
+			// A malformed record (Section 9.2).
+			d.err = e.own.err
+			return outcome{StatusPermError, PolicyNone}, d
+		}
+		rec = e.own.rec
+	} else {
+		entries := e.concrete(e.from, h)
+		d.orgDomain = selectOrgDomain(e.from, entries)
+		chosen := chooseRecord(e.from, d.orgDomain, entries)
+		if chosen == nil {
+			d.err = ErrNoRecord
+			return outcome{StatusNone, PolicyNone}, d
+		}
+		d.policyDomain = chosen.domain
+		switch {
+		case chosen.unknown:
+			unknownRec = true
+		case chosen.err != nil:
+			d.err = chosen.err
+			return outcome{StatusPermError, PolicyNone}, d
+		default:
+			rec = chosen.rec
+		}
+	}
+
+	// Sections 4.4, 5.3.3-5.3.5: alignment.
+	d.maybeAligned = map[candidate]bool{}
+	pass := false
+	for _, c := range cands {
+		ok := e.aligned(c, rec, unknownRec, h, &d)
+		if c.maybe {
+			if ok {
+				d.maybeAligned[c] = true
+				if tempPass {
+					pass = true
+				}
+			}
+			continue
+		}
+		if !ok {
+			continue
+		}
+		pass = true
+		if c.spf {
+			d.spf = true
+		} else if !d.dkim {
+			d.dkim, d.dkimDomain = true, c.domain
+		}
+	}
+	if unknownRec {
+		if pass {
+			return outcome{StatusPass, PolicyNone}, d
+		}
+		return outcome{StatusFail, ""}, d
+	}
+	d.rec = rec
+
+	// Section 4.10.1: which policy applies.
+	policy, asked, existErr := e.choosePolicy(d.policyDomain, rec, ex)
+	d.askedExists = asked
+	if existErr != nil && e.existErr == nil {
+		e.existErr = existErr
+	}
+	d.policy, d.applied = policy, policy
+	if rec.Testing {
+		d.applied = policy.downgrade()
+	}
+	if pass {
+		return outcome{StatusPass, PolicyNone}, d
+	}
+	return outcome{StatusFail, d.applied}, d
+}
+
+// aligned reports whether the identifier c is aligned with the Author
+// Domain (Section 4.4) under the possibility h: identical names in either
+// mode; in relaxed mode, the same Organizational Domain, which is looked up
+// only for an identifier that shares a parent with the Author Domain.
+func (e *evaluation) aligned(c candidate, rec *Record, unknownRec bool, h map[string]byte, d *decision) bool {
+	if c.domain == e.from {
+		return true
+	}
+	mode := AlignRelaxed
+	if !unknownRec {
+		mode = rec.ADKIM
+		if c.spf {
+			mode = rec.ASPF
+		}
+	}
+	if mode == AlignStrict || !shareParent(c.domain, e.from) {
+		return false
+	}
+	org := selectOrgDomain(e.from, e.concrete(e.from, h))
+	if d.orgDomain == "" {
+		d.orgDomain = org
+	}
+	// An Organizational Domain is the name itself or a parent of it, so
+	// the identifier can only share org if it is org or below it.
+	if c.domain != org && !strings.HasSuffix(c.domain, "."+org) {
+		return false
+	}
+	return selectOrgDomain(c.domain, e.concrete(c.domain, h)) == org
+}
+
+// shareParent reports whether two distinct names have a common parent
+// other than the root, the least they need to share an Organizational
+// Domain.
+func shareParent(a, b string) bool {
+	return a[strings.LastIndexByte(a, '.')+1:] == b[strings.LastIndexByte(b, '.')+1:]
 }
 
 // choosePolicy picks the policy for the Author Domain from the record found
 // at policyDomain (RFC 9989 Section 4.10.1): "p" if the record is the
 // Author Domain's own; for a subdomain of the policy domain, "sp" if the
 // Author Domain exists and "np" if it does not, each falling back as
-// described in Section 4.7. If the existence check fails, the error wraps
-// ErrTempError and the existing-subdomain policy is returned.
-func choosePolicy(ctx context.Context, exists func(context.Context, string) (bool, error), from, policyDomain string, rec *Record) (Policy, error) {
-	if from == policyDomain {
-		return rec.Policy, nil
+// described in Section 4.7. ex, if set, overrides the existence check; if
+// the check fails, the existing-subdomain policy is returned with the
+// error. asked says whether existence mattered.
+func (e *evaluation) choosePolicy(policyDomain string, rec *Record, ex *bool) (p Policy, asked bool, err error) {
+	if e.from == policyDomain {
+		return rec.Policy, false, nil
 	}
 	sp, np := rec.subdomainPolicy(), rec.nonexistentPolicy()
-	if sp == np || exists == nil {
-		return sp, nil
+	if sp == np || e.in.Exists == nil {
+		return sp, false, nil
 	}
-	ok, err := exists(ctx, from)
-	if err != nil {
-		return sp, fmt.Errorf("%w: checking existence of %q: %w", ErrTempError, from, err)
+	if ex == nil {
+		if e.exists == nil && e.existErr == nil {
+			ok, err := e.in.Exists(e.ctx, e.from)
+			if err != nil {
+				e.existErr = fmt.Errorf("%w: checking existence of %q: %w", ErrTempError, e.from, err)
+			} else {
+				e.exists = &ok
+			}
+		}
+		ex = e.exists
 	}
-	if !ok {
-		return np, nil
+	if ex != nil && !*ex {
+		return np, true, nil
 	}
-	return sp, nil
+	return sp, true, nil
 }
 
-// aligned reports whether ident is aligned with the Author Domain from,
-// whose Organizational Domain is org (RFC 9989 Section 4.4): strict mode
-// requires identical names, relaxed mode the same Organizational Domain.
-// Names compare case-insensitively. An identifier that is not a valid
-// domain name is not aligned.
-func aligned(ctx context.Context, r Resolver, from, org, ident string, mode Align) (bool, error) {
-	id, err := normalizeDomain(ident)
-	if err != nil {
-		return false, nil
+// chooseRecord picks the record that applies to an Author Domain without
+// its own (RFC 9989 Section 4.10.1): the Organizational Domain's, else
+// that of a Public Suffix Domain (psd=y) above it. Nil if none.
+func chooseRecord(from, org string, entries []walkEntry) *walkEntry {
+	for i, en := range entries {
+		if en.domain == org && en.domain != from {
+			return &entries[i]
+		}
 	}
-	if id == from {
-		return true, nil
+	for i, en := range entries {
+		if en.psd() == 'y' && en.domain != from {
+			return &entries[i]
+		}
 	}
-	if mode == AlignStrict {
-		return false, nil
-	}
-	// An Organizational Domain is always the name itself or a parent of it,
-	// so ident can only share org if it is org or below it; this avoids a
-	// tree walk for unrelated identifiers.
-	if id != org && !strings.HasSuffix(id, "."+org) {
-		return false, nil
-	}
-	idOrg, err := OrganizationalDomain(ctx, r, id)
-	if err != nil {
-		return false, err
-	}
-	return idOrg == org, nil
+	return nil
 }
 
 type cachedTXT struct {

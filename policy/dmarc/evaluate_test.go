@@ -3,6 +3,7 @@ package dmarc
 import (
 	"context"
 	"errors"
+	"reflect"
 	"testing"
 )
 
@@ -169,5 +170,132 @@ func TestEvaluateExistsNotCalled(t *testing.T) {
 	res = Evaluate(context.Background(), &fakeResolver{txt: zone}, Input{FromDomain: "sub.example.com"})
 	if res.Policy != PolicyQuarantine {
 		t.Errorf("nil Exists: policy %s, want quarantine", res.Policy)
+	}
+}
+
+// TestEvaluateLookupFailures: a failed lookup decides only what its answer
+// could change (RFC 9989 Section 4.10 order: the Author Domain's record
+// first, the tree walk only when needed).
+func TestEvaluateLookupFailures(t *testing.T) {
+	zone := map[string][]string{
+		"_dmarc.own.example.com.":  {"v=DMARC1; p=reject"},
+		"_dmarc.mon.example.org.":  {"v=DMARC1; p=none"},
+		"_dmarc.example.com.":      {"v=DMARC1; p=reject"},
+		"_dmarc.strict.example.":   {"v=DMARC1; p=reject; aspf=s; adkim=s"},
+		"_dmarc.psd.example.":      {"v=DMARC1; p=quarantine; psd=y"},
+		"_dmarc.org.psd.example.":  {"v=DMARC1; p=reject"},
+		"_dmarc.same.psd.example.": {"v=DMARC1; p=none"},
+	}
+	fail := map[string]error{
+		"_dmarc.com.":              servfail("_dmarc.com."),
+		"_dmarc.org.":              servfail("_dmarc.org."),
+		"_dmarc.example.":          servfail("_dmarc.example."),
+		"_dmarc.down.example.com.": servfail("_dmarc.down.example.com."),
+	}
+	tests := []struct {
+		name        string
+		in          Input
+		status      Status
+		disposition Policy // "" means unknown: the message is deferred
+		ignored     bool   // failures were weighed and ignored
+		queries     []string
+	}{
+		{
+			name:        "own record, identical SPF pass: nothing above is asked",
+			in:          Input{FromDomain: "own.example.com", SPFDomain: "own.example.com", SPFPass: true},
+			status:      StatusPass,
+			disposition: PolicyNone,
+			queries:     []string{"_dmarc.own.example.com."},
+		},
+		{
+			name:        "own record, identical DKIM pass, unrelated SPF pass",
+			in:          Input{FromDomain: "own.example.com", SPFDomain: "esp.example.net", SPFPass: true, DKIM: []DKIMResult{{Domain: "own.example.com", Pass: true}}},
+			status:      StatusPass,
+			disposition: PolicyNone,
+			queries:     []string{"_dmarc.own.example.com."},
+		},
+		{
+			name:        "own p=reject, nothing passes: rejected without a walk",
+			in:          Input{FromDomain: "own.example.com", SPFDomain: "own.example.com"},
+			status:      StatusFail,
+			disposition: PolicyReject,
+			queries:     []string{"_dmarc.own.example.com."},
+		},
+		{
+			name:        "own p=reject, only an unrelated identifier passes: no walk",
+			in:          Input{FromDomain: "own.example.com", SPFDomain: "bounce.esp.example.net", SPFPass: true},
+			status:      StatusFail,
+			disposition: PolicyReject,
+			queries:     []string{"_dmarc.own.example.com."},
+		},
+		{
+			name:        "p=none: the failure could change the result, not the disposition",
+			in:          Input{FromDomain: "mon.example.org", DKIM: []DKIMResult{{Domain: "other.example.org", Pass: true}}},
+			status:      StatusTempError,
+			disposition: PolicyNone,
+		},
+		{
+			name:        "relaxed parent identifier passes under every answer of _dmarc.com",
+			in:          Input{FromDomain: "sub.example.com", DKIM: []DKIMResult{{Domain: "example.com", Pass: true}}},
+			status:      StatusPass,
+			disposition: PolicyNone,
+			ignored:     true,
+		},
+		{
+			name:        "own p=reject, relaxed subdomain identifier passes under every answer",
+			in:          Input{FromDomain: "example.com", SPFDomain: "bounce.example.com", SPFPass: true},
+			status:      StatusPass,
+			disposition: PolicyNone,
+			ignored:     true,
+		},
+		{
+			name:   "no own record, nothing passes: a record at com could hold any policy",
+			in:     Input{FromDomain: "sub.example.com"},
+			status: StatusTempError,
+		},
+		{
+			name:        "own record lookup fails but an identical identifier passed",
+			in:          Input{FromDomain: "down.example.com", SPFDomain: "down.example.com", SPFPass: true},
+			status:      StatusTempError,
+			disposition: PolicyNone,
+		},
+		{
+			name:   "own record lookup fails, nothing passes",
+			in:     Input{FromDomain: "down.example.com"},
+			status: StatusTempError,
+		},
+		{
+			name:        "strict record: a relaxed identifier is never walked",
+			in:          Input{FromDomain: "strict.example", SPFDomain: "mail.strict.example", SPFPass: true},
+			status:      StatusFail,
+			disposition: PolicyReject,
+			queries:     []string{"_dmarc.strict.example."},
+		},
+		{
+			name:        "psd=y above stops the walk before the failing TLD",
+			in:          Input{FromDomain: "a.org.psd.example", DKIM: []DKIMResult{{Domain: "b.org.psd.example", Pass: true}}},
+			status:      StatusPass,
+			disposition: PolicyNone,
+		},
+		{
+			name:   "psd=y: a sibling organisation never aligns, and the failure could",
+			in:     Input{FromDomain: "same.psd.example", DKIM: []DKIMResult{{Domain: "org.psd.example", Pass: true}}},
+			status: StatusFail, disposition: PolicyNone,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &fakeResolver{txt: zone, fail: fail}
+			res := Evaluate(context.Background(), r, tc.in)
+			if res.Status != tc.status || res.Disposition != tc.disposition {
+				t.Errorf("status %s disposition %q, want %s %q (err %v)", res.Status, res.Disposition, tc.status, tc.disposition, res.Err)
+			}
+			if tc.ignored != (len(res.Ignored) > 0) {
+				t.Errorf("ignored failures %v, want some: %v", res.Ignored, tc.ignored)
+			}
+			if tc.queries != nil && !reflect.DeepEqual(r.queries, tc.queries) {
+				t.Errorf("queries %q, want %q", r.queries, tc.queries)
+			}
+		})
 	}
 }

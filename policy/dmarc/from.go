@@ -6,54 +6,68 @@ import (
 	"io"
 	"mime"
 	"net/mail"
+	"slices"
 	"strings"
 )
 
-// Errors from FromDomain. They are wrapped with detail; test with errors.Is.
+// Errors from ParseFrom. They are wrapped with detail; test with errors.Is.
 var (
 	ErrNoFrom            = errors.New("dmarc: no From header")
 	ErrMultipleFrom      = errors.New("dmarc: more than one From header")
-	ErrMultipleAddresses = errors.New("dmarc: From header holds more than one address")
 	ErrUnparseableFrom   = errors.New("dmarc: unparseable From header")
 )
 
-// FromDomain extracts the Author Domain (RFC 9989 Section 5.3.1) from the
-// values of the message's From header fields (each the raw text after
-// "From:", possibly folded with CRLF).
+// Author is what the RFC5322.From field says about the message's authors.
+type Author struct {
+	// Domains are the distinct Author Domains (RFC 9989 Section 5.3.1), in
+	// order of appearance: lower-case, without a trailing dot, U-labels
+	// converted to A-labels (idna Lookup profile).
+	Domains []string
+	// Addresses is the number of mailboxes in the field.
+	Addresses int
+}
+
+// ParseFrom extracts the Author Domains from the values of the message's
+// From header fields (each the raw text after "From:", possibly folded
+// with CRLF or LF).
 //
-// Parsing is strict, since a message without exactly one well-formed
-// RFC5322.From is outside DMARC's scope (RFC 9989 Section 4.2) and leniency
-// here is a spoofing vector: there must be exactly one From field holding
-// exactly one mailbox (RFC 5322 Section 3.6.2). The address is parsed with
-// net/mail, so display names, comments, quoted local parts and encoded words
-// never influence the domain. Group syntax ("name: addr;") is rejected
-// because From is a mailbox-list in RFC 5322 and MUAs display groups
-// inconsistently, even when the group holds a single mailbox. A
-// domain-literal ("[192.0.2.1]") is rejected: DMARC needs a domain name.
-//
-// The domain is returned lower-case, without a trailing dot, with U-labels
-// converted to A-labels (idna Lookup profile).
-func FromDomain(fromHeaderValues []string) (string, error) {
+// There must be exactly one From field (RFC 5322 Section 3.6); it holds a
+// mailbox-list, and RFC 9989 Section 5.3.1 has a receiver evaluate every
+// domain of a field with several authors (Evaluate once per domain; the
+// caller applies the strictest result), so a second address can never
+// carry a spoof through. The addresses are parsed with net/mail, so display
+// names, comments, quoted local parts and encoded words never influence a
+// domain. The obsolete route syntax "<@relay:user@domain>" (RFC 5322
+// Section 4.4, which receivers must accept) is read as "<user@domain>":
+// the route names no author. Group syntax ("name: addr;") is rejected:
+// MUAs display groups inconsistently, even when the group holds a single
+// mailbox. A domain-literal ("[192.0.2.1]") is rejected: DMARC needs a
+// domain name.
+func ParseFrom(fromHeaderValues []string) (Author, error) {
 	switch len(fromHeaderValues) {
 	case 0:
-		return "", ErrNoFrom
+		return Author{}, ErrNoFrom
 	case 1:
 	default:
-		return "", fmt.Errorf("%w (%d)", ErrMultipleFrom, len(fromHeaderValues))
+		return Author{}, fmt.Errorf("%w (%d)", ErrMultipleFrom, len(fromHeaderValues))
 	}
 	v, err := unfold(fromHeaderValues[0])
 	if err != nil {
-		return "", err
+		return Author{}, err
 	}
 	if trimWSP(v) == "" {
-		return "", fmt.Errorf("%w: empty", ErrUnparseableFrom)
+		return Author{}, fmt.Errorf("%w: empty", ErrUnparseableFrom)
 	}
 	v, err = stripCFWS(v)
 	if err != nil {
-		return "", err
+		return Author{}, err
 	}
 	if hasGroup(v) {
-		return "", fmt.Errorf("%w: group syntax not allowed in From", ErrUnparseableFrom)
+		return Author{}, fmt.Errorf("%w: group syntax not allowed in From", ErrUnparseableFrom)
+	}
+	v, err = stripObsRoute(v)
+	if err != nil {
+		return Author{}, err
 	}
 	p := mail.AddressParser{WordDecoder: &mime.WordDecoder{
 		// Encoded words only occur in the display name, which is not used;
@@ -64,30 +78,77 @@ func FromDomain(fromHeaderValues []string) (string, error) {
 	}}
 	addrs, err := p.ParseList(v)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrUnparseableFrom, err)
+		return Author{}, fmt.Errorf("%w: %v", ErrUnparseableFrom, err)
 	}
-	switch len(addrs) {
-	case 0:
-		return "", fmt.Errorf("%w: no address", ErrUnparseableFrom)
-	case 1:
-	default:
-		return "", fmt.Errorf("%w (%d)", ErrMultipleAddresses, len(addrs))
+	if len(addrs) == 0 {
+		return Author{}, fmt.Errorf("%w: no address", ErrUnparseableFrom)
 	}
-	// The local part may be quoted and contain "@"; the domain follows the
-	// last one.
-	at := strings.LastIndexByte(addrs[0].Address, '@')
-	if at < 0 {
-		return "", fmt.Errorf("%w: no domain in address", ErrUnparseableFrom)
+	a := Author{Addresses: len(addrs)}
+	for _, addr := range addrs {
+		// The local part may be quoted and contain "@"; the domain follows
+		// the last one.
+		at := strings.LastIndexByte(addr.Address, '@')
+		if at < 0 {
+			return Author{}, fmt.Errorf("%w: no domain in address", ErrUnparseableFrom)
+		}
+		domain := addr.Address[at+1:]
+		if strings.HasPrefix(domain, "[") {
+			return Author{}, fmt.Errorf("%w: domain literal %q", ErrUnparseableFrom, domain)
+		}
+		d, err := normalizeDomain(domain)
+		if err != nil {
+			return Author{}, fmt.Errorf("%w: %v", ErrUnparseableFrom, err)
+		}
+		if !slices.Contains(a.Domains, d) {
+			a.Domains = append(a.Domains, d)
+		}
 	}
-	domain := addrs[0].Address[at+1:]
-	if strings.HasPrefix(domain, "[") {
-		return "", fmt.Errorf("%w: domain literal %q", ErrUnparseableFrom, domain)
+	return a, nil
+}
+
+// AuthorDomains returns the Author Domains of the From field values, or
+// none if they do not parse (see ParseFrom).
+func AuthorDomains(fromHeaderValues []string) []string {
+	a, _ := ParseFrom(fromHeaderValues)
+	return a.Domains
+}
+
+// stripObsRoute removes the obsolete source route of angle addresses
+// (RFC 5322 Section 4.4, obs-angle-addr = "<" obs-route addr-spec ">",
+// obs-route = obs-domain-list ":"), outside quoted strings. Comments are
+// already gone (stripCFWS).
+func stripObsRoute(s string) (string, error) {
+	var b strings.Builder
+	inQuote := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case inQuote && c == '\\' && i+1 < len(s):
+			b.WriteByte(c)
+			i++
+			c = s[i]
+		case inQuote:
+			inQuote = c != '"'
+		case c == '"':
+			inQuote = true
+		case c == '<':
+			j := i + 1
+			for j < len(s) && (s[j] == ' ' || s[j] == '\t' || s[j] == ',') {
+				j++
+			}
+			if j < len(s) && s[j] == '@' {
+				end := strings.IndexAny(s[j:], ":>")
+				if end < 0 || s[j+end] != ':' {
+					return "", fmt.Errorf("%w: unterminated route in angle address", ErrUnparseableFrom)
+				}
+				b.WriteByte('<')
+				i = j + end // at the ":"
+				continue
+			}
+		}
+		b.WriteByte(c)
 	}
-	d, err := normalizeDomain(domain)
-	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrUnparseableFrom, err)
-	}
-	return d, nil
+	return b.String(), nil
 }
 
 // unfold undoes header folding (RFC 5322 Section 2.2.3): a CRLF (or bare LF)

@@ -6,11 +6,11 @@ import (
 	"testing"
 )
 
-func TestFromDomain(t *testing.T) {
+func TestParseFrom(t *testing.T) {
 	tests := []struct {
 		name   string
 		values []string
-		want   string
+		want   string // the domains, space-separated
 		err    error
 	}{
 		{"plain", []string{"user@example.com"}, "example.com", nil},
@@ -31,8 +31,14 @@ func TestFromDomain(t *testing.T) {
 		{"A-label upper", []string{"user@XN--BCHER-KVA.example"}, "xn--bcher-kva.example", nil},
 		{"no header", nil, "", ErrNoFrom},
 		{"two headers", []string{"a@good.example", "b@good.example"}, "", ErrMultipleFrom},
-		{"two addresses", []string{"a@good.example, b@evil.example"}, "", ErrMultipleAddresses},
-		{"two addresses same domain", []string{"a@good.example, b@good.example"}, "", ErrMultipleAddresses},
+		{"two addresses", []string{"a@good.example, b@evil.example"}, "good.example evil.example", nil},
+		{"two addresses same domain", []string{"a@good.example, B@Good.Example"}, "good.example", nil},
+		{"three addresses two domains", []string{"A <a@x.example>, b@y.example, \"c, d\" <c@X.example>"}, "x.example y.example", nil},
+		// RFC 5322 section 4.4: receivers accept the obsolete route.
+		{"obsolete route", []string{"<@relay.test:alice@fr.test>"}, "fr.test", nil},
+		{"obsolete route list", []string{"Alice < ,@a.test, @b.test:alice@fr.test >"}, "fr.test", nil},
+		{"route does not name the author", []string{"<@good.example:evil@evil.example>"}, "evil.example", nil},
+		{"unterminated route", []string{"<@relay.test alice@fr.test>"}, "", ErrUnparseableFrom},
 		{"empty", []string{""}, "", ErrUnparseableFrom},
 		{"blank", []string{"  \t"}, "", ErrUnparseableFrom},
 		{"no domain", []string{"user"}, "", ErrUnparseableFrom},
@@ -55,7 +61,8 @@ func TestFromDomain(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := FromDomain(tc.values)
+			a, err := ParseFrom(tc.values)
+			got := strings.Join(a.Domains, " ")
 			if tc.err != nil {
 				if !errors.Is(err, tc.err) || got != "" {
 					t.Fatalf("got %q, %v; want error %v", got, err, tc.err)
@@ -65,37 +72,46 @@ func TestFromDomain(t *testing.T) {
 			if err != nil || got != tc.want {
 				t.Fatalf("got %q, %v; want %q", got, err, tc.want)
 			}
+			if n := strings.Count(tc.values[0], "@"); a.Addresses < 1 || a.Addresses > n {
+				t.Errorf("Addresses = %d", a.Addresses)
+			}
 		})
 	}
 }
 
-func FuzzFromDomain(f *testing.F) {
+func FuzzParseFrom(f *testing.F) {
 	for _, s := range []string{
 		`"evil@bad.example" <user@good.example>`,
 		"user@good.example (comment evil.example)",
 		"=?utf-8?q?x@evil.example?= <u@good.example>",
 		"a@b.example, c@d.example",
+		"<@relay.test:alice@fr.test>",
 		"g: a@b.example;",
 		"Joe\r\n <joe@joe.example>",
 	} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		d, err := FromDomain([]string{s})
+		a, err := ParseFrom([]string{s})
 		if err != nil {
 			return
 		}
-		if d == "" || d != strings.ToLower(d) || strings.HasSuffix(d, ".") {
-			t.Fatalf("%q: bad domain %q", s, d)
+		if len(a.Domains) == 0 || len(a.Domains) > a.Addresses {
+			t.Fatalf("%q: %d domains for %d addresses", s, len(a.Domains), a.Addresses)
 		}
-		// For ASCII input the domain must occur in the input, never be
-		// invented. (Non-ASCII input goes through UTS 46 mapping.)
-		ascii := true
-		for _, r := range s {
-			ascii = ascii && r < 0x80
-		}
-		if ascii && !strings.Contains(strings.ToLower(s), d) {
-			t.Fatalf("%q: domain %q not in input", s, d)
+		for _, d := range a.Domains {
+			if d == "" || d != strings.ToLower(d) || strings.HasSuffix(d, ".") {
+				t.Fatalf("%q: bad domain %q", s, d)
+			}
+			// For ASCII input the domain must occur in the input, never be
+			// invented. (Non-ASCII input goes through UTS 46 mapping.)
+			ascii := true
+			for _, r := range s {
+				ascii = ascii && r < 0x80
+			}
+			if ascii && !strings.Contains(strings.ToLower(s), d) {
+				t.Fatalf("%q: domain %q not in input", s, d)
+			}
 		}
 	})
 }

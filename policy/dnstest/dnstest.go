@@ -8,7 +8,8 @@
 // section of negative answers (RFC 2308 section 3) and truncates UDP answers
 // that do not fit the client's buffer, setting TC (RFC 1035 section 4.2.1,
 // RFC 6891 section 6.2.3). Failures can be injected per name and type:
-// SERVFAIL, or no answer at all (a timeout for the client). It counts the
+// SERVFAIL, no answer at all (a timeout for the client), a delay, or an
+// answer whose records carry another owner name. It counts the
 // queries it receives, so tests can check caching.
 //
 // Wildcards (RFC 4592) are not supported: owner names match exactly.
@@ -42,6 +43,7 @@ type Server struct {
 	servfail map[key]bool
 	timeout  map[key]bool
 	delay    map[key]time.Duration
+	owner    map[key]string
 	counts   map[key]int
 	total    int
 }
@@ -56,8 +58,9 @@ func newKey(name string, qtype uint16) key {
 	return key{strings.ToLower(dns.Fqdn(name)), qtype}
 }
 
-// maxCNAMEChain bounds the in-zone CNAME chain the server follows.
-const maxCNAMEChain = 16
+// maxCNAMEChain bounds the in-zone CNAME chain the server follows; it is
+// above what clients accept, so that their own bound can be tested.
+const maxCNAMEChain = 64
 
 // NewServer starts a server on 127.0.0.1 (random port) serving the given
 // zone-file texts. The test fails if a zone does not parse or the server
@@ -124,6 +127,7 @@ func listen(addr string) (*Server, error) {
 			servfail: map[key]bool{},
 			timeout:  map[key]bool{},
 			delay:    map[key]time.Duration{},
+			owner:    map[key]string{},
 			counts:   map[key]int{},
 		}
 		s.udp = &dns.Server{PacketConn: pc, Handler: s}
@@ -249,6 +253,15 @@ func (s *Server) SetDelay(name string, qtype uint16, d time.Duration) {
 	s.delay[newKey(name, qtype)] = d
 }
 
+// SetAnswerOwner makes the answers to name and qtype carry owner as the
+// owner name of their records, as a broken or spoofing server might;
+// qtype dns.TypeANY means every type for that name.
+func (s *Server) SetAnswerOwner(name string, qtype uint16, owner string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.owner[newKey(name, qtype)] = dns.Fqdn(owner)
+}
+
 // Queries returns the number of queries received (UDP and TCP).
 func (s *Server) Queries() int {
 	s.mu.Lock()
@@ -306,6 +319,15 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		m.SetRcode(req, dns.RcodeServerFailure)
 	} else {
 		s.answer(m, req, k)
+	}
+	owner := s.owner[k]
+	if owner == "" {
+		owner = s.owner[all]
+	}
+	if owner != "" {
+		for _, rr := range m.Answer {
+			rr.Header().Name = owner
+		}
 	}
 	delay := max(s.delay[k], s.delay[all])
 	s.mu.Unlock()

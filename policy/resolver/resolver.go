@@ -14,8 +14,15 @@
 // for SERVFAIL, REFUSED, network errors and timeouts (which also set
 // IsTimeout).
 //
-// Temporary failures are not cached: every lookup after one asks upstream
-// again (merged with any identical query in flight).
+// A temporary failure (SERVFAIL, REFUSED, a timeout, an answer that does
+// not answer the question) is cached for Config.FailureTTL, 30 seconds by
+// default (see DefaultFailureTTL), so that a dead or broken name server
+// costs one timeout per question and period, not one per message.
+//
+// A DNS fault is never turned into a permanent answer: an answer whose
+// records belong to another name, a CNAME loop and a CNAME chain longer
+// than MaxCNAMEChain are temporary errors, like SERVFAIL. Only NXDOMAIN and
+// NODATA (RFC 2308) say that there is no record.
 package resolver
 
 import (
@@ -50,6 +57,9 @@ type Config struct {
 	MaxTTL time.Duration
 	// NegativeTTL caps the time a negative answer is cached. Default 15m.
 	NegativeTTL time.Duration
+	// FailureTTL is how long a temporary failure is cached; negative
+	// turns failure caching off. Default 30s (DefaultFailureTTL).
+	FailureTTL time.Duration
 	// Now is the clock used for cache expiry. Default time.Now.
 	Now func() time.Time
 }
@@ -61,14 +71,24 @@ const (
 	DefaultCacheSize   = 50000
 	DefaultMaxTTL      = time.Hour
 	DefaultNegativeTTL = 15 * time.Minute
+	// DefaultFailureTTL: RFC 2308 section 7.1 allows a server failure to be
+	// cached for up to five minutes. 30 seconds is short enough that mail
+	// deferred by a passing fault finds DNS asked anew when the sender
+	// retries (Postfix's first retry comes after 5 minutes at the
+	// earliest), and long enough that a busy MX sends a broken name one
+	// query every 30 seconds instead of one per message, each waiting the
+	// full timeout.
+	DefaultFailureTTL = 30 * time.Second
 )
 
 // ednsBufferSize is the EDNS0 UDP payload size advertised upstream, the
 // value recommended by DNS Flag Day 2020 to avoid IP fragmentation.
 const ednsBufferSize = 1232
 
-// maxCNAMEChain bounds the CNAME chain followed inside one answer.
-const maxCNAMEChain = 16
+// MaxCNAMEChain is the longest CNAME chain followed inside one answer;
+// a longer one is a temporary error (a resolver that truncated it, or a
+// misconfigured zone that may be mended).
+const MaxCNAMEChain = 16
 
 // Stats are counters since the Resolver was created.
 type Stats struct {
@@ -76,6 +96,7 @@ type Stats struct {
 	Hits     int64 // lookups answered from the cache
 	Misses   int64 // lookups not answered from the cache
 	Merged   int64 // misses that waited for an identical query already in flight
+	Failures int64 // lookups answered with a cached temporary failure (counted in Hits too)
 	Entries  int   // answers currently cached
 }
 
@@ -89,6 +110,7 @@ type Resolver struct {
 	hits     atomic.Int64
 	misses   atomic.Int64
 	merged   atomic.Int64
+	failures atomic.Int64
 
 	mu       sync.Mutex
 	lru      *list.List // of *entry, most recently used first
@@ -113,6 +135,7 @@ type answer struct {
 type entry struct {
 	key     key
 	answer  answer
+	err     *net.DNSError // a cached temporary failure; answer is then empty
 	expires time.Time
 }
 
@@ -157,13 +180,18 @@ func New(cfg Config) (*Resolver, error) {
 	if cfg.NegativeTTL <= 0 {
 		cfg.NegativeTTL = DefaultNegativeTTL
 	}
+	if cfg.FailureTTL == 0 {
+		cfg.FailureTTL = DefaultFailureTTL
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	return &Resolver{
-		cfg:      cfg,
-		udp:      &dns.Client{Net: "udp", UDPSize: ednsBufferSize},
-		tcp:      &dns.Client{Net: "tcp"},
+		cfg: cfg,
+		// Timeout replaces miekg/dns's own 2-second dial, read and write
+		// timeouts, which would otherwise cap every attempt.
+		udp:      &dns.Client{Net: "udp", UDPSize: ednsBufferSize, Timeout: cfg.Timeout},
+		tcp:      &dns.Client{Net: "tcp", Timeout: cfg.Timeout},
 		lru:      list.New(),
 		entries:  map[key]*list.Element{},
 		inflight: map[key]*call{},
@@ -197,6 +225,7 @@ func (r *Resolver) Stats() Stats {
 		Hits:     r.hits.Load(),
 		Misses:   r.misses.Load(),
 		Merged:   r.merged.Load(),
+		Failures: r.failures.Load(),
 		Entries:  n,
 	}
 }
@@ -354,7 +383,12 @@ func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16) ([]dns
 // lookupAnswer is lookup returning the whole answer; err is set only for
 // failures (not for NXDOMAIN or NODATA).
 func (r *Resolver) lookupAnswer(ctx context.Context, name string, qtype uint16) (answer, *net.DNSError) {
-	ans, c := r.begin(ctx, name, qtype, true)
+	ans, c, cerr := r.begin(ctx, name, qtype, true)
+	if cerr != nil {
+		err := *cerr
+		err.Name = name
+		return answer{}, &err
+	}
 	if c == nil {
 		return ans, nil
 	}
@@ -386,26 +420,29 @@ func (r *Resolver) PrefetchTXT(name string) {
 	r.begin(context.Background(), name, dns.TypeTXT, false)
 }
 
-// begin returns the cached answer for (name, qtype) with a nil call, or
-// the call under way for it, starting one if there is none. count says
-// whether to count the lookup in Stats.
-func (r *Resolver) begin(ctx context.Context, name string, qtype uint16, count bool) (answer, *call) {
+// begin returns the cached answer (or cached temporary failure) for
+// (name, qtype) with a nil call, or the call under way for it, starting one
+// if there is none. count says whether to count the lookup in Stats.
+func (r *Resolver) begin(ctx context.Context, name string, qtype uint16, count bool) (answer, *call, *net.DNSError) {
 	fqdn := dns.Fqdn(strings.ToLower(presentation(name)))
 	// Like net.Resolver, a name that is not a valid domain name (empty
 	// label, label over 63 or name over 255 octets) does not exist; it is
 	// not sent upstream.
 	if _, ok := dns.IsDomainName(fqdn); !ok || strings.HasPrefix(fqdn, ".") && fqdn != "." {
-		return answer{notFound: true, nxdomain: true}, nil
+		return answer{notFound: true, nxdomain: true}, nil, nil
 	}
 	k := key{fqdn, qtype}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if ans, ok := r.cached(k); ok {
+	if e, ok := r.cached(k); ok {
 		if count {
 			r.hits.Add(1)
+			if e.err != nil {
+				r.failures.Add(1)
+			}
 		}
-		return ans, nil
+		return e.answer, nil, e.err
 	}
 	if count {
 		r.misses.Add(1)
@@ -415,7 +452,7 @@ func (r *Resolver) begin(ctx context.Context, name string, qtype uint16, count b
 		if count {
 			r.merged.Add(1)
 		}
-		return answer{}, c
+		return answer{}, c, nil
 	}
 	c = &call{done: make(chan struct{})}
 	r.inflight[k] = c
@@ -423,7 +460,7 @@ func (r *Resolver) begin(ctx context.Context, name string, qtype uint16, count b
 	// caller giving up must not fail the others waiting for the same
 	// answer. It is bounded by Timeout and Attempts.
 	go r.resolve(context.WithoutCancel(ctx), k, c)
-	return answer{}, c
+	return answer{}, c, nil
 }
 
 // presentation returns the raw name (as SPF macro expansion can produce:
@@ -470,29 +507,29 @@ func notFound(name string) *net.DNSError {
 	return &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
 }
 
-// cached returns the unexpired cached answer for k. r.mu is held.
-func (r *Resolver) cached(k key) (answer, bool) {
+// cached returns the unexpired cache entry for k. r.mu is held.
+func (r *Resolver) cached(k key) (*entry, bool) {
 	el, ok := r.entries[k]
 	if !ok {
-		return answer{}, false
+		return nil, false
 	}
 	e := el.Value.(*entry)
 	if !r.cfg.Now().Before(e.expires) {
 		r.lru.Remove(el)
 		delete(r.entries, k)
-		return answer{}, false
+		return nil, false
 	}
 	r.lru.MoveToFront(el)
-	return e.answer, true
+	return e, true
 }
 
-// store caches ans for ttl, evicting the least recently used entries beyond
-// CacheSize. r.mu is held.
-func (r *Resolver) store(k key, ans answer, ttl time.Duration) {
+// store caches ans, or the temporary failure err, for ttl, evicting the
+// least recently used entries beyond CacheSize. r.mu is held.
+func (r *Resolver) store(k key, ans answer, err *net.DNSError, ttl time.Duration) {
 	if ttl <= 0 {
 		return
 	}
-	e := &entry{key: k, answer: ans, expires: r.cfg.Now().Add(ttl)}
+	e := &entry{key: k, answer: ans, err: err, expires: r.cfg.Now().Add(ttl)}
 	if el, ok := r.entries[k]; ok {
 		el.Value = e
 		r.lru.MoveToFront(el)
@@ -510,9 +547,11 @@ func (r *Resolver) store(k key, ans answer, ttl time.Duration) {
 func (r *Resolver) resolve(ctx context.Context, k key, c *call) {
 	ans, ttl, err := r.exchange(ctx, k)
 	r.mu.Lock()
-	if err == nil {
-		r.store(k, ans, ttl)
+	if err != nil {
+		// RFC 2308 section 7.1: a server failure may be cached briefly.
+		ttl = r.cfg.FailureTTL
 	}
+	r.store(k, ans, err, ttl)
 	delete(r.inflight, k)
 	c.answer, c.err = ans, err
 	// Completing under r.mu with the cache already filled means a lookup
@@ -540,21 +579,23 @@ func (r *Resolver) exchange(ctx context.Context, k key) (answer, time.Duration, 
 				last = err
 				continue
 			}
-			switch resp.Rcode {
-			case dns.RcodeSuccess, dns.RcodeNameError:
+			if resp.Rcode == dns.RcodeSuccess || resp.Rcode == dns.RcodeNameError {
 				ans, ttl, derr := r.parse(k, resp)
-				if derr != nil {
-					derr.Server = server
+				if derr == nil {
+					return ans, ttl, nil
 				}
-				return ans, ttl, derr
+				// An unusable answer: the next server may do better.
+				last = derr
+			} else {
+				// SERVFAIL, REFUSED and the like: this server cannot
+				// answer now.
+				last = &net.DNSError{
+					Err:         "server misbehaving: " + dns.RcodeToString[resp.Rcode],
+					IsTemporary: true,
+				}
 			}
-			// SERVFAIL, REFUSED and the like: this server cannot answer
-			// now; try the next one rather than insisting.
-			last = &net.DNSError{
-				Err:         "server misbehaving: " + dns.RcodeToString[resp.Rcode],
-				Server:      server,
-				IsTemporary: true,
-			}
+			// Try the next server rather than insisting.
+			last.Server = server
 			break
 		}
 	}
@@ -598,12 +639,23 @@ func (r *Resolver) send(ctx context.Context, client *dns.Client, req *dns.Msg, s
 // upstream is recursive, so the answer section holds any CNAME chain (RFC
 // 1034 section 3.6.2) followed by the records of the asked type; the chain
 // is followed from the question name.
+//
+// A response that does not answer the question is a temporary error, never
+// "no such record": a question section that is not ours, answer records
+// that belong to no name of the chain (a broken or spoofing server), a
+// CNAME loop, or a chain longer than MaxCNAMEChain. Asking again later, or
+// another server, may give a usable answer; meanwhile the caller must not
+// conclude that a key or a policy does not exist.
 func (r *Resolver) parse(k key, resp *dns.Msg) (answer, time.Duration, *net.DNSError) {
+	if len(resp.Question) != 1 || resp.Question[0].Qtype != k.qtype || !strings.EqualFold(resp.Question[0].Name, k.name) {
+		return answer{}, 0, bogus("response is for another question")
+	}
 	target := k.name
 	var rrs []dns.RR
 	minTTL := uint32(r.cfg.MaxTTL / time.Second)
 	seen := map[string]bool{}
-	for range maxCNAMEChain {
+	used := 0 // answer records on the chain
+	for hops := 0; ; hops++ {
 		seen[target] = true
 		var next string
 		for _, rr := range resp.Answer {
@@ -615,9 +667,13 @@ func (r *Resolver) parse(k key, resp *dns.Msg) (answer, time.Duration, *net.DNSE
 			case h.Rrtype == k.qtype:
 				rrs = append(rrs, rr)
 				minTTL = min(minTTL, h.Ttl)
+				used++
 			case h.Rrtype == dns.TypeCNAME && next == "":
 				next = strings.ToLower(rr.(*dns.CNAME).Target)
 				minTTL = min(minTTL, h.Ttl)
+				used++
+			case h.Rrtype == dns.TypeRRSIG:
+				used++
 			}
 		}
 		if len(rrs) > 0 {
@@ -627,11 +683,17 @@ func (r *Resolver) parse(k key, resp *dns.Msg) (answer, time.Duration, *net.DNSE
 			break
 		}
 		if seen[next] {
-			// RFC 1034 section 3.6.2: CNAME loops are an error. Not
-			// temporary: asking again gives the same loop.
-			return answer{}, 0, &net.DNSError{Err: "CNAME loop"}
+			// RFC 1034 section 3.6.2: CNAME loops are an error.
+			return answer{}, 0, bogus("CNAME loop")
+		}
+		if hops == MaxCNAMEChain {
+			return answer{}, 0, bogus(fmt.Sprintf("CNAME chain longer than %d", MaxCNAMEChain))
 		}
 		target = next
+	}
+	if used < len(resp.Answer) {
+		// Records, but none for the name asked (or the end of its chain).
+		return answer{}, 0, bogus("answer is for another name")
 	}
 	// NXDOMAIN, or NODATA (RFC 2308 section 2.2): no record of the type.
 	// RFC 2308 section 5: the negative TTL is the minimum of the SOA's TTL
@@ -644,4 +706,10 @@ func (r *Resolver) parse(k key, resp *dns.Msg) (answer, time.Duration, *net.DNSE
 		}
 	}
 	return answer{notFound: true, nxdomain: resp.Rcode == dns.RcodeNameError}, ttl, nil
+}
+
+// bogus is the temporary error of a response that does not answer the
+// question.
+func bogus(why string) *net.DNSError {
+	return &net.DNSError{Err: "unusable answer: " + why, IsTemporary: true}
 }

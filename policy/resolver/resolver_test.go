@@ -390,22 +390,54 @@ func TestPrefetch(t *testing.T) {
 func TestServfail(t *testing.T) {
 	srv := dnstest.NewServer(t, testZone)
 	srv.SetServfail("example.test", dns.TypeTXT)
-	r := newResolver(t, Config{Attempts: 1}, srv.Addr)
+	clk := &clock{t: time.Unix(1_700_000_000, 0)}
+	r := newResolver(t, Config{Attempts: 1, Now: clk.Now}, srv.Addr)
 
-	for range 2 {
+	lookup := func() {
+		t.Helper()
 		_, err := r.LookupTXT(context.Background(), "example.test")
 		derr, ok := err.(*net.DNSError)
 		if !ok || !derr.IsTemporary || derr.IsNotFound || derr.IsTimeout || derr.Name != "example.test" {
 			t.Fatalf("error = %#v, want temporary *net.DNSError", err)
 		}
 	}
-	// Temporary failures are not cached.
+	lookup()
+	lookup()
+	// RFC 2308 section 7.1: the failure is cached for FailureTTL.
+	if n := srv.Queries(); n != 1 {
+		t.Errorf("queries = %d, want 1 (failure cached)", n)
+	}
+	if s := r.Stats(); s.Failures != 1 || s.Hits != 1 {
+		t.Errorf("Stats = %+v, want one hit on a cached failure", s)
+	}
+	clk.Advance(DefaultFailureTTL)
+	lookup()
 	if n := srv.Queries(); n != 2 {
-		t.Errorf("queries = %d, want 2", n)
+		t.Errorf("queries = %d, want 2 (asked again after FailureTTL)", n)
 	}
 	// Other types for the name still work.
 	if _, err := r.LookupMX(context.Background(), "example.test"); err != nil {
 		t.Errorf("LookupMX: %v", err)
+	}
+
+	// A negative FailureTTL turns failure caching off.
+	srv.ResetCounts()
+	r = newResolver(t, Config{Attempts: 1, FailureTTL: -1}, srv.Addr)
+	lookup()
+	lookup()
+	if n := srv.Queries(); n != 2 {
+		t.Errorf("FailureTTL -1: queries = %d, want 2", n)
+	}
+}
+
+// TestTimeoutAboveTwoSeconds checks that Config.Timeout, not the DNS
+// library's 2-second default, bounds an attempt.
+func TestTimeoutAboveTwoSeconds(t *testing.T) {
+	srv := dnstest.NewServer(t, testZone)
+	srv.SetDelay("example.test", dns.TypeTXT, 2500*time.Millisecond)
+	r := newResolver(t, Config{Timeout: 4 * time.Second, Attempts: 1}, srv.Addr)
+	if txt, err := r.LookupTXT(context.Background(), "example.test"); err != nil || len(txt) != 1 {
+		t.Errorf("LookupTXT with a 2.5 s answer and a 4 s timeout = %q, %v", txt, err)
 	}
 }
 
@@ -493,16 +525,63 @@ func TestTruncatedRetriesOverTCP(t *testing.T) {
 	}
 }
 
-func TestCNAMELoop(t *testing.T) {
-	srv := dnstest.NewServer(t, `
+// TestFaultyAnswers: an answer that does not answer the question is a
+// temporary error, never "no such record" nor a permanent failure (a DKIM
+// key or a DMARC policy must not vanish because a server misbehaves).
+func TestFaultyAnswers(t *testing.T) {
+	srv := dnstest.NewServer(t, testZone, `
 loop.test. 300 IN CNAME loop2.test.
 loop2.test. 300 IN CNAME loop.test.
+c0.test. 300 IN CNAME c1.test.
+c1.test. 300 IN CNAME c2.test.
+c2.test. 300 IN CNAME c3.test.
+c3.test. 300 IN CNAME c4.test.
+c4.test. 300 IN CNAME c5.test.
+c5.test. 300 IN CNAME c6.test.
+c6.test. 300 IN CNAME c7.test.
+c7.test. 300 IN CNAME c8.test.
+c8.test. 300 IN CNAME c9.test.
+c9.test. 300 IN CNAME c10.test.
+c10.test. 300 IN CNAME c11.test.
+c11.test. 300 IN CNAME c12.test.
+c12.test. 300 IN CNAME c13.test.
+c13.test. 300 IN CNAME c14.test.
+c14.test. 300 IN CNAME c15.test.
+c15.test. 300 IN CNAME c16.test.
+c16.test. 300 IN CNAME c17.test.
+c17.test. 300 IN CNAME c18.test.
+c18.test. 300 IN CNAME c19.test.
+c19.test. 300 IN CNAME c20.test.
+c20.test. 300 IN TXT "end"
+c20.test. 300 IN A 192.0.2.1
 `)
+	srv.SetAnswerOwner("wrong.example.test", dns.TypeANY, "elsewhere.test")
+	if err := srv.AddRecord(`wrong.example.test. 300 IN TXT "v=DKIM1; p=abc"`); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.AddRecord(`wrong.example.test. 300 IN A 192.0.2.2`); err != nil {
+		t.Fatal(err)
+	}
 	r := newResolver(t, Config{}, srv.Addr)
-	_, err := r.LookupIPAddr(context.Background(), "loop.test")
-	derr, ok := err.(*net.DNSError)
-	if !ok || derr.IsNotFound || derr.IsTemporary {
-		t.Errorf("error = %#v, want a permanent *net.DNSError", err)
+	for _, name := range []string{"loop.test", "c0.test", "wrong.example.test"} {
+		t.Run(name, func(t *testing.T) {
+			_, err := r.LookupTXT(context.Background(), name)
+			derr, ok := err.(*net.DNSError)
+			if !ok || derr.IsNotFound || !derr.IsTemporary {
+				t.Errorf("LookupTXT error = %#v, want a temporary *net.DNSError", err)
+			}
+			_, err = r.LookupIPAddr(context.Background(), name)
+			if derr, ok := err.(*net.DNSError); !ok || derr.IsNotFound || !derr.IsTemporary {
+				t.Errorf("LookupIPAddr error = %#v, want a temporary *net.DNSError", err)
+			}
+			if _, err := r.Exists(context.Background(), name); err == nil {
+				t.Error("Exists: no error")
+			}
+		})
+	}
+	// A chain within MaxCNAMEChain is followed.
+	if txt, err := r.LookupTXT(context.Background(), fmt.Sprintf("c%d.test", 20-MaxCNAMEChain)); err != nil || len(txt) != 1 || txt[0] != "end" {
+		t.Errorf("chain of %d CNAMEs: %q, %v", MaxCNAMEChain, txt, err)
 	}
 }
 

@@ -1,0 +1,125 @@
+package milter_test
+
+import (
+	"testing"
+	"time"
+
+	gomilter "github.com/emersion/go-milter"
+	"github.com/miekg/dns"
+
+	"github.com/dmarc-milter/dmarc-milter/milter"
+)
+
+// TestFailureAboveAuthorDomain: a name above the From domain's own record
+// fails (here the test TLD's _dmarc.example., as _dmarc.com. might in real
+// life). Only what the verdict needs is asked, so mail whose outcome that
+// answer cannot change is neither deferred nor delayed.
+func TestFailureAboveAuthorDomain(t *testing.T) {
+	for _, fault := range []string{"servfail", "timeout"} {
+		t.Run(fault, func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			if fault == "servfail" {
+				e.dns.SetServfail("_dmarc.example.", dns.TypeTXT)
+			} else {
+				e.dns.SetTimeout("_dmarc.example.", dns.TypeTXT)
+			}
+			tests := []struct {
+				name     string
+				ip       string
+				mailFrom string
+				want     want
+			}{
+				{"own record, identical SPF pass", goodIP, "bob@pass.example", want{code: 250, ar: []string{"dmarc=pass"}}},
+				{"own p=none, SPF fails", badIP, "bob@none.example", want{code: 250, ar: []string{"dmarc=fail", "policy.dmarc=none"}}},
+				{"own p=reject, SPF fails, nothing passes", badIP, "bob@pass.example", want{code: 550, text: "pass.example"}},
+				{"own p=quarantine, SPF fails", badIP, "bob@quarantine.example", want{code: 250, quarantine: true}},
+			}
+			for _, tc := range tests {
+				t.Run(tc.name, func(t *testing.T) {
+					got := e.run(tc.ip, "x.example", msg{mailFrom: tc.mailFrom, raw: plainMessage(tc.mailFrom, tc.name)})
+					check(t, got, tc.want)
+				})
+			}
+			if n := e.dns.QueryCount("_dmarc.example.", dns.TypeTXT); n != 0 {
+				t.Errorf("_dmarc.example. asked %d times; no verdict above needed it", n)
+			}
+
+			// A domain without its own record needs the walk. An identical
+			// SPF pass leaves the disposition none whatever the parent
+			// holds: accepted, and the failure is remembered, so the next
+			// messages do not ask (or wait) again.
+			for i := range 3 {
+				got := e.run(goodIP, "x.example", msg{mailFrom: "bob@nodmarc.example", raw: plainMessage("bob@nodmarc.example", "walk")})
+				check(t, got, want{code: 250, ar: []string{"spf=pass"}})
+				if n := e.dns.QueryCount("_dmarc.example.", dns.TypeTXT); n != 1 {
+					t.Errorf("after message %d: _dmarc.example. asked %d times, want 1 (failure cached)", i+1, n)
+				}
+			}
+		})
+	}
+}
+
+// TestSlowSender: the DNS budget counts DNS time, never the time the
+// client takes to send. The client here needs twice the check timeout
+// between the header and the end of the message; DNS is healthy.
+func TestSlowSender(t *testing.T) {
+	const budget = 300 * time.Millisecond
+	e := newEnv(t, envOptions{settings: func(s *milter.Settings) { s.CheckTimeout = budget }})
+	for _, from := range []string{"bob@pass.example", "bob@none.example", "bob@quarantine.example", "bob@nodmarc.example"} {
+		t.Run(from, func(t *testing.T) {
+			s := e.dial(0)
+			connectAndHelo(t, s, goodIP, "x.example")
+			if err := s.Macros(gomilter.CodeMail, "{mail_addr}", from); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Mail(from, nil); err != nil {
+				t.Fatal(err)
+			}
+			fields, body := splitMessage(t, plainMessage(from, "slow"), s.ProtocolOption(gomilter.OptHeaderLeadingSpace))
+			for _, f := range fields {
+				if _, err := s.HeaderField(f[0], f[1]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := s.HeaderEnd(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(budget * 2)
+			if _, err := s.BodyChunk([]byte(body)); err != nil {
+				t.Fatal(err)
+			}
+			mods, act, err := s.End()
+			if err != nil {
+				t.Fatal(err)
+			}
+			check(t, outcome{act: act, mods: mods}, want{code: 250})
+		})
+	}
+}
+
+// TestDMARCLookupStartsAtEndOfHeader: the Author Domain's policy lookup
+// starts as soon as the From field is known, while the body arrives.
+func TestDMARCLookupStartsAtEndOfHeader(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	s := e.dial(0)
+	connectAndHelo(t, s, goodIP, "x.example")
+	if _, err := s.Mail("bob@pass.example", nil); err != nil {
+		t.Fatal(err)
+	}
+	fields, _ := splitMessage(t, plainMessage("Bob <bob@pass.example>", "early"), s.ProtocolOption(gomilter.OptHeaderLeadingSpace))
+	for _, f := range fields {
+		if _, err := s.HeaderField(f[0], f[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.HeaderEnd(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for e.dns.QueryCount("_dmarc.pass.example.", dns.TypeTXT) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no DMARC query after the end of the header")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
