@@ -32,11 +32,11 @@ import (
 // zones on loopback, the caching resolver pointed at it, and the milter
 // server on a unix socket.
 type env struct {
-	t    testing.TB
-	dns  *dnstest.Server
-	res  *resolver.Resolver
-	srv  *milter.Server
-	sock string // unix socket path, or TCP address when network is "tcp"
+	t       testing.TB
+	dns     *dnstest.Server
+	res     *resolver.Resolver
+	srv     *milter.Server
+	sock    string // unix socket path, or TCP address when network is "tcp"
 	network string
 	logs    *syncBuffer
 }

@@ -12,9 +12,9 @@ import (
 
 // Errors from ParseFrom. They are wrapped with detail; test with errors.Is.
 var (
-	ErrNoFrom            = errors.New("dmarc: no From header")
-	ErrMultipleFrom      = errors.New("dmarc: more than one From header")
-	ErrUnparseableFrom   = errors.New("dmarc: unparseable From header")
+	ErrNoFrom          = errors.New("dmarc: no From header")
+	ErrMultipleFrom    = errors.New("dmarc: more than one From header")
+	ErrUnparseableFrom = errors.New("dmarc: unparseable From header")
 )
 
 // Author is what the RFC5322.From field says about the message's authors.
