@@ -1,10 +1,12 @@
 package milter_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
 	gomilter "github.com/emersion/go-milter"
+	msgdkim "github.com/emersion/go-msgauth/dkim"
 	"github.com/miekg/dns"
 
 	"github.com/dmarc-milter/dmarc-milter/milter"
@@ -121,5 +123,45 @@ func TestDMARCLookupStartsAtEndOfHeader(t *testing.T) {
 			t.Fatal("no DMARC query after the end of the header")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestFaultyAnswers: an answer for another name, a CNAME loop or an overlong
+// CNAME chain is a DNS fault. It never becomes a permanent verdict (a DKIM
+// permerror that rejects validly signed mail) nor erases a policy (a
+// _dmarc record read as absent): the message is deferred.
+func TestFaultyAnswers(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	// DKIM key of pass.example answered with another owner name.
+	e.dns.SetAnswerOwner("sel1._domainkey.pass.example.", dns.TypeTXT, "elsewhere.example.")
+	signed := sign(t, plainMessage("bob@pass.example", "dkim"), "pass.example", "sel1", "rsa2048.pem", msgdkim.CanonicalizationRelaxed)
+	got := e.run(badIP, "x.example", msg{mailFrom: "bob@elsewhere.example", raw: signed})
+	check(t, got, want{code: 451, text: "4.7.5"})
+
+	// Policies behind a CNAME loop, a chain of 20 CNAMEs, and an answer
+	// for another name.
+	rrs := []string{
+		`loopy.example. 300 IN TXT "v=spf1 ip4:192.0.2.10 -all"`,
+		"_dmarc.loopy.example. 300 IN CNAME loop1.example.",
+		"loop1.example. 300 IN CNAME loop2.example.",
+		"loop2.example. 300 IN CNAME loop1.example.",
+		`chain.example. 300 IN TXT "v=spf1 ip4:192.0.2.10 -all"`,
+		"_dmarc.chain.example. 300 IN CNAME c1.example.",
+		`c20.example. 300 IN TXT "v=DMARC1; p=reject"`,
+		`owner.example. 300 IN TXT "v=spf1 ip4:192.0.2.10 -all"`,
+		`_dmarc.owner.example. 300 IN TXT "v=DMARC1; p=reject"`,
+	}
+	for i := 1; i < 20; i++ {
+		rrs = append(rrs, fmt.Sprintf("c%d.example. 300 IN CNAME c%d.example.", i, i+1))
+	}
+	for _, rr := range rrs {
+		if err := e.dns.AddRecord(rr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.dns.SetAnswerOwner("_dmarc.owner.example.", dns.TypeTXT, "elsewhere.example.")
+	for _, d := range []string{"loopy.example", "chain.example", "owner.example"} {
+		got = e.run(badIP, "x.example", msg{mailFrom: "bob@" + d, raw: plainMessage("bob@"+d, "faulty")})
+		check(t, got, want{code: 451, text: "4.7.5"})
 	}
 }

@@ -23,6 +23,8 @@ type Settings struct {
 	// PrefetchTXT, if set, starts a TXT lookup without waiting for it
 	// (DKIM keys, at end of header); see dkim.Options.Prefetch.
 	PrefetchTXT func(name string)
+	// DKIMKeys keeps parsed DKIM keys across messages (nil: none kept).
+	DKIMKeys *dkim.KeyCache
 	// MaxDKIMSignatures bounds the signatures verified per message.
 	MaxDKIMSignatures int
 	// CheckTimeout bounds the DNS work of each check of a message, from
@@ -152,6 +154,7 @@ func (s *session) MailFrom(c *Conn, from string, args []string) Reply {
 		MaxSignatures: s.set.MaxDKIMSignatures,
 		LeadingSpace:  c.LeadingSpace(),
 		LookupTimeout: s.set.CheckTimeout,
+		Keys:          s.set.DKIMKeys,
 		Now:           s.set.Now,
 	})
 	s.msg = m

@@ -33,6 +33,7 @@ import (
 
 	"github.com/dmarc-milter/dmarc-milter/milter"
 	"github.com/dmarc-milter/dmarc-milter/policy"
+	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/resolver"
 	"github.com/dmarc-milter/dmarc-milter/report"
 )
@@ -42,6 +43,10 @@ var (
 	version = "dev"
 	commit  = ""
 )
+
+// dkimKeyCacheSize is how many parsed DKIM keys are kept: the keys of the
+// busiest signers, each a few hundred bytes.
+const dkimKeyCacheSize = 2000
 
 const usage = `usage: dmarc-milter serve [--config FILE] [flags]
        dmarc-milter --version
@@ -266,6 +271,7 @@ func serve(args []string, stderr io.Writer) int {
 		Evaluator:         ev,
 		LookupTXT:         res.LookupTXT,
 		PrefetchTXT:       res.PrefetchTXT,
+		DKIMKeys:          dkim.NewKeyCache(dkimKeyCacheSize),
 		MaxDKIMSignatures: cfg.MaxDKIMSignatures,
 		CheckTimeout:      time.Duration(cfg.CheckTimeout),
 		Log:               logger,

@@ -1,9 +1,15 @@
+// The legacy run of the Mail::DKIM corpus verifies RSA keys of 512 and
+// 768 bits, which Go refuses by default.
+//go:debug rsa1024min=0
+
 package dkim
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -12,6 +18,9 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	msgauth "github.com/emersion/go-msgauth/dkim"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/conformance"
 )
@@ -21,11 +30,19 @@ import (
 // chunking, and checks that every run gives the same results.
 func verifyAsMilter(t *testing.T, raw []byte, lookup func(context.Context, string) ([]string, error)) []Result {
 	t.Helper()
+	return verifyAsMilterOpts(t, raw, Options{LookupTXT: lookup})
+}
+
+// verifyAsMilterOpts is verifyAsMilter with options (LeadingSpace is set
+// by each run).
+func verifyAsMilterOpts(t *testing.T, raw []byte, opts Options) []Result {
+	t.Helper()
 	var first []Result
 	for _, leadingSpace := range []bool{true, false} {
 		for _, sizes := range chunkSizes {
 			fields, body := splitMessage(raw, leadingSpace)
-			v := NewVerifier(context.Background(), Options{LookupTXT: lookup, LeadingSpace: leadingSpace})
+			opts.LeadingSpace = leadingSpace
+			v := NewVerifier(context.Background(), opts)
 			got := feed(t, v, fields, body, sizes)
 			if first == nil {
 				first = got
@@ -58,7 +75,9 @@ func toCRLF(b []byte) []byte {
 
 var quoted = regexp.MustCompile(`"([^"]*)"`)
 
-func TestRFC8463(t *testing.T) {
+// rfc8463Zone serves the key records of RFC 8463 Appendix A.2.
+func rfc8463Zone(t *testing.T) zone {
+	t.Helper()
 	dir := filepath.Join(conformance.Dir(t, "dkim"), "rfc8463")
 	dns, err := os.ReadFile(filepath.Join(dir, "rfc8463-A2-dns.txt"))
 	if err != nil {
@@ -80,6 +99,12 @@ func TestRFC8463(t *testing.T) {
 	if len(z) != 2 {
 		t.Fatalf("%d key records, want 2", len(z))
 	}
+	return z
+}
+
+func TestRFC8463(t *testing.T) {
+	dir := filepath.Join(conformance.Dir(t, "dkim"), "rfc8463")
+	z := rfc8463Zone(t)
 	msg, err := os.ReadFile(filepath.Join(dir, "rfc8463-A3-signed-message.eml"))
 	if err != nil {
 		t.Fatal(err)
@@ -110,11 +135,9 @@ func TestMailAuth(t *testing.T) {
 		t.Fatalf("no messages in %s: %v", dir, err)
 	}
 	// Exceptions, by file, with the statuses we expect instead of pass.
-	exceptions := map[string]string{
-		// x=1667930064 (2022-11-09): mail-auth verifies at t=1667843664,
-		// but go-msgauth checks x= against its own time.Now.
-		"005.txt": "permerror",
-	}
+	exceptions := map[string]string{}
+	// mail-auth verifies at this time (005.txt expires a day later).
+	now := func() time.Time { return time.Unix(1667843664, 0) }
 	pass := 0
 	for _, file := range files {
 		t.Run(filepath.Base(file), func(t *testing.T) {
@@ -128,7 +151,7 @@ func TestMailAuth(t *testing.T) {
 				name, value, _ := strings.Cut(strings.TrimSpace(line), " ")
 				z[strings.ToLower(name)] = record{txts: []string{value}}
 			}
-			got := verifyAsMilter(t, toCRLF(msg), z.lookupTXT)
+			got := verifyAsMilterOpts(t, toCRLF(msg), Options{LookupTXT: z.lookupTXT, Now: now})
 			if len(got) == 0 {
 				t.Fatal("no signatures")
 			}
@@ -181,16 +204,20 @@ func mailDKIMZone(t *testing.T, path string) zone {
 	return z
 }
 
-// TestMailDKIM runs the Mail::DKIM corpus. Its expectations are Mail::DKIM's
-// (lenient) ones; they are translated to this verifier's:
-//   - rsa-sha1 or an RSA key under 1024 bits: permerror (RFC 8301), even
-//     where Mail::DKIM says pass or fail;
-//   - DomainKey-Signature (RFC 4870, historic) is not verified: no result;
-//   - a DNS error (SERVFAIL, timeout) when fetching the key: temperror
-//     (RFC 6376 section 6.1.2), where Mail::DKIM says invalid;
-//   - "invalid": permerror;
+// TestMailDKIM runs the Mail::DKIM corpus through the real cryptography,
+// twice:
+//   - legacy: rsa-sha1 and RSA keys under 1024 bits are verified (a test-only
+//     option), so that every case exercises canonicalization, tag parsing,
+//     key records and signature checks, and must give Mail::DKIM's own
+//     result: pass, fail, or invalid (permerror; temperror for a DNS error
+//     fetching the key);
+//   - strict, as the daemon runs: rsa-sha1 and short keys are permerror
+//     (RFC 8301, checked before the key is fetched, RFC 6376 section
+//     6.1.1), every other case as in the legacy run.
 //
-// and the remaining differences are listed in exceptions.
+// DomainKey-Signature (RFC 4870, historic) is another protocol: not
+// verified, no result. The remaining differences are listed, with why.
+// go-msgauth runs the same messages as a cross-check of the strict run.
 func TestMailDKIM(t *testing.T) {
 	dir := filepath.Join(conformance.Dir(t, "dkim"), "mail-dkim")
 	z := mailDKIMZone(t, filepath.Join(dir, "FAKE_DNS.dat"))
@@ -212,59 +239,127 @@ func TestMailDKIM(t *testing.T) {
 	if err := json.Unmarshal(data, &exp); err != nil {
 		t.Fatal(err)
 	}
-	// Where this verifier differs from the translated expectation, and why.
-	exceptions := map[string]struct{ want, why string }{
-		"mine_ietf01_3.txt": {"permerror", "pre-standard draft signature without v=1, which RFC 6376 section 3.5 requires"},
-		"mine_ietf01_4.txt": {"permerror", "pre-standard draft signature without v=1, which RFC 6376 section 3.5 requires"},
+	// Where this verifier differs from the translated expectation, and why:
+	// the result in the legacy run and in the strict run ("" where the
+	// translation holds).
+	exceptions := map[string]struct{ legacy, strict, why string }{
+		"good_ietf00_1.txt": {"permerror", "", "draft-00 signature without bh= (the body hash was then part of b=), not the RFC 6376 algorithm"},
+		"good_ietf00_2.txt": {"permerror", "", "draft-00 signature without bh= (the body hash was then part of b=), not the RFC 6376 algorithm"},
+		"good_ietf00_3.txt": {"permerror", "", "draft-00 signature without bh= (the body hash was then part of b=), not the RFC 6376 algorithm"},
+		"good_ietf00_4.txt": {"permerror", "", "draft-00 signature without bh= (the body hash was then part of b=), not the RFC 6376 algorithm"},
+		"good_ietf00_5.txt": {"permerror", "", "draft-00 signature without bh= (the body hash was then part of b=), not the RFC 6376 algorithm"},
+		"mine_ietf01_3.txt": {"", "permerror", "pre-standard draft signature without v=1, which RFC 6376 section 3.5 requires (the legacy run takes drafts)"},
+		"mine_ietf01_4.txt": {"", "permerror", "pre-standard draft signature without v=1, which RFC 6376 section 3.5 requires (the legacy run takes drafts)"},
+		"badkey_8.txt":      {"pass", "", "key g= (granularity) is RFC 4871; RFC 6376 removed it and verifiers ignore unknown key tags"},
+		"badkey_9.txt":      {"pass", "", "key g= (granularity) is RFC 4871; RFC 6376 removed it"},
+		"badkey_12.txt":     {"pass", "", "key g= (granularity) is RFC 4871; RFC 6376 removed it"},
+		"badkey_13.txt":     {"pass", "", "key g= (granularity) is RFC 4871; RFC 6376 removed it"},
+		"multiple_1.txt": {"fail,pass,permerror,fail", "", "Mail::DKIM's result is the message's (a signature passes); per signature: " +
+			"the first is c=simple over a relaxed signature, the third's bh= is not valid base64 (a syntax error), the fourth's b= is altered"},
+		"multiple_2.txt": {"permerror,pass,fail,permerror", "", "Mail::DKIM's result is the message's (a signature passes); per signature: " +
+			"c=foobar is unknown, the third's b= is altered (\"shouldfail\"), the fourth is \"synerr\""},
 	}
+	// Where go-msgauth v0.7.0 differs from the strict run, and why.
+	msgauthDiffers := map[string]string{
+		"no_body_1.txt": "a message that ends after the header, without the empty line: go-msgauth cannot read it",
+		"badkey_14.txt": "rsa-sha1 with a DNS error: RFC 6376 section 6.1.1 checks a= before fetching the key (6.1.2); go-msgauth fetches first",
+		"badkey_15.txt": "rsa-sha1 with a DNS error: RFC 6376 section 6.1.1 checks a= before fetching the key (6.1.2); go-msgauth fetches first",
+	}
+	msgauthWrong := map[string]string{}
 
 	counts := map[string]int{}
 	for _, c := range exp.Cases {
-		t.Run(filepath.Base(c.File), func(t *testing.T) {
-			raw, err := os.ReadFile(filepath.Join(dir, c.File))
-			if err != nil {
-				t.Fatal(err)
-			}
-			var want []string
-			for _, sig := range c.Signatures {
-				if sig.Header != "DKIM-Signature" {
-					continue
+		name := filepath.Base(c.File)
+		raw, err := os.ReadFile(filepath.Join(dir, c.File))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mode := range []string{"legacy", "strict"} {
+			t.Run(mode+"/"+name, func(t *testing.T) {
+				var want []string
+				for _, sig := range c.Signatures {
+					if sig.Header != "DKIM-Signature" {
+						continue
+					}
+					bits, numeric := sig.KeyBits.(float64)
+					dnsErr, _ := sig.KeyBits.(string)
+					weak := sig.A != nil && *sig.A == "rsa-sha1" || numeric && bits < 1024
+					switch {
+					case mode == "strict" && weak:
+						want = append(want, "permerror")
+					case sig.A == nil:
+						// No a= tag: the signature is unparseable.
+						want = append(want, "permerror")
+					case strings.HasPrefix(dnsErr, "~~"):
+						want = append(want, "temperror")
+					case c.Expected == "pass":
+						want = append(want, "pass")
+					case c.Expected == "fail":
+						want = append(want, "fail")
+					default:
+						want = append(want, "permerror")
+					}
 				}
-				bits, numeric := sig.KeyBits.(float64)
-				dnsErr, _ := sig.KeyBits.(string)
-				switch {
-				case strings.HasPrefix(dnsErr, "~~"):
-					// The key lookup comes before the check of a=.
-					want = append(want, "temperror")
-				case sig.A == nil:
-					// No a= tag: the signature is unparseable.
-					want = append(want, "permerror")
-				case *sig.A == "rsa-sha1", numeric && bits < 1024:
-					want = append(want, "permerror")
-				case c.Expected == "pass":
-					want = append(want, "pass")
-				case c.Expected == "fail":
-					want = append(want, "fail")
-				default:
-					want = append(want, "permerror")
+				wantS := strings.Join(want, ",")
+				if ex := exceptions[name]; mode == "legacy" && ex.legacy != "" {
+					wantS = ex.legacy
+				} else if mode == "strict" && ex.strict != "" {
+					wantS = ex.strict
 				}
-			}
-			wantS := strings.Join(want, ",")
-			if ex, ok := exceptions[filepath.Base(c.File)]; ok {
-				wantS = ex.want
-			}
-			// Mail::DKIM's corpus mixes LF and CRLF files; the body is fed
-			// as it is, exercising the lone-LF handling.
-			got := verifyAsMilter(t, raw, z.lookupTXT)
-			if statuses(got) != wantS {
-				t.Errorf("got %q %v, want %q (Mail::DKIM: %s)", statuses(got), errs(got), wantS, c.Expected)
-				return
-			}
-			counts[c.Expected+"->"+wantS]++
-			t.Logf("%s: %v", statuses(got), errs(got))
-		})
+				// Mail::DKIM's corpus mixes LF and CRLF files; the body is
+				// fed as it is, exercising the lone-LF handling.
+				got := verifyAsMilterOpts(t, raw, Options{LookupTXT: z.lookupTXT, weak: mode == "legacy"})
+				if statuses(got) != wantS {
+					t.Errorf("got %q %v, want %q (Mail::DKIM: %s)", statuses(got), errs(got), wantS, c.Expected)
+					return
+				}
+				counts[mode+": "+c.Expected+"->"+wantS]++
+				if mode == "strict" {
+					if ma := msgauthStatuses(raw, z.lookupTXT); ma != statuses(got) {
+						msgauthWrong[name] = fmt.Sprintf("go-msgauth %s, we %s", ma, statuses(got))
+					}
+				}
+			})
+		}
 	}
 	t.Logf("Mail::DKIM: %d cases; matching, by Mail::DKIM result -> ours: %v", len(exp.Cases), counts)
+	for name, d := range msgauthWrong {
+		if why, ok := msgauthDiffers[name]; ok {
+			t.Logf("go-msgauth differs on %s (%s): %s", name, d, why)
+		} else {
+			t.Errorf("cross-check: go-msgauth differs on %s: %s", name, d)
+		}
+	}
+	for name := range msgauthDiffers {
+		if _, ok := msgauthWrong[name]; !ok {
+			t.Errorf("cross-check: go-msgauth no longer differs on %s; remove it from the list", name)
+		}
+	}
+}
+
+// msgauthStatuses verifies raw with go-msgauth and returns its results as
+// our statuses, for the cross-check.
+func msgauthStatuses(raw []byte, lookup func(context.Context, string) ([]string, error)) string {
+	vs, err := msgauth.VerifyWithOptions(bytes.NewReader(toCRLF(raw)), &msgauth.VerifyOptions{
+		LookupTXT: func(name string) ([]string, error) { return lookup(context.Background(), name) },
+	})
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	var s []string
+	for _, v := range vs {
+		switch {
+		case v.Err == nil:
+			s = append(s, "pass")
+		case msgauth.IsTempFail(v.Err):
+			s = append(s, "temperror")
+		case msgauth.IsPermFail(v.Err):
+			s = append(s, "permerror")
+		default:
+			s = append(s, "fail")
+		}
+	}
+	return strings.Join(s, ",")
 }
 
 func errs(rs []Result) []string {
@@ -273,4 +368,82 @@ func errs(rs []Result) []string {
 		s = append(s, fmt.Sprint(r.Err))
 	}
 	return s
+}
+
+// TestDkimpy uses dkimpy's fixtures: its ed25519 key pair signs its test
+// message (and the signature is checked against tampering), Exim's ed25519
+// signature and the RFC 6376 example signed with the RFC 8463 keys verify,
+// and its good and broken key records parse or fail as dkimpy expects.
+func TestDkimpy(t *testing.T) {
+	dir := filepath.Join(conformance.Dir(t, "dkim"), "dkimpy")
+	read := func(name string) string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+
+	t.Run("ed25519 key pair signs", func(t *testing.T) {
+		seed, err := base64.StdEncoding.DecodeString(read("ed25519test.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := ed25519.NewKeyFromSeed(seed)
+		z := zone{"test._domainkey.example.com": {txts: []string{read("ed25519test.dns")}}}
+		pub, err := parseKey(read("ed25519test.dns"))
+		if err != nil || !pub.ed.Equal(key.Public()) {
+			t.Fatalf("ed25519test.dns does not hold the public key of ed25519test.key: %v", err)
+		}
+		var signed bytes.Buffer
+		if err := msgauth.Sign(&signed, bytes.NewReader(toCRLF([]byte(read("ed25519test.msg")+"\n"))), &msgauth.SignOptions{
+			Domain: "example.com", Selector: "test", Signer: key, HeaderKeys: []string{"From", "To", "Subject", "Date", "Message-ID"},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if got := statuses(verifyAsMilter(t, signed.Bytes(), z.lookupTXT)); got != "pass" {
+			t.Errorf("signed with dkimpy's key: %s, want pass", got)
+		}
+		tampered := bytes.Replace(signed.Bytes(), []byte("a test message"), []byte("a fake message"), 1)
+		if got := statuses(verifyAsMilter(t, tampered, z.lookupTXT)); got != "fail" {
+			t.Errorf("tampered body: %s, want fail", got)
+		}
+	})
+
+	t.Run("Exim ed25519 signature", func(t *testing.T) {
+		z := zone{"sed._domainkey.test.ex": {txts: []string{read("eximtest.dns")}}}
+		msg := toCRLF([]byte(read("ed25519test2.msg") + "\n"))
+		if got := verifyAsMilter(t, msg, z.lookupTXT); statuses(got) != "pass" {
+			t.Errorf("got %s %v, want pass", statuses(got), errs(got))
+		}
+	})
+
+	t.Run("RFC 6376 example signed with the RFC 8463 keys", func(t *testing.T) {
+		z := rfc8463Zone(t)
+		msg := toCRLF([]byte(read("rfc6376.signed.msg") + "\n"))
+		if got := verifyAsMilter(t, msg, z.lookupTXT); statuses(got) != "pass,pass" {
+			t.Errorf("got %s %v, want pass,pass", statuses(got), errs(got))
+		}
+	})
+
+	t.Run("key records", func(t *testing.T) {
+		for _, tc := range []struct {
+			file string
+			ok   bool
+		}{
+			{"test.txt", true},
+			{"test_bad.txt", false},   // truncated RSA key
+			{"badk.txt", false},       // k=ed25519-sha256 is not a key type
+			{"badversion.txt", false}, // "v=DKIM1:" is not DKIM1
+		} {
+			k, err := parseKey(read(tc.file))
+			if (err == nil) != tc.ok {
+				t.Errorf("%s: err %v, want ok %v", tc.file, err, tc.ok)
+			}
+			if tc.ok && (k.rsa == nil || k.rsa.N.BitLen() != 1024) {
+				t.Errorf("%s: %+v, want a 1024-bit RSA key", tc.file, k)
+			}
+		}
+	})
 }

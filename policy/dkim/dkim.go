@@ -3,43 +3,38 @@
 // rsa-sha256 signatures, and refuses rsa-sha1 and RSA keys shorter than 1024
 // bits (RFC 8301).
 //
-// The cryptography, canonicalization (RFC 6376 section 3.4) and key record
-// parsing (section 3.6.1) are those of github.com/emersion/go-msgauth/dkim.
-// This package rebuilds the header byte-exactly from the (name, value) pairs
-// the MTA delivers, and maps the library's errors to RFC 8601 result values.
-// A message of up to InlineMax bytes is kept and verified at Close in the
-// calling goroutine: most mail is that small, and handing it to another
-// goroutine costs more scheduler work than hashing it. A larger message is
-// fed to the library's verifier through an io.Pipe from a goroutine as it
-// streams, so memory per message does not grow with the size of the body.
-// Either way the key lookups start at EndHeaders (Options.Prefetch), so DNS
-// time overlaps the transfer of the body.
+// The verification is our own, on the standard library's crypto, as mox
+// does it, rather than github.com/emersion/go-msgauth/dkim (which the tests
+// keep as a cross-check). go-msgauth v0.7.0 gets three rules of RFC 6376
+// wrong that make valid mail fail or let a key's restriction pass: it
+// compares the i= domain with d= case-sensitively (domain names compare
+// case-insensitively), it does not decode i= as dkim-quoted-printable
+// (section 3.5), and it ignores the key flag t=s (section 3.6.1). Its API
+// also costs every message a regular expression over the signature field
+// and a fresh parse of the public key, and it reads the message through an
+// io.Reader, so a streamed message needed a pipe and a goroutine.
 //
-// Memory: a Verifier keeps the header and at most InlineMax bytes of body
-// until it streams (go-msgauth then keeps its own copy of the header,
-// bounded by the MTA's header size limit) and the hashing state of each
-// signature; streamed body chunks are not kept. One exception
-// lies in go-msgauth's body canonicalizers: because trailing empty lines are
-// not hashed (RFC 6376 sections 3.4.3 and 3.4.4), they hold back a run of
-// empty lines (with relaxed, also whitespace-only lines) until a non-empty
-// line follows, so such a run would be buffered whole. A Verifier therefore
-// stops at MaxBlankRun bytes of consecutive white space and line breaks: the
-// message's signatures then get PermError (ErrBlankRun), a defined result for
-// a body no legitimate signer produces, and memory stays bounded.
+// Here the header is canonicalized and hashed at EndHeaders (section 3.7),
+// the body is canonicalized and hashed as each chunk arrives (sections
+// 3.4.3, 3.4.4), and the keys are looked up and the signatures checked at
+// Close. Nothing of the body is kept: runs of empty lines, which are not
+// hashed if they end the body, are counted rather than buffered, so memory
+// per message is the header until EndHeaders, then a few hash states.
+// Parsed keys are kept in a KeyCache shared by all messages. The key
+// lookups start at EndHeaders (Options.Prefetch), so DNS time overlaps the
+// transfer of the body.
 package dkim
 
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rsa"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"strconv"
 	"strings"
 	"time"
-
-	msgauth "github.com/emersion/go-msgauth/dkim"
 )
 
 // Status is a DKIM result value for Authentication-Results (RFC 8601 section
@@ -61,27 +56,8 @@ const (
 // Options.MaxSignatures is not set.
 const DefaultMaxSignatures = 5
 
-// pipePiece is the largest write handed to go-msgauth at once.
-const pipePiece = 8 << 10
-
-// InlineMax is the size of header and body up to which a signed message is
-// kept and verified at Close instead of streamed (see the package
-// documentation).
-const InlineMax = 64 << 10
-
-// MaxBlankRun is the longest run of consecutive white space and line
-// breaks in a body that is hashed (see the package documentation).
-const MaxBlankRun = 1 << 20
-
-// errVerifierPanic marks a panic inside go-msgauth's verifier.
-var errVerifierPanic = errors.New("dkim: verifier failed on this message")
-
-// Errors a Result can carry besides those of go-msgauth.
+// Errors a Result can carry.
 var (
-	// ErrBlankRun is the error of every signature of a message whose body
-	// holds more than MaxBlankRun bytes of consecutive white space.
-	ErrBlankRun = errors.New("dkim: body has more than 1 MiB of consecutive blank lines; not verified")
-
 	// ErrTooManySignatures is the error of the signatures beyond
 	// Options.MaxSignatures: they are not verified (RFC 6376 section 6.1
 	// allows verifiers to limit the number of signatures they try) and are
@@ -92,6 +68,16 @@ var (
 	ErrExpired = errors.New("dkim: signature has expired")
 	// ErrClosed is returned by WriteBody after Close or Abort.
 	ErrClosed = errors.New("dkim: verifier closed")
+
+	errNoKey         = errors.New("dkim: no key for signature")
+	errBodyHash      = errors.New("dkim: body hash did not verify")
+	errBadSignature  = errors.New("dkim: signature did not verify")
+	errBodyLength    = errors.New("dkim: signature covers only part of the body length (l=); not trusted")
+	errShortBody     = errors.New("dkim: body is shorter than its l= length")
+	errKeyMismatch   = errors.New("dkim: key does not fit the signature")
+	errStrictKey     = errors.New("dkim: key flag t=s: the i= domain must be d= itself")
+	errMultipleKeys  = errors.New("dkim: multiple TXT records for the key")
+	errVerifierPanic = errors.New("dkim: verifier failed on this message")
 )
 
 // Result is the outcome of one DKIM-Signature header field.
@@ -112,11 +98,16 @@ type Result struct {
 type Options struct {
 	// LookupTXT returns the TXT records of name, one string per record
 	// (the strings of a record concatenated). Errors must be (or wrap) a
-	// *net.DNSError: NXDOMAIN (IsNotFound) gives PermError (RFC 6376
-	// section 6.1.2), a timeout or IsTemporary gives TempError. Any other
-	// error is treated as temporary. If nil, every lookup fails
-	// temporarily.
+	// *net.DNSError: NXDOMAIN or NODATA (IsNotFound) gives PermError (RFC
+	// 6376 section 6.1.2); any other error gives TempError. If nil, every
+	// lookup fails temporarily.
 	LookupTXT func(ctx context.Context, name string) ([]string, error)
+	// LookupTimeout, if positive, bounds each key lookup from when it
+	// starts, so that the time the client takes to send the message does
+	// not count against DNS.
+	LookupTimeout time.Duration
+	// Keys, if set, keeps parsed key records across messages.
+	Keys *KeyCache
 	// MaxSignatures is how many DKIM-Signature fields, in header order, are
 	// verified; if zero or negative, DefaultMaxSignatures. The fields beyond
 	// it still get a Result, with Status PermError and ErrTooManySignatures.
@@ -129,15 +120,13 @@ type Options struct {
 	// so that a caching resolver can start the lookup while the body
 	// arrives. It must not block.
 	Prefetch func(name string)
-	// LookupTimeout, if positive, bounds each key lookup from when it
-	// starts, so that the time the client takes to send the message does
-	// not count against DNS.
-	LookupTimeout time.Duration
 	// Now is the clock for signature expiry (x=); if nil, time.Now.
-	// go-msgauth also checks x= against its own time.Now, which cannot be
-	// injected: a signature is reported expired if it has expired by either
-	// clock.
 	Now func() time.Time
+
+	// weak verifies rsa-sha1 and RSA keys under 1024 bits, which RFC 8301
+	// forbids: only for the tests that run legacy corpora through the
+	// cryptography.
+	weak bool
 }
 
 // Verifier verifies the DKIM signatures of one message. Call AddHeader for
@@ -148,18 +137,11 @@ type Verifier struct {
 	cancel context.CancelFunc
 	opts   Options
 
-	fields []headerField // the header fields so far, as the MTA delivered them
-	sigs   []signature   // DKIM-Signature fields, in header order
-
-	started bool           // EndHeaders called
-	closed  bool           // Close or Abort called
-	inline  []byte         // header and body so far, while not streaming
-	pw      *io.PipeWriter // set once streaming
-	blank   int            // length of the current run of white space and line breaks
-	tooMuch bool           // the run exceeded MaxBlankRun; the body is no longer hashed
-	done    chan struct{}  // closed when the verification goroutine ends
-	verifs  []*msgauth.Verification
-	verr    error
+	fields  []headerField // the header fields so far, as the MTA delivered them
+	sigs    []*signature  // DKIM-Signature fields, in header order
+	bodies  []*bodyHash   // the distinct body hashes the signatures need
+	started bool          // EndHeaders called
+	closed  bool          // Close or Abort called
 }
 
 // headerField is one header field as the MTA delivered it.
@@ -217,14 +199,11 @@ func (v *Verifier) AddHeader(name, value string) {
 	// Kept as delivered (the strings are shared with the caller, not
 	// copied); the header is rebuilt only if a signature needs it.
 	v.fields = append(v.fields, headerField{name, value})
-	if strings.EqualFold(strings.TrimSpace(name), "DKIM-Signature") {
-		v.sigs = append(v.sigs, parseSignature(value))
-	}
 }
 
-// EndHeaders marks the end of the header. If it holds a DKIM-Signature
-// field, the key lookups are prefetched and the header is kept for
-// verification; otherwise the body is ignored.
+// EndHeaders marks the end of the header. Each DKIM-Signature field is
+// parsed, its header hash computed and its key lookup prefetched; the
+// header is then released. Without a DKIM-Signature the body is ignored.
 func (v *Verifier) EndHeaders() error {
 	if v.closed {
 		return ErrClosed
@@ -235,88 +214,47 @@ func (v *Verifier) EndHeaders() error {
 	v.started = true
 	fields := v.fields
 	v.fields = nil
-	if len(v.sigs) == 0 {
-		return nil
-	}
-	if v.opts.Prefetch != nil {
-		for i, sig := range v.sigs {
-			if i < v.opts.MaxSignatures && sig.selector != "" && sig.domain != "" {
-				v.opts.Prefetch(sig.selector + "._domainkey." + sig.domain)
+	var raw []string // the fields rebuilt as in the message, once a signature needs them
+	now := v.opts.Now()
+	for _, f := range fields {
+		if !strings.EqualFold(strings.TrimSpace(f.name), "DKIM-Signature") {
+			continue
+		}
+		sig := parseSignature(f.value, now, v.opts.weak)
+		v.sigs = append(v.sigs, sig)
+		if sig.err != nil || len(v.sigs) > v.opts.MaxSignatures {
+			continue
+		}
+		if raw == nil {
+			raw = make([]string, len(fields))
+			for i, f := range fields {
+				raw[i] = RebuildField(f.name, f.value, v.opts.LeadingSpace)
 			}
 		}
-	}
-	n := 2
-	for _, f := range fields {
-		n += len(f.name) + len(f.value) + 4 + strings.Count(f.value, "\n")
-	}
-	v.inline = make([]byte, 0, n+8<<10)
-	for _, f := range fields {
-		v.inline = append(v.inline, RebuildField(f.name, f.value, v.opts.LeadingSpace)...)
-	}
-	v.inline = append(v.inline, "\r\n"...)
-	return nil
-}
-
-// verify runs go-msgauth's verifier over r, the whole message, and records
-// its outcome.
-func (v *Verifier) verify(r io.Reader) {
-	defer func() {
-		// A library panic on a hostile message must not take the daemon
-		// down; the same message would panic again, so the result is
-		// permanent.
-		if p := recover(); p != nil {
-			v.verifs, v.verr = nil, fmt.Errorf("%w: %v", errVerifierPanic, p)
+		sig.headerHash = headerHash(sig, raw, RebuildField(f.name, f.value, v.opts.LeadingSpace))
+		sig.body = v.bodyHashFor(sig)
+		if v.opts.Prefetch != nil {
+			v.opts.Prefetch(sig.keyName)
 		}
-	}()
-	v.verifs, v.verr = msgauth.VerifyWithOptions(r, &msgauth.VerifyOptions{
-		LookupTXT:        v.lookupTXT,
-		MaxVerifications: v.opts.MaxSignatures,
-	})
-}
-
-// stream starts verification in a goroutine reading from a pipe, and
-// writes what was kept so far into it.
-func (v *Verifier) stream() error {
-	pr, pw := io.Pipe()
-	v.pw = pw
-	v.done = make(chan struct{})
-	go func() {
-		defer close(v.done)
-		v.verify(pr)
-		// "There is no guarantee that the reader will be completely
-		// consumed" (and a panic leaves it half read): drain it so that
-		// WriteBody and Close never block.
-		_, _ = io.Copy(io.Discard, pr)
-	}()
-	kept := v.inline
-	v.inline = nil
-	return v.pipe(kept)
-}
-
-// pipe writes b to the streaming verifier. io.Pipe hands b to the reader,
-// which copies it, and returns only once all of it has been read.
-// go-msgauth's canonicalizers allocate a copy of every write: in pieces of
-// pipePiece bytes those copies come from small size classes that are reused
-// at once, instead of 64 KiB spans that make the resident size of a large
-// message grow.
-func (v *Verifier) pipe(b []byte) error {
-	for len(b) > 0 {
-		n := min(len(b), pipePiece)
-		if _, err := v.pw.Write(b[:n]); err != nil {
-			return fmt.Errorf("dkim: passing message to verifier: %w", err)
-		}
-		b = b[n:]
 	}
 	return nil
 }
 
-// WriteBody passes the next body chunk to the verifier. It may block until
-// the chunk is hashed (the first chunk also waits for the key lookups); it
-// does not keep chunk after it returns.
-//
-// Chunks are passed on as they are: go-msgauth's body canonicalization turns
-// a lone LF into CRLF and keeps its state across writes, so a CRLF split
-// between two chunks is seen as one line end.
+// bodyHashFor returns a body hash for sig's canonicalization, hash and l=,
+// shared with earlier signatures that need the same.
+func (v *Verifier) bodyHashFor(sig *signature) *bodyHash {
+	for _, b := range v.bodies {
+		if b.c == sig.bodyCanon && b.alg == sig.hash && b.limit == sig.length {
+			return b
+		}
+	}
+	b := newBodyHash(sig.bodyCanon, sig.hash, sig.length)
+	v.bodies = append(v.bodies, b)
+	return b
+}
+
+// WriteBody passes the next body chunk to the verifier, which hashes it
+// and does not keep it.
 func (v *Verifier) WriteBody(chunk []byte) error {
 	if v.closed {
 		return ErrClosed
@@ -326,45 +264,15 @@ func (v *Verifier) WriteBody(chunk []byte) error {
 			return err
 		}
 	}
-	if len(v.sigs) == 0 || len(chunk) == 0 || v.tooMuch {
-		return nil
+	for _, b := range v.bodies {
+		b.Write(chunk)
 	}
-	// The run of white space and line breaks at the end of what was
-	// written so far: scan back from the chunk's end only.
-	i := len(chunk) - 1
-	for i >= 0 && (chunk[i] == ' ' || chunk[i] == '\t' || chunk[i] == '\r' || chunk[i] == '\n') {
-		i--
-	}
-	if i < 0 {
-		v.blank += len(chunk)
-	} else {
-		v.blank = len(chunk) - 1 - i
-	}
-	if v.blank > MaxBlankRun {
-		// Stop here: the library would buffer the whole run.
-		v.tooMuch = true
-		v.inline = nil
-		if v.pw != nil {
-			_ = v.pw.Close()
-			<-v.done
-		}
-		return nil
-	}
-	if v.pw == nil {
-		if len(v.inline)+len(chunk) <= InlineMax {
-			v.inline = append(v.inline, chunk...)
-			return nil
-		}
-		if err := v.stream(); err != nil {
-			return err
-		}
-	}
-	return v.pipe(chunk)
+	return nil
 }
 
 // Close ends the message and returns one Result per DKIM-Signature field, in
 // header order; none when the header had no DKIM-Signature.
-func (v *Verifier) Close() []Result {
+func (v *Verifier) Close() (results []Result) {
 	if v.closed {
 		return nil
 	}
@@ -373,49 +281,125 @@ func (v *Verifier) Close() []Result {
 	}
 	v.closed = true
 	defer v.cancel()
-	switch {
-	case len(v.sigs) == 0:
+	if len(v.sigs) == 0 {
 		return nil
-	case v.pw != nil:
-		_ = v.pw.Close()
-		<-v.done
-	case !v.tooMuch:
-		v.verify(bytes.NewReader(v.inline))
 	}
-	results := v.results()
-	if v.tooMuch {
-		for i := range results {
-			results[i].Status, results[i].Err = PermError, ErrBlankRun
+	results = make([]Result, len(v.sigs))
+	for i, sig := range v.sigs {
+		results[i] = Result{Domain: sig.domain, Selector: sig.selector, Identifier: sig.identifier,
+			Algorithm: sig.algorithm, BPrefix: sig.bprefix}
+	}
+	defer func() {
+		// A bug must not take the daemon down on a hostile message; the
+		// same message would fail again, so the result is permanent.
+		if p := recover(); p != nil {
+			for i := range results {
+				if results[i].Status == "" {
+					results[i].Status, results[i].Err = PermError, fmt.Errorf("%w: %v", errVerifierPanic, p)
+				}
+			}
+		}
+		v.sigs, v.bodies = nil, nil
+	}()
+	for i, sig := range v.sigs {
+		r := &results[i]
+		switch {
+		case sig.err != nil:
+			r.Status, r.Err = PermError, sig.err
+		case i >= v.opts.MaxSignatures:
+			r.Status, r.Err = PermError, ErrTooManySignatures
+		default:
+			r.Status, r.Err = v.verify(sig)
 		}
 	}
-	v.verifs, v.sigs, v.pw, v.inline = nil, nil, nil, nil
 	return results
 }
 
-// Abort stops verification and releases the message. It waits for the
-// verification goroutine, whose key lookups are cancelled, to end.
-func (v *Verifier) Abort() {
-	if v.closed {
-		return
+// verify checks one parsed signature (RFC 6376 section 6.1.2, 6.1.3).
+func (v *Verifier) verify(sig *signature) (Status, error) {
+	key, err := v.key(sig)
+	if err != nil {
+		var temp *tempError
+		if errors.As(err, &temp) {
+			return TempError, temp.err
+		}
+		return PermError, err
 	}
-	v.closed = true
-	v.cancel()
-	if v.pw != nil {
-		// End the body with EOF rather than CloseWithError: on a read
-		// error go-msgauth's parallel verification (two or more
-		// signatures) returns without closing its own pipes, leaving its
-		// per-signature goroutines blocked forever. At EOF it finishes
-		// normally: a truncated body fails its body hash without any
-		// public-key operation.
-		_ = v.pw.Close()
-		<-v.done
+
+	// Section 3.6.1: the key must fit the signature.
+	if key.keyType != sig.keyType {
+		return PermError, fmt.Errorf("%w: k=%s for a=%s", errKeyMismatch, key.keyType, sig.algorithm)
 	}
-	v.fields, v.sigs, v.verifs, v.pw, v.inline = nil, nil, nil, nil, nil
+	if key.hashes != nil {
+		_, name, _ := strings.Cut(strings.ToLower(sig.algorithm), "-")
+		if !containsFold(key.hashes, name) {
+			return PermError, fmt.Errorf("%w: h=%s does not allow %s", errKeyMismatch, strings.Join(key.hashes, ":"), name)
+		}
+	}
+	if key.strict && sig.auidDomain != strings.ToLower(sig.domain) {
+		return PermError, errStrictKey
+	}
+	if key.rsa != nil && key.rsa.N.BitLen() < 1024 && !sig.weak {
+		// RFC 8301 section 3.2.
+		return PermError, fmt.Errorf("%w: %d bits", errKeyTooWeak, key.rsa.N.BitLen())
+	}
+
+	// Section 6.1.3: the body hash, then the signature.
+	bh, n := sig.body.Sum()
+	switch {
+	case sig.length >= 0 && n < sig.length:
+		return Fail, errShortBody
+	case !bytes.Equal(bh, sig.bh):
+		return Fail, errBodyHash
+	}
+	switch {
+	case key.rsa != nil:
+		if err := rsa.VerifyPKCS1v15(key.rsa, sig.hash, sig.headerHash, sig.b); err != nil {
+			return Fail, errBadSignature
+		}
+	case key.ed != nil:
+		// RFC 8463 section 3: Ed25519 signs the SHA-256 hash.
+		if !ed25519.Verify(key.ed, sig.headerHash, sig.b) {
+			return Fail, errBadSignature
+		}
+	}
+	if sig.length >= 0 {
+		// The signature holds, but for the first l= bytes of the body
+		// only: whatever follows is unsigned (section 8.2). Local policy.
+		return Policy, errBodyLength
+	}
+	return Pass, nil
 }
 
-// lookupTXT adapts Options.LookupTXT to go-msgauth, which has no context
-// parameter and classifies errors by asserting net.Error (not errors.As) and
-// calling Temporary.
+// tempError marks a key lookup that may succeed later.
+type tempError struct{ err error }
+
+func (e *tempError) Error() string { return e.err.Error() }
+
+// key looks up and parses the key record of sig (section 3.6.2).
+func (v *Verifier) key(sig *signature) (*publicKey, error) {
+	txts, err := v.lookupTXT(sig.keyName)
+	if err != nil {
+		var dnsErr *net.DNSError
+		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+			return nil, fmt.Errorf("%w: %s", errNoKey, sig.keyName)
+		}
+		return nil, &tempError{fmt.Errorf("dkim: key lookup: %w", err)}
+	}
+	switch len(txts) {
+	case 0:
+		return nil, fmt.Errorf("%w: %s", errNoKey, sig.keyName)
+	case 1:
+	default:
+		// Section 6.1.2 leaves the choice to the verifier; an ambiguous
+		// key is not used.
+		return nil, errMultipleKeys
+	}
+	return v.opts.Keys.parse(txts[0])
+}
+
+// lookupTXT calls Options.LookupTXT with the Verifier's context, bounded by
+// Options.LookupTimeout.
 func (v *Verifier) lookupTXT(name string) ([]string, error) {
 	if v.opts.LookupTXT == nil {
 		return nil, &net.DNSError{Err: "no resolver configured", Name: name, IsTemporary: true}
@@ -426,129 +410,15 @@ func (v *Verifier) lookupTXT(name string) ([]string, error) {
 		ctx, cancel = context.WithTimeout(ctx, v.opts.LookupTimeout)
 		defer cancel()
 	}
-	txts, err := v.opts.LookupTXT(ctx, name)
-	if err == nil {
-		return txts, nil
-	}
-	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) {
-		return nil, dnsErr
-	}
-	// RFC 6376 section 6.1.2: a key query that fails to respond may be
-	// retried later, so anything but a DNS answer is temporary.
-	return nil, &net.DNSError{Err: err.Error(), Name: name, IsTemporary: true}
+	return v.opts.LookupTXT(ctx, name)
 }
 
-// results maps go-msgauth's verifications to Results, one per signature.
-func (v *Verifier) results() []Result {
-	results := make([]Result, len(v.sigs))
-	now := v.opts.Now()
-	for i, sig := range v.sigs {
-		r := &results[i]
-		r.Domain = sig.domain
-		r.Selector = sig.selector
-		r.Identifier = sig.identifier
-		r.Algorithm = sig.algorithm
-		r.BPrefix = sig.bprefix
-
-		switch {
-		case i >= v.opts.MaxSignatures:
-			r.Status, r.Err = PermError, ErrTooManySignatures
-		case errors.Is(v.verr, errVerifierPanic):
-			r.Status, r.Err = PermError, v.verr
-		case v.verr != nil && !errors.Is(v.verr, msgauth.ErrTooManySignatures):
-			// An error that is none of temp, perm or signature failure,
-			// e.g. the header could not be read.
-			r.Status, r.Err = TempError, v.verr
-		case i >= len(v.verifs):
-			r.Status, r.Err = TempError, errors.New("dkim: signature not verified")
-		default:
-			r.Status, r.Err = status(v.verifs[i].Err, sig)
-			if vf := v.verifs[i]; vf.Domain != "" {
-				r.Domain, r.Identifier = vf.Domain, vf.Identifier
-			}
-		}
-		// RFC 6376 section 3.5: x= is an absolute expiry; see Options.Now.
-		if !sig.expires.IsZero() && now.After(sig.expires) && r.Status != PermError {
-			r.Status, r.Err = PermError, ErrExpired
-		}
+// Abort stops verification and releases the message.
+func (v *Verifier) Abort() {
+	if v.closed {
+		return
 	}
-	return results
-}
-
-// status maps a go-msgauth verification error to a result value.
-func status(err error, sig signature) (Status, error) {
-	switch {
-	case err == nil:
-		return Pass, nil
-	case msgauth.IsTempFail(err):
-		return TempError, err
-	case msgauth.IsPermFail(err):
-		// Malformed signature or key record, key missing (NXDOMAIN) or
-		// revoked, rsa-sha1, RSA key shorter than 1024 bits.
-		return PermError, err
-	case sig.hasL:
-		// go-msgauth refuses l= (body length, RFC 6376 section 8.2) with a
-		// plain failure; it is the verifier's policy, not a bad signature.
-		return Policy, err
-	default:
-		// Body hash or signature mismatch.
-		return Fail, err
-	}
-}
-
-// signature holds the DKIM-Signature tags a Result reports, which
-// go-msgauth's Verification lacks.
-type signature struct {
-	domain, selector, identifier, algorithm, bprefix string
-	expires                                          time.Time
-	hasL                                             bool
-}
-
-// parseSignature reads the tag list (RFC 6376 section 3.2) of a
-// DKIM-Signature value. It is lenient: validation is go-msgauth's.
-func parseSignature(value string) signature {
-	var sig signature
-	var hasI bool
-	for spec := range strings.SplitSeq(value, ";") {
-		name, val, ok := strings.Cut(spec, "=")
-		if !ok {
-			continue
-		}
-		val = stripFWS(val)
-		switch strings.TrimSpace(name) {
-		case "d":
-			sig.domain = val
-		case "s":
-			sig.selector = val
-		case "i":
-			sig.identifier, hasI = val, true
-		case "a":
-			sig.algorithm = val
-		case "b":
-			sig.bprefix = val[:min(8, len(val))]
-		case "l":
-			sig.hasL = true
-		case "x":
-			if sec, err := strconv.ParseInt(val, 10, 64); err == nil {
-				sig.expires = time.Unix(sec, 0)
-			}
-		}
-	}
-	if !hasI {
-		sig.identifier = "@" + sig.domain
-	}
-	return sig
-}
-
-// stripFWS removes folding whitespace, which RFC 6376 section 3.2 allows
-// anywhere in tag values of base64 and most other tags.
-func stripFWS(s string) string {
-	return strings.Map(func(r rune) rune {
-		switch r {
-		case ' ', '\t', '\r', '\n':
-			return -1
-		}
-		return r
-	}, s)
+	v.closed = true
+	v.cancel()
+	v.fields, v.sigs, v.bodies = nil, nil, nil
 }

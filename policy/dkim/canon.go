@@ -1,0 +1,230 @@
+package dkim
+
+import (
+	"crypto"
+	"hash"
+	"strings"
+)
+
+// canonHeader appends the canonical form of one header field, given as it
+// appeared in the message (name, ":", value, CRLF), to b (RFC 6376
+// section 3.4.1 simple, 3.4.2 relaxed).
+func canonHeader(b []byte, c canon, field string) []byte {
+	if c == canonSimple {
+		return append(b, field...)
+	}
+	name, value, _ := strings.Cut(field, ":")
+	// Relaxed: lower-case name, no white space around the colon, the value
+	// unfolded, runs of white space made one space, none at the end.
+	b = append(b, strings.ToLower(trimWSP(name))...)
+	b = append(b, ':')
+	space := false
+	started := false
+	for i := 0; i < len(value); i++ {
+		switch ch := value[i]; ch {
+		case '\r', '\n':
+			// Unfolding: line breaks are removed (the white space after
+			// them stays, and is reduced below).
+		case ' ', '\t':
+			space = true
+		default:
+			if space && started {
+				b = append(b, ' ')
+			}
+			space = false
+			started = true
+			b = append(b, ch)
+		}
+	}
+	return append(b, '\r', '\n')
+}
+
+func trimWSP(s string) string { return strings.Trim(s, " \t") }
+
+// headerHash computes the data hash of the header for sig (RFC 6376
+// sections 3.7 and 5.4.2): the fields named in h=, each the last one of
+// that name not yet used (a name with no field left adds nothing), then
+// the DKIM-Signature field itself with an empty b= value and without its
+// final CRLF. fields are the whole fields as in the message.
+func headerHash(sig *signature, fields []string, sigField string) []byte {
+	h := sig.hash.New()
+	used := map[string]int{} // name -> fields of that name already taken, from the bottom
+	var buf []byte
+	for _, name := range sig.headers {
+		n := used[name]
+		for i := len(fields) - 1; i >= 0; i-- {
+			if !fieldNamed(fields[i], name) {
+				continue
+			}
+			if n > 0 {
+				n--
+				continue
+			}
+			buf = canonHeader(buf[:0], sig.headerCanon, fields[i])
+			h.Write(buf)
+			used[name]++
+			break
+		}
+	}
+	buf = canonHeader(buf[:0], sig.headerCanon, stripB(sigField))
+	buf = buf[:len(buf)-2] // without the CRLF
+	h.Write(buf)
+	return h.Sum(nil)
+}
+
+// fieldNamed reports whether the field is named name (lower-case).
+func fieldNamed(field, name string) bool {
+	n, _, ok := strings.Cut(field, ":")
+	return ok && strings.EqualFold(strings.TrimRight(n, " \t"), name)
+}
+
+// stripB returns the DKIM-Signature field with the value of its b= tag
+// removed (RFC 6376 section 3.5: b= is treated as the empty string), all
+// else byte for byte.
+func stripB(field string) string {
+	colon := strings.IndexByte(field, ':')
+	pos := colon + 1
+	for pos <= len(field) {
+		end := strings.IndexByte(field[pos:], ';')
+		if end < 0 {
+			end = len(field) - pos
+		}
+		spec := field[pos : pos+end]
+		if name, _, ok := strings.Cut(spec, "="); ok && trimFWS(name) == "b" {
+			eq := pos + strings.IndexByte(spec, '=') + 1
+			rest := field[pos+end:]
+			if !strings.Contains(rest, ";") {
+				// The last tag: keep the field's final line break.
+				return field[:eq] + "\r\n"
+			}
+			return field[:eq] + rest
+		}
+		pos += end + 1
+	}
+	return field
+}
+
+// bodyHash canonicalizes a body as it streams (RFC 6376 sections 3.4.3
+// and 3.4.4) and hashes it, up to an l= limit. Runs of empty lines are
+// counted, not buffered, so memory does not grow with the body: they are
+// written out only when a non-empty line follows, as trailing empty lines
+// are not hashed.
+type bodyHash struct {
+	c     canon
+	alg   crypto.Hash
+	h     hash.Hash
+	limit int64 // l=, -1 for none
+	n     int64 // canonical bytes so far (hashed or beyond the limit)
+
+	out      []byte // canonical bytes waiting to be hashed
+	empty    int64  // empty lines held back
+	inLine   bool   // the current line has content
+	space    bool   // relaxed: white space held back within the line
+	cr       bool   // a CR was read, maybe the start of a CRLF
+	finished []byte
+}
+
+func newBodyHash(c canon, h crypto.Hash, limit int64) *bodyHash {
+	return &bodyHash{c: c, alg: h, h: h.New(), limit: limit, out: make([]byte, 0, 4096)}
+}
+
+// Write canonicalizes p. A line ends at CRLF or at a lone LF (which the
+// MTA may deliver); a lone CR is content.
+func (b *bodyHash) Write(p []byte) {
+	for _, c := range p {
+		if b.cr {
+			b.cr = false
+			if c == '\n' {
+				b.endLine()
+				continue
+			}
+			b.content('\r')
+		}
+		switch c {
+		case '\r':
+			b.cr = true
+		case '\n':
+			b.endLine()
+		case ' ', '\t':
+			if b.c == canonRelaxed {
+				b.space = true
+			} else {
+				b.content(c)
+			}
+		default:
+			b.content(c)
+		}
+	}
+	b.flush()
+}
+
+func (b *bodyHash) content(c byte) {
+	if !b.inLine {
+		for ; b.empty > 0; b.empty-- {
+			b.emit('\r', '\n')
+		}
+		b.inLine = true
+	}
+	if b.space {
+		b.emit(' ')
+		b.space = false
+	}
+	b.emit(c)
+}
+
+func (b *bodyHash) endLine() {
+	// Relaxed: white space at the end of a line is dropped, and a line
+	// of only white space is empty.
+	b.space = false
+	if b.inLine {
+		b.emit('\r', '\n')
+		b.inLine = false
+	} else {
+		b.empty++
+	}
+}
+
+func (b *bodyHash) emit(cs ...byte) {
+	b.out = append(b.out, cs...)
+	if len(b.out) >= 4096 {
+		b.flush()
+	}
+}
+
+// flush hashes what is waiting, up to the limit.
+func (b *bodyHash) flush() {
+	out := b.out
+	b.n += int64(len(out))
+	if b.limit >= 0 {
+		before := b.n - int64(len(out))
+		if room := b.limit - before; room < int64(len(out)) {
+			out = out[:max(room, 0)]
+		}
+	}
+	b.h.Write(out)
+	b.out = b.out[:0]
+}
+
+// Sum ends the body and returns its hash and canonical length.
+func (b *bodyHash) Sum() ([]byte, int64) {
+	if b.finished != nil {
+		return b.finished, b.n
+	}
+	if b.cr {
+		b.cr = false
+		b.content('\r')
+	}
+	b.space = false
+	if b.inLine {
+		// A body not ending in CRLF gets one.
+		b.emit('\r', '\n')
+		b.inLine = false
+	}
+	if b.c == canonSimple && b.n+int64(len(b.out)) == 0 {
+		// Simple: an empty body is one CRLF (section 3.4.3).
+		b.emit('\r', '\n')
+	}
+	b.flush()
+	b.finished = b.h.Sum(nil)
+	return b.finished, b.n
+}
