@@ -108,20 +108,20 @@ type signature struct {
 	// err is why the signature cannot be verified (permerror).
 	err error
 
-	keyType            string // "rsa" or "ed25519"
-	hash               crypto.Hash
-	b, bh              []byte
-	headerCanon        canon
-	bodyCanon          canon
-	headers            []string // h=, lower-case
-	length             int64    // l=, -1 if absent
-	expires            time.Time
-	auidDomain         string // the domain part of i= (the AUID), lower-case
-	rawValue           string // the field value, as delivered
-	headerHash         []byte // the hash of the canonicalized header (RFC 6376 section 3.7)
-	body               *bodyHash
-	keyName            string // <s>._domainkey.<d>
-	weak               bool   // accept rsa-sha1 and short RSA keys (tests only)
+	keyType     string // "rsa" or "ed25519"
+	hash        crypto.Hash
+	b, bh       []byte
+	headerCanon canon
+	bodyCanon   canon
+	headers     []string // h=, lower-case
+	length      int64    // l=, -1 if absent
+	expires     time.Time
+	auidDomain  string // the domain part of i= (the AUID), lower-case
+	rawValue    string // the field value, as delivered
+	headerHash  []byte // the hash of the canonicalized header (RFC 6376 section 3.7)
+	body        *bodyHash
+	keyName     string // <s>._domainkey.<d>
+	weak        bool   // accept rsa-sha1 and short RSA keys (tests only)
 }
 
 // parseSignature parses the value of a DKIM-Signature field. Whatever is
