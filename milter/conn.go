@@ -88,6 +88,7 @@ type Conn struct {
 	version  uint32
 	actions  uint32
 	protocol gomilter.OptProtocol
+	family   gomilter.ProtoFamily // of the client, from the connect command
 
 	// Macros: those sent for the connect and HELO stages last for the
 	// connection; those of the message stages are dropped when a new
@@ -143,6 +144,13 @@ func (c *Conn) LeadingSpace() bool {
 
 // RemoteAddr is the MTA's end of the milter connection.
 func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+
+// ClientHasAddress reports whether the MTA described the SMTP client as an
+// IPv4 or IPv6 peer (the address given to Handler.Connect is then nil only
+// if it did not parse); false for a unix-socket or unknown client.
+func (c *Conn) ClientHasAddress() bool {
+	return c.family == gomilter.FamilyInet || c.family == gomilter.FamilyInet6
+}
 
 var errNotEOM = errors.New("milter: message modifications are only allowed at end of message")
 
@@ -401,6 +409,7 @@ func (c *Conn) dispatch(h Handler, code gomilter.Code, data []byte) (Reply, bool
 		}
 		var addr net.IP
 		family := gomilter.ProtoFamily(rest[0])
+		c.family = family
 		rest = rest[1:]
 		if family == gomilter.FamilyInet || family == gomilter.FamilyInet6 {
 			if len(rest) < 2 {

@@ -85,8 +85,12 @@ type session struct {
 
 	clientIP   net.IP
 	clientHost string
-	helo       string
-	msg        *message
+	// local: the MTA gave no network address for the client (unix
+	// socket, local submission); an inet client whose address does not
+	// parse is not local.
+	local bool
+	helo  string
+	msg   *message
 }
 
 // message is the state of one message, from MAIL FROM to end of message or
@@ -126,6 +130,10 @@ func (s *session) checkSPF(ctx context.Context, from string) (mail, helo spf.Res
 
 func (s *session) Connect(c *Conn, host string, addr net.IP) Reply {
 	s.clientHost, s.clientIP = host, addr
+	s.local = !c.ClientHasAddress()
+	if addr == nil && !s.local {
+		s.set.Log.Warn().Str("client_host", host).Msg("client address does not parse: the client is not trusted")
+	}
 	return Continue
 }
 
@@ -224,14 +232,15 @@ func (s *session) EndOfMessage(c *Conn) Reply {
 	ctx, cancel := context.WithTimeout(m.ctx, s.set.CheckTimeout)
 	defer cancel()
 	v := ev.Decide(ctx, policy.Message{
-		ClientIP: s.clientIP,
-		Helo:     s.helo,
-		MailFrom: m.mailFrom,
-		AuthUser: m.authUser,
-		From:     m.from,
-		SPF:      m.spfMail,
-		HeloSPF:  m.spfHelo,
-		DKIM:     dkimResults,
+		ClientIP:    s.clientIP,
+		LocalClient: s.local,
+		Helo:        s.helo,
+		MailFrom:    m.mailFrom,
+		AuthUser:    m.authUser,
+		From:        m.from,
+		SPF:         m.spfMail,
+		HeloSPF:     m.spfHelo,
+		DKIM:        dkimResults,
 	})
 	queueID := c.Macro("i")
 

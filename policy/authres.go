@@ -2,8 +2,7 @@ package policy
 
 import (
 	"strings"
-
-	"github.com/emersion/go-msgauth/authres"
+	"unicode/utf8"
 
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
@@ -13,67 +12,192 @@ import (
 // header field (RFC 8601) for v: spf (smtp.mailfrom), spf for the HELO
 // identity (smtp.helo), one dkim entry per signature (header.d, header.s,
 // header.a, header.b) and dmarc (header.from, policy.dmarc). Entries are
-// folded one per line; go-msgauth's authres quotes the values.
+// folded one per line.
+//
+// Every value comes from the client or the sender's DNS, so each is checked
+// (see pvalue): a value that cannot be written validly, one with a line
+// break say, is left out and a comment says so; it can never inject a
+// header line. A verdict that was not enforced (an exemption, monitor mode,
+// a temporary DNS failure accepted by temperror = accept) says so in a
+// comment after the dmarc result.
 func (e *Evaluator) AuthenticationResults(v Verdict, mailFrom, helo string) string {
-	var rs []authres.Result
+	var b strings.Builder
+	b.WriteString(e.cfg.Load().AuthservID)
 
 	spfIdentity := mailFrom
 	if spfIdentity == "" && helo != "" {
 		spfIdentity = "postmaster@" + helo // RFC 7208 section 2.4
 	}
-	rs = append(rs, &authres.GenericResult{
-		Method: "spf",
-		Value:  authres.ResultValue(v.SPF.Status),
-		Params: map[string]string{"smtp.mailfrom": spfIdentity},
-	})
+	writeResult(&b, "spf", string(v.SPF.Status), "", "", []prop{{"smtp.mailfrom", spfIdentity}})
 	if helo != "" {
-		rs = append(rs, &authres.GenericResult{
-			Method: "spf",
-			Value:  authres.ResultValue(v.HeloSPF.Status),
-			Params: map[string]string{"smtp.helo": helo},
-		})
+		writeResult(&b, "spf", string(v.HeloSPF.Status), "", "", []prop{{"smtp.helo", helo}})
 	}
 
 	if len(v.DKIM) == 0 {
-		rs = append(rs, &authres.GenericResult{Method: "dkim", Value: authres.ResultNone})
+		writeResult(&b, "dkim", string(dkim.None), "", "", nil)
 	}
 	for _, d := range v.DKIM {
-		p := map[string]string{
-			"header.d": d.Domain,
-			"header.s": d.Selector,
-			"header.a": d.Algorithm,
-			"header.b": d.BPrefix,
-		}
+		reason := ""
 		if d.Status != dkim.Pass && d.Err != nil {
-			p["reason"] = d.Err.Error()
+			reason = reasonText(d.Err)
 		}
-		rs = append(rs, &authres.GenericResult{Method: "dkim", Value: authres.ResultValue(d.Status), Params: p})
+		writeResult(&b, "dkim", string(d.Status), "", reason, []prop{
+			{"header.d", d.Domain}, {"header.s", d.Selector}, {"header.a", d.Algorithm}, {"header.b", d.BPrefix},
+		})
 	}
 
-	dm := map[string]string{"header.from": v.FromDomain}
-	if v.FromErr != nil {
-		dm["reason"] = fromErrorText(v.FromErr)
-	} else if v.DMARC.Err != nil && v.DMARC.Status != dmarc.StatusPass {
-		dm["reason"] = v.DMARC.Err.Error()
-	}
-	if v.DMARC.Record != nil {
-		dm["policy.dmarc"] = string(v.DMARC.Applied)
-	}
 	status := v.DMARC.Status
 	if status == "" {
 		status = dmarc.StatusNone
 	}
-	rs = append(rs, &authres.GenericResult{Method: "dmarc", Value: authres.ResultValue(status), Params: dm})
-
-	var b strings.Builder
-	b.WriteString(e.cfg.Load().AuthservID)
-	for _, r := range rs {
-		// Format with an empty identity gives "; method=value params".
-		s := strings.TrimSpace(strings.TrimPrefix(authres.Format("", []authres.Result{r}), "; "))
-		b.WriteString(";\n\t")
-		b.WriteString(s)
+	reason := ""
+	if v.FromErr != nil {
+		reason = fromErrorText(v.FromErr)
+	} else if v.DMARC.Err != nil && status != dmarc.StatusPass {
+		reason = reasonText(v.DMARC.Err)
 	}
+	props := []prop{{"header.from", v.FromDomain}}
+	if v.DMARC.Record != nil {
+		props = append(props, prop{"policy.dmarc", string(v.DMARC.Applied)})
+	}
+	writeResult(&b, "dmarc", string(status), notEnforced(v), reason, props)
 	return b.String()
+}
+
+// notEnforced returns the comment for a DMARC result that asked for more
+// than was done, "" otherwise.
+func notEnforced(v Verdict) string {
+	asked := v.Unknown || v.Disposition == dmarc.PolicyReject || v.Disposition == dmarc.PolicyQuarantine || v.FromErr != nil
+	if !asked || v.Action != Accept && v.Action != Quarantine {
+		return ""
+	}
+	switch {
+	case v.Exempt != "":
+		return "not enforced: " + exemptionText[v.Exempt]
+	case v.Unknown:
+		return "not enforced: temporary DNS failure, accepted by local policy"
+	case v.FromErr != nil:
+		return "not enforced: local policy"
+	case v.Disposition == dmarc.PolicyQuarantine && v.Action == Accept:
+		return "quarantine by marking only"
+	}
+	return ""
+}
+
+var exemptionText = map[Exemption]string{
+	ExemptMonitor:        "monitor mode",
+	ExemptAuthenticated:  "authenticated client",
+	ExemptTrustedNetwork: "trusted network",
+	ExemptLocalClient:    "local client",
+	ExemptDomain:         "exempt domain",
+}
+
+// reasonText is an error as a reason= value: without the Go package
+// prefixes ("dmarc: ", "dkim: ") that mean nothing to a reader of the
+// header.
+func reasonText(err error) string {
+	s := err.Error()
+	for _, p := range []string{"dmarc: ", "dkim: ", "spf: "} {
+		s = strings.ReplaceAll(s, p, "")
+	}
+	return s
+}
+
+// prop is a ptype.property=pvalue of a result (RFC 8601 section 2.2).
+type prop struct{ name, value string }
+
+// writeResult appends one resinfo: ";", a folded line, method=result, an
+// optional comment, an optional reason= and the properties. Empty property
+// values are left out.
+func writeResult(b *strings.Builder, method, result, comment, reason string, props []prop) {
+	b.WriteString(";\n\t")
+	b.WriteString(method)
+	b.WriteByte('=')
+	b.WriteString(result)
+	var omitted []string
+	if comment != "" {
+		writeComment(b, comment)
+	}
+	if reason != "" {
+		if v, ok := quotedValue(reason); ok {
+			b.WriteString(" reason=")
+			b.WriteString(v)
+		} else {
+			omitted = append(omitted, "reason")
+		}
+	}
+	for _, p := range props {
+		if p.value == "" {
+			continue
+		}
+		v, ok := pvalue(p.value)
+		if !ok {
+			omitted = append(omitted, p.name)
+			continue
+		}
+		b.WriteByte(' ')
+		b.WriteString(p.name)
+		b.WriteByte('=')
+		b.WriteString(v)
+	}
+	if len(omitted) > 0 {
+		writeComment(b, strings.Join(omitted, ", ")+" omitted: not a valid header value")
+	}
+}
+
+// writeComment appends " (text)"; text is ours and holds no parentheses,
+// backslashes or line breaks.
+func writeComment(b *strings.Builder, text string) {
+	b.WriteString(" (")
+	b.WriteString(text)
+	b.WriteByte(')')
+}
+
+// pvalue returns v as an RFC 8601 pvalue: as it is when it is a token or
+// [local-part "@"] domain-name made of atext and dots, else as a
+// quoted-string (RFC 2045 value). ok is false when v cannot be written in
+// a header at all: a control character (CR, LF, NUL...) or invalid UTF-8
+// (RFC 6532 allows UTF-8 in quoted strings).
+func pvalue(v string) (string, bool) {
+	if plainPvalue(v) {
+		return v, true
+	}
+	return quotedValue(v)
+}
+
+// plainPvalue: every byte is atext, "." or a single "@".
+func plainPvalue(v string) bool {
+	if v == "" || strings.Count(v, "@") > 1 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`()<>,;:\"[]`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// quotedValue returns v as a quoted-string, or false if it holds a
+// control character or invalid UTF-8.
+func quotedValue(v string) (string, bool) {
+	if !utf8.ValidString(v) {
+		return "", false
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range v {
+		switch {
+		case r < ' ' && r != '\t' || r == 0x7f || 0x80 <= r && r < 0xa0:
+			return "", false
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	b.WriteByte('"')
+	return b.String(), true
 }
 
 // IsOurs reports whether an incoming Authentication-Results value carries

@@ -140,6 +140,11 @@ func (e *Evaluator) SPF(ctx context.Context, ip net.IP, helo, mailFrom string) (
 // Message is what the milter session collected.
 type Message struct {
 	ClientIP net.IP
+	// LocalClient: the MTA reports a client without a network address (a
+	// unix socket, local submission). A network client whose address is
+	// missing or unparseable (ClientIP nil) is not local, and never
+	// trusted.
+	LocalClient bool
 	Helo     string
 	MailFrom string
 	// AuthUser is the SASL login name ({auth_authen}), "" if none.
@@ -274,11 +279,14 @@ func (cfg *Config) exemption(m Message) Exemption {
 	case m.AuthUser != "":
 		return ExemptAuthenticated
 	}
-	ip, ok := netip.AddrFromSlice(m.ClientIP)
-	if !ok {
+	if m.LocalClient {
 		// Postfix gives no address for a client on a unix socket or of
 		// unknown family: it is local, and SPF cannot be evaluated.
 		return ExemptLocalClient
+	}
+	ip, ok := netip.AddrFromSlice(m.ClientIP)
+	if !ok {
+		return "" // an address that does not parse is never trusted
 	}
 	ip = ip.Unmap()
 	for _, p := range cfg.TrustedNetworks {

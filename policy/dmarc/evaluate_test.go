@@ -24,6 +24,8 @@ func TestEvaluate(t *testing.T) {
 		"_dmarc.giant.bank.example.": {"v=DMARC1; p=none"},
 		"_dmarc.dept.corp.example.":  {"v=DMARC1; p=reject; psd=n"},
 		"_dmarc.corp.example.":       {"v=DMARC1; p=none"},
+		"_dmarc.sponly.example.":     {"v=DMARC1; sp=reject"},
+		"_dmarc.sprua.example.":      {"v=DMARC1; sp=reject; rua=mailto:d@sprua.example"},
 	}
 	fail := map[string]error{
 		"_dmarc.temp.example.":        servfail("_dmarc.temp.example."),
@@ -102,6 +104,10 @@ func TestEvaluate(t *testing.T) {
 			want{StatusPass, "giant.bank.example", PolicyNone, PolicyNone, true, false, ""}},
 		{"psd=n org", Input{FromDomain: "a.dept.corp.example", SPFDomain: "b.dept.corp.example", SPFPass: true, DKIM: []DKIMResult{{Domain: "corp.example", Pass: true}}},
 			want{StatusPass, "dept.corp.example", PolicyReject, PolicyReject, true, false, ""}},
+		{"sp without p or rua: not applied to a subdomain", Input{FromDomain: "mail.sponly.example"},
+			want{StatusFail, "sponly.example", PolicyNone, PolicyNone, false, false, ""}},
+		{"sp without p, with rua: applied to a subdomain", Input{FromDomain: "mail.sprua.example"},
+			want{StatusFail, "sprua.example", PolicyReject, PolicyReject, false, false, ""}},
 		{"multiple records no policy", Input{FromDomain: "multi.example"},
 			want{StatusNone, "", "", "", false, false, ""}},
 		{"no record", Input{FromDomain: "absent.example", SPFDomain: "absent.example", SPFPass: true},

@@ -31,7 +31,10 @@ var knownTags = map[string]bool{
 //     is kept as Pct when valid and otherwise ignored.
 //   - Syntax errors in the remainder of the record are discarded in favour
 //     of the defaults (Section 4.8); they are listed in Record.Warnings.
-//   - A missing "p" means "p=none" (Section 4.7, "p").
+//   - A missing "p" means "p=none" (Section 4.7, "p"); "sp" and "np" then
+//     apply as published only when "rua" holds a valid URI, and are
+//     dropped otherwise (Section 4.10.1: no valid "p" and no "rua" means no
+//     DMARC processing), so such a record never enforces.
 //   - An invalid "p", "sp" or "np" makes the record act as "p=none" if "rua"
 //     holds at least one valid URI; otherwise the record is unusable and a
 //     *SyntaxError is returned (Section 4.10.1).
@@ -200,9 +203,20 @@ func ParseRecord(txt string) (*Record, error) {
 		return r, nil
 	}
 	if !pSeen {
-		// Section 4.7, "p": absent p is treated as p=none.
-		warn("no p tag: treated as p=none")
+		// Section 4.7, "p": a record without p is treated as if it included
+		// p=none "(see Section 4.10.1)"; Section 4.10.1 gives a record
+		// without a valid p the policy none when rua holds a valid URI, and
+		// no DMARC processing otherwise. Read together: the record counts
+		// (for the tree walk, psd, reporting) with p=none; with a valid rua
+		// its sp and np stand as published, without one they are not
+		// applied either, so that such a record never enforces anything.
 		policy = PolicyNone
+		if len(r.RUA) == 0 && (sp != "" || np != "") {
+			warn("no p tag and no valid rua: sp and np not applied (RFC 9989 section 4.10.1)")
+			sp, np = "", ""
+		} else {
+			warn("no p tag: treated as p=none")
+		}
 	}
 	r.Policy, r.SubdomainPolicy, r.NonexistentPolicy = policy, sp, np
 	return r, nil

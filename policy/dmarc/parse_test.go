@@ -45,6 +45,14 @@ func TestParseRecord(t *testing.T) {
 		}), "", 1},
 		{"missing p no rua is none", "v=DMARC1; psd=y", def(func(r *Record) { r.PSD = 'y' }), "", 1},
 		{"bare version", "v=DMARC1", def(nil), "", 1},
+		// RFC 9989 4.7 and 4.10.1 read together: no p, sp and np apply
+		// only with a valid rua.
+		{"sp without p, no rua: sp not applied", "v=DMARC1; sp=reject; np=quarantine", def(nil), "", 1},
+		{"sp without p, with rua: sp applied", "v=DMARC1; sp=reject; rua=mailto:d@example.com", def(func(r *Record) {
+			r.SubdomainPolicy = PolicyReject
+			r.RUA = []URI{{Address: "mailto:d@example.com"}}
+		}), "", 1},
+		{"sp without p, invalid rua: sp not applied", "v=DMARC1; sp=reject; rua=not a uri", def(nil), "", -1},
 		{"invalid p with rua", "v=DMARC1; p=foo; rua=mailto:d@example.com", def(func(r *Record) {
 			r.RUA = []URI{{Address: "mailto:d@example.com"}}
 		}), "", 1},
