@@ -145,8 +145,8 @@ type Message struct {
 	// missing or unparseable (ClientIP nil) is not local, and never
 	// trusted.
 	LocalClient bool
-	Helo     string
-	MailFrom string
+	Helo        string
+	MailFrom    string
 	// AuthUser is the SASL login name ({auth_authen}), "" if none.
 	AuthUser string
 	// From holds the values of every From header field, in order.
