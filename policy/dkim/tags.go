@@ -76,7 +76,7 @@ func trimFWS(s string) string {
 // stripFWS removes all folding white space, which RFC 6376 section 3.2
 // allows anywhere in base64 and most other tag values.
 func stripFWS(s string) string {
-	if strings.IndexAny(s, " \t\r\n") < 0 {
+	if !strings.ContainsAny(s, " \t\r\n") {
 		return s
 	}
 	b := make([]byte, 0, len(s))

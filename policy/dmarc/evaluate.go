@@ -148,7 +148,6 @@ type candidate struct {
 	domain string // normalized
 	spf    bool   // the SPF identifier, else a DKIM one
 	maybe  bool   // the check ended in temperror
-	mode   Align
 }
 
 // outcome is the verdict under one possibility of the failed lookups.
@@ -176,10 +175,10 @@ func (e *evaluation) run() Result {
 		e.walk(e.from)
 	}
 
+	// The base possibility: every failed name holds no record, temperror
+	// identifiers did not pass, existence as found.
 	cands := e.candidates()
-	h0 := map[string]byte{} // every failed name: no record
-	var exist0 *bool
-	base, detail := e.decide(h0, cands, false, exist0)
+	base, detail := e.decide(map[string]byte{}, cands, false, nil)
 	res.PolicyDomain, res.OrgDomain = detail.policyDomain, detail.orgDomain
 	res.Record, res.Policy, res.Applied = detail.rec, detail.policy, detail.applied
 	res.SPFAligned, res.DKIMAligned, res.AlignedDKIMDomain = detail.spf, detail.dkim, detail.dkimDomain
