@@ -2,6 +2,7 @@ package milter_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -56,6 +57,16 @@ func TestFailureAboveAuthorDomain(t *testing.T) {
 				if n := e.dns.QueryCount("_dmarc.example.", dns.TypeTXT); n != 1 {
 					t.Errorf("after message %d: _dmarc.example. asked %d times, want 1 (failure cached)", i+1, n)
 				}
+			}
+
+			// mail.pass.example has no record of its own: the walk finds
+			// pass.example's, and the failing _dmarc.example. could hold
+			// anything without changing the verdict (an identical SPF
+			// pass): ignored, and logged at debug level.
+			got := e.run(goodIP, "x.example", msg{mailFrom: "bob@mail.pass.example", raw: plainMessage("bob@mail.pass.example", "sub")})
+			check(t, got, want{code: 250, ar: []string{"dmarc=pass"}})
+			if !strings.Contains(e.logs.String(), "lookup failure ignored") {
+				t.Error("the ignored failure was not logged")
 			}
 		})
 	}
