@@ -45,26 +45,21 @@ func trimWSP(s string) string { return strings.Trim(s, " \t") }
 // sections 3.7 and 5.4.2): the fields named in h=, each the last one of
 // that name not yet used (a name with no field left adds nothing), then
 // the DKIM-Signature field itself with an empty b= value and without its
-// final CRLF. fields are the whole fields as in the message.
-func headerHash(sig *signature, fields []string, sigField string) []byte {
+// final CRLF. fields are the whole fields as in the message, byName their
+// indexes by lower-case name (see fieldIndex).
+func headerHash(sig *signature, fields []string, byName map[string][]int, sigField string) []byte {
 	h := sig.hash.New()
 	used := map[string]int{} // name -> fields of that name already taken, from the bottom
 	var buf []byte
 	for _, name := range sig.headers {
+		idx := byName[name]
 		n := used[name]
-		for i := len(fields) - 1; i >= 0; i-- {
-			if !fieldNamed(fields[i], name) {
-				continue
-			}
-			if n > 0 {
-				n--
-				continue
-			}
-			buf = canonHeader(buf[:0], sig.headerCanon, fields[i])
-			h.Write(buf)
-			used[name]++
-			break
+		if n >= len(idx) {
+			continue
 		}
+		used[name] = n + 1
+		buf = canonHeader(buf[:0], sig.headerCanon, fields[idx[len(idx)-1-n]])
+		h.Write(buf)
 	}
 	buf = canonHeader(buf[:0], sig.headerCanon, stripB(sigField))
 	buf = buf[:len(buf)-2] // without the CRLF
@@ -72,10 +67,16 @@ func headerHash(sig *signature, fields []string, sigField string) []byte {
 	return h.Sum(nil)
 }
 
-// fieldNamed reports whether the field is named name (lower-case).
-func fieldNamed(field, name string) bool {
-	n, _, ok := strings.Cut(field, ":")
-	return ok && strings.EqualFold(strings.TrimRight(n, " \t"), name)
+// fieldIndex maps each lower-case field name to the indexes of the fields
+// of that name, in order, so that choosing the fields a signature names
+// costs one look-up each, however long the header.
+func fieldIndex(fields []headerField) map[string][]int {
+	m := make(map[string][]int, len(fields))
+	for i, f := range fields {
+		n := strings.ToLower(strings.TrimRight(f.name, " \t"))
+		m[n] = append(m[n], i)
+	}
+	return m
 }
 
 // stripB returns the DKIM-Signature field with the value of its b= tag

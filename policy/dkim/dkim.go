@@ -215,6 +215,7 @@ func (v *Verifier) EndHeaders() error {
 	fields := v.fields
 	v.fields = nil
 	var raw []string // the fields rebuilt as in the message, once a signature needs them
+	var byName map[string][]int
 	now := v.opts.Now()
 	for _, f := range fields {
 		if !strings.EqualFold(strings.TrimSpace(f.name), "DKIM-Signature") {
@@ -230,8 +231,9 @@ func (v *Verifier) EndHeaders() error {
 			for i, f := range fields {
 				raw[i] = RebuildField(f.name, f.value, v.opts.LeadingSpace)
 			}
+			byName = fieldIndex(fields)
 		}
-		sig.headerHash = headerHash(sig, raw, RebuildField(f.name, f.value, v.opts.LeadingSpace))
+		sig.headerHash = headerHash(sig, raw, byName, RebuildField(f.name, f.value, v.opts.LeadingSpace))
 		sig.body = v.bodyHashFor(sig)
 		if v.opts.Prefetch != nil {
 			v.opts.Prefetch(sig.keyName)

@@ -842,3 +842,34 @@ func TestKeyCache(t *testing.T) {
 		t.Errorf("%d entries, want at most 2", len(c.keys))
 	}
 }
+
+// TestOversigning: a name listed in h= more often than the field occurs
+// adds nothing for the missing ones (RFC 6376 section 5.4.2), so a signer
+// that lists From twice forbids a second From field being added.
+func TestOversigning(t *testing.T) {
+	key := loadKey(t, "ed25519.pem")
+	z := zone{"ed._domainkey.example.org": {txts: []string{keyRecord(t, key.Public())}}}
+	msg := sign(t, testMessage, &msgauth.SignOptions{Domain: "example.org", Selector: "ed", Signer: key,
+		HeaderKeys: []string{"From", "From", "Subject", "Subject", "To", "Date", "Message-ID", "Reply-To"}})
+	verify := func(m []byte) Status {
+		fields, body := splitMessage(m, true)
+		got := feed(t, NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: true}), fields, body, []int{64})
+		if len(got) != 1 {
+			t.Fatalf("results %+v", got)
+		}
+		return got[0].Status
+	}
+	if got := verify(msg); got != Pass {
+		t.Errorf("oversigned message: %s, want pass", got)
+	}
+	// A second From field added below the signature (where a verifier
+	// taking the first From field would not see it).
+	withFrom := bytes.Replace(msg, []byte("To:bob"), []byte("From: evil@example.net\r\nTo:bob"), 1)
+	if got := verify(withFrom); got != Fail {
+		t.Errorf("second From added: %s, want fail", got)
+	}
+	withReplyTo := bytes.Replace(msg, []byte("To:bob"), []byte("Reply-To: evil@example.net\r\nTo:bob"), 1)
+	if got := verify(withReplyTo); got != Fail {
+		t.Errorf("signed-absent Reply-To added: %s, want fail", got)
+	}
+}
