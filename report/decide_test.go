@@ -1,6 +1,7 @@
 package report
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"slices"
@@ -187,7 +188,7 @@ func processed(t *testing.T, r *Reporter, f *Failure) []string {
 		before[id] = true
 	}
 	r.mu.Unlock()
-	r.process(f)
+	r.process(context.Background(), f)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var to []string

@@ -378,3 +378,41 @@ func TestSetConfigTurnsReportsOn(t *testing.T) {
 	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
 	sink.Wait(t, 1, 10*time.Second)
 }
+
+// TestShutdownDuringHungDelivery: the relay stops answering in the middle
+// of DATA. Stopping the Reporter must not wait for the SMTP timeout (2
+// minutes by default): Run returns at once and the report stays spooled,
+// its attempt not counted, for the next start.
+func TestShutdownDuringHungDelivery(t *testing.T) {
+	sink := smtpsink.Start(t)
+	sink.HangData()
+	cfg := testConfig(t)
+	cfg.SMTP = sink.Addr
+	r := newReporter(t, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+
+	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+	waitFor(t, "the delivery to hang in DATA", func() bool { return sink.InData() == 1 })
+	time.Sleep(100 * time.Millisecond) // the message is written; the reply never comes
+	start := time.Now()
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5 s of the shutdown while the relay hangs")
+	}
+	t.Logf("Run returned %v after the shutdown", time.Since(start))
+	files := spoolFiles(t, cfg.SpoolDir)
+	if len(files) != 1 {
+		t.Fatalf("%d reports spooled after the shutdown, want 1", len(files))
+	}
+	env, _, err := readSpoolFile(files[0])
+	if err != nil || env.Attempts != 0 {
+		t.Errorf("spooled report: attempts %d, %v; want it as it was", env.Attempts, err)
+	}
+	if st := r.Stats(); st.Sent != 0 || st.Dropped != 0 || st.Retried != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}

@@ -546,7 +546,7 @@ func (r *Reporter) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				return
 			case f := <-r.queue:
-				r.process(f)
+				r.process(ctx, f)
 			}
 		}
 	}()

@@ -32,7 +32,7 @@ func (r *Reporter) sendLoop(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			r.attempt(e)
+			r.attempt(ctx, e)
 		}
 		wait := maxIdle
 		if next, ok := r.nextDue(); ok {
@@ -93,8 +93,10 @@ func (c *Config) backoff(n int) time.Duration {
 	return min(d, c.MaxBackoff)
 }
 
-// attempt tries to deliver one report and updates the spool.
-func (r *Reporter) attempt(e *entry) {
+// attempt tries to deliver one report and updates the spool. A delivery
+// cut short because ctx ended (shutdown) leaves the report spooled as it
+// was, for the next start.
+func (r *Reporter) attempt(ctx context.Context, e *entry) {
 	env, msg, err := readSpoolFile(e.path)
 	if err != nil {
 		r.log.Error().Err(err).Str("path", e.path).Msg("spooled failure report vanished or is unreadable; dropped")
@@ -104,7 +106,11 @@ func (r *Reporter) attempt(e *entry) {
 		return
 	}
 	log := r.log.With().Str("id", env.ID).Str("to", env.To).Str("domain", env.Domain).Str("queue_id", env.QueueID).Logger()
-	err = r.deliver(env.From, env.To, msg)
+	err = r.deliver(ctx, env.From, env.To, msg)
+	if err != nil && ctx.Err() != nil {
+		log.Info().Err(err).Msg("shutting down during a delivery; the failure report stays spooled for the next start")
+		return
+	}
 	env.Attempts++
 	if err == nil {
 		r.forget(e)
@@ -161,17 +167,21 @@ func isTransactionError(err error) bool {
 	return errors.As(err, &t)
 }
 
-// deliver sends one message over SMTP to the relay within SMTPTimeout. It
-// is not cancelled by Run's context, so a shutdown lets it finish.
-func (r *Reporter) deliver(from, to string, msg []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), r.conf().SMTPTimeout)
+// deliver sends one message over SMTP to the relay within SMTPTimeout. When
+// ctx ends (shutdown) the connection is closed at once, whatever the relay
+// is doing: a relay that hangs mid-DATA must not hold up a shutdown, and
+// the report is still in the spool.
+func (r *Reporter) deliver(ctx context.Context, from, to string, msg []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, r.conf().SMTPTimeout)
 	defer cancel()
 
-	c, err := r.dial(ctx)
+	c, conn, err := r.dial(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
 	if err := c.Mail(from, nil); err != nil {
 		return &transactionError{fmt.Errorf("MAIL FROM: %w", err)}
 	}
@@ -194,7 +204,7 @@ func (r *Reporter) deliver(from, to string, msg []byte) error {
 
 // dial connects to the relay, says EHLO, does STARTTLS and AUTH as
 // configured.
-func (r *Reporter) dial(ctx context.Context) (*smtp.Client, error) {
+func (r *Reporter) dial(ctx context.Context) (*smtp.Client, net.Conn, error) {
 	host, _, _ := net.SplitHostPort(r.conf().SMTP)
 	connect := func() (*smtp.Client, net.Conn, error) {
 		var d net.Dialer
@@ -213,11 +223,14 @@ func (r *Reporter) dial(ctx context.Context) (*smtp.Client, error) {
 
 	c, conn, err := connect()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	// Until deliver takes over, a shutdown closes the connection here.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
 	if err := c.Hello(r.conf().ReportingMTA); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("EHLO: %w", err)
+		return nil, nil, fmt.Errorf("EHLO: %w", err)
 	}
 	tlsOn := false
 	if r.conf().StartTLS != StartTLSOff {
@@ -231,39 +244,41 @@ func (r *Reporter) dial(ctx context.Context) (*smtp.Client, error) {
 			var d net.Dialer
 			conn, err = d.DialContext(ctx, "tcp", r.conf().SMTP)
 			if err != nil {
-				return nil, fmt.Errorf("connecting to relay %s: %w", r.conf().SMTP, err)
+				return nil, nil, fmt.Errorf("connecting to relay %s: %w", r.conf().SMTP, err)
 			}
+			stop()
+			stop = context.AfterFunc(ctx, func() { conn.Close() })
 			if dl, ok := ctx.Deadline(); ok {
 				conn.SetDeadline(dl)
 			}
 			c, err = smtp.NewClientStartTLS(conn, cfg)
 			if err != nil {
 				conn.Close()
-				return nil, fmt.Errorf("STARTTLS with relay %s: %w", r.conf().SMTP, err)
+				return nil, nil, fmt.Errorf("STARTTLS with relay %s: %w", r.conf().SMTP, err)
 			}
 			c.CommandTimeout = r.conf().SMTPTimeout
 			c.SubmissionTimeout = r.conf().SMTPTimeout
 			if err := c.Hello(r.conf().ReportingMTA); err != nil {
 				c.Close()
-				return nil, fmt.Errorf("EHLO after STARTTLS: %w", err)
+				return nil, nil, fmt.Errorf("EHLO after STARTTLS: %w", err)
 			}
 			tlsOn = true
 		case r.conf().StartTLS == StartTLSRequired:
 			c.Close()
-			return nil, fmt.Errorf("relay %s does not offer STARTTLS, which is required", r.conf().SMTP)
+			return nil, nil, fmt.Errorf("relay %s does not offer STARTTLS, which is required", r.conf().SMTP)
 		}
 	}
 	if r.conf().SMTPUser != "" {
 		if !tlsOn && !isLoopback(conn) {
 			c.Close()
-			return nil, fmt.Errorf("not sending the SMTP password to %s without TLS", r.conf().SMTP)
+			return nil, nil, fmt.Errorf("not sending the SMTP password to %s without TLS", r.conf().SMTP)
 		}
 		if err := c.Auth(sasl.NewPlainClient("", r.conf().SMTPUser, r.conf().SMTPPassword)); err != nil {
 			c.Close()
-			return nil, fmt.Errorf("AUTH PLAIN: %w", err)
+			return nil, nil, fmt.Errorf("AUTH PLAIN: %w", err)
 		}
 	}
-	return c, nil
+	return c, conn, nil
 }
 
 func (r *Reporter) tlsConfig(host string) *tls.Config {

@@ -214,15 +214,16 @@ func (r *Reporter) loadSpool() {
 	}
 }
 
-// process turns one submitted message into spooled reports.
-func (r *Reporter) process(f *Failure) {
+// process turns one submitted message into spooled reports; its DNS work
+// ends with ctx (shutdown).
+func (r *Reporter) process(ctx context.Context, f *Failure) {
 	defer func() {
 		if p := recover(); p != nil {
 			r.suppress(ReasonBuildError)
 			r.log.Error().Str("panic", fmt.Sprint(p)).Str("queue_id", f.QueueID).Msg("panic building a failure report")
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
 	v := &f.Verdict
 	log := r.log.With().Str("queue_id", f.QueueID).Str("domain", v.FromDomain).Logger()

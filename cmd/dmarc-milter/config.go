@@ -390,3 +390,86 @@ func (a *LoopbackAddr) String() string {
 	}
 	return a.Addr
 }
+
+// validate checks the values no type can: ranges, and the reject text. It
+// returns the key of the first bad value and why.
+func (c *Config) validate() (key string, err error) {
+	positive := []struct {
+		key string
+		d   Duration
+	}{
+		{"dns_timeout", c.DNSTimeout}, {"check_timeout", c.CheckTimeout},
+		{"idle_timeout", c.IdleTimeout}, {"read_timeout", c.ReadTimeout}, {"write_timeout", c.WriteTimeout},
+		{"shutdown_timeout", c.ShutdownTimeout},
+		{"report_min_backoff", c.ReportMinBackoff}, {"report_max_backoff", c.ReportMaxBackoff},
+		{"failure_report_per_destination_window", c.FailureReportPerDestinationWindow},
+		{"failure_report_global_window", c.FailureReportGlobalWindow},
+		{"failure_report_dedup_window", c.FailureReportDedupWindow},
+	}
+	for _, p := range positive {
+		if p.d <= 0 {
+			return p.key, fmt.Errorf("must be longer than 0, not %q", p.d)
+		}
+	}
+	if c.DNSFailureTTL < 0 {
+		return "dns_failure_ttl", fmt.Errorf("must be 0 (off) or longer, not %q", c.DNSFailureTTL)
+	}
+	if c.ReportMaxBackoff < c.ReportMinBackoff {
+		return "report_max_backoff", fmt.Errorf("%q is shorter than report_min_backoff %q", c.ReportMaxBackoff, c.ReportMinBackoff)
+	}
+	atLeastOne := []struct {
+		key string
+		n   int
+	}{
+		{"dns_cache_size", c.DNSCacheSize}, {"max_dkim_signatures", c.MaxDKIMSignatures},
+		{"report_max_attempts", c.ReportMaxAttempts},
+		{"failure_report_per_destination", c.FailureReportPerDestination},
+		{"failure_report_global", c.FailureReportGlobal},
+	}
+	for _, a := range atLeastOne {
+		if a.n < 1 {
+			return a.key, fmt.Errorf("must be at least 1, not %d (failure_reports = false turns reports off)", a.n)
+		}
+	}
+	if c.FailureReportMaxMessageSize < 0 {
+		return "failure_report_max_message_size", fmt.Errorf("must not be negative, not %d", c.FailureReportMaxMessageSize)
+	}
+	if err := checkRejectText(c.RejectText); err != nil {
+		return "reject_text", err
+	}
+	return "", nil
+}
+
+// checkRejectText accepts printable ASCII (it goes into an SMTP reply line)
+// with no placeholder but {domain}.
+func checkRejectText(s string) error {
+	if s == "" {
+		return errors.New("must not be empty")
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < ' ' || s[i] > '~' {
+			return fmt.Errorf("holds a character that cannot go into an SMTP reply (byte %d)", i)
+		}
+	}
+	rest := strings.ReplaceAll(s, "{domain}", "")
+	if i := strings.IndexAny(rest, "{}"); i >= 0 {
+		end := strings.IndexByte(rest[i:], '}')
+		if end < 0 {
+			end = len(rest) - i - 1
+		}
+		return fmt.Errorf("unknown placeholder %q (the only one is {domain})", rest[i:i+end+1])
+	}
+	return nil
+}
+
+// lineOfKey returns the line (1-based) of "key = ..." in a TOML file, 0 if
+// it is not there.
+func lineOfKey(data []byte, key string) int {
+	for i, l := range bytes.Split(data, []byte("\n")) {
+		k, _, ok := bytes.Cut(l, []byte("="))
+		if ok && strings.Trim(string(bytes.TrimSpace(k)), `"'`) == key {
+			return i + 1
+		}
+	}
+	return 0
+}

@@ -179,6 +179,17 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	if err != nil {
 		return cfg, err
 	}
+	if key, err := cfg.validate(); err != nil {
+		// Name the file and line when the value comes from the file.
+		if *configPath != "" {
+			if data, rerr := os.ReadFile(*configPath); rerr == nil {
+				if line := lineOfKey(data, key); line > 0 {
+					return cfg, &ConfigError{File: *configPath, Line: line, Key: key, Err: err}
+				}
+			}
+		}
+		return cfg, fmt.Errorf("%s: %w", key, err)
+	}
 	if _, err := mail.ParseAddress(cfg.ReportFrom); err != nil {
 		return cfg, fmt.Errorf("report_from: %q is not an e-mail address", cfg.ReportFrom)
 	}
@@ -334,7 +345,7 @@ wait:
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
 				daemon.SdNotify(false, daemon.SdNotifyReloading)
-				cfg = reload(args, cfg, ev, reporter, logger, levels)
+				cfg = reload(args, cfg, listening, ev, reporter, logger, levels)
 				daemon.SdNotify(false, daemon.SdNotifyReady)
 				continue
 			}
@@ -364,8 +375,10 @@ wait:
 // reload re-reads the configuration file and flags (SIGHUP) and applies
 // what can change without dropping connections: the local policy (networks,
 // domain lists, actions, texts) and the log level. A bad file keeps the
-// running configuration; settings that need a restart are named in the log.
-func reload(args []string, old Config, ev *policy.Evaluator, reporter *report.Reporter, logger zerolog.Logger, levels *levelWriter) Config {
+// running configuration; settings that need a restart are named in the log
+// whenever the file differs from what is running (running: the
+// configuration the daemon started with), not from the previous reload.
+func reload(args []string, old, running Config, ev *policy.Evaluator, reporter *report.Reporter, logger zerolog.Logger, levels *levelWriter) Config {
 	cfg, err := parseFlags(args, io.Discard)
 	if err != nil {
 		logger.Error().Err(err).Msg("reload failed; keeping the running configuration")
@@ -384,17 +397,17 @@ func reload(args []string, old Config, ev *policy.Evaluator, reporter *report.Re
 		name     string
 		old, new any
 	}{
-		{"listen", old.Listen, cfg.Listen}, {"socket_mode", old.SocketMode, cfg.SocketMode},
-		{"dns", strings.Join(old.DNS, ","), strings.Join(cfg.DNS, ",")}, {"dns_timeout", old.DNSTimeout, cfg.DNSTimeout},
-		{"dns_cache_size", old.DNSCacheSize, cfg.DNSCacheSize}, {"check_timeout", old.CheckTimeout, cfg.CheckTimeout},
-		{"dns_failure_ttl", old.DNSFailureTTL, cfg.DNSFailureTTL},
-		{"max_dkim_signatures", old.MaxDKIMSignatures, cfg.MaxDKIMSignatures},
-		{"idle_timeout", old.IdleTimeout, cfg.IdleTimeout}, {"read_timeout", old.ReadTimeout, cfg.ReadTimeout},
-		{"write_timeout", old.WriteTimeout, cfg.WriteTimeout}, {"log_format", old.LogFormat.Value, cfg.LogFormat.Value},
-		{"state_dir", old.StateDir, cfg.StateDir}, {"pprof_listen", old.PprofListen, cfg.PprofListen},
-		{"shutdown_timeout", old.ShutdownTimeout, cfg.ShutdownTimeout},
-		{"failure_report_include", old.FailureReportInclude.Value, cfg.FailureReportInclude.Value},
-		{"failure_report_max_message_size", old.FailureReportMaxMessageSize, cfg.FailureReportMaxMessageSize},
+		{"listen", running.Listen, cfg.Listen}, {"socket_mode", running.SocketMode, cfg.SocketMode},
+		{"dns", strings.Join(running.DNS, ","), strings.Join(cfg.DNS, ",")}, {"dns_timeout", running.DNSTimeout, cfg.DNSTimeout},
+		{"dns_cache_size", running.DNSCacheSize, cfg.DNSCacheSize}, {"check_timeout", running.CheckTimeout, cfg.CheckTimeout},
+		{"dns_failure_ttl", running.DNSFailureTTL, cfg.DNSFailureTTL},
+		{"max_dkim_signatures", running.MaxDKIMSignatures, cfg.MaxDKIMSignatures},
+		{"idle_timeout", running.IdleTimeout, cfg.IdleTimeout}, {"read_timeout", running.ReadTimeout, cfg.ReadTimeout},
+		{"write_timeout", running.WriteTimeout, cfg.WriteTimeout}, {"log_format", running.LogFormat.Value, cfg.LogFormat.Value},
+		{"state_dir", running.StateDir, cfg.StateDir}, {"pprof_listen", running.PprofListen, cfg.PprofListen},
+		{"shutdown_timeout", running.ShutdownTimeout, cfg.ShutdownTimeout},
+		{"failure_report_include", running.FailureReportInclude.Value, cfg.FailureReportInclude.Value},
+		{"failure_report_max_message_size", running.FailureReportMaxMessageSize, cfg.FailureReportMaxMessageSize},
 	} {
 		if c.old != c.new {
 			restart = append(restart, c.name)

@@ -80,6 +80,15 @@ func TestConfigErrors(t *testing.T) {
 		{"bad listen", "listen = \"udp:1.2.3.4:5\"\n", `:1: listen: .*unknown type`},
 		{"syntax", "listen = \n", `:1`},
 		{"pprof not on loopback", "pprof_listen = \"0.0.0.0:6060\"\n", `:1: pprof_listen: .*not a loopback address`},
+		{"negative limit", "monitor = false\nfailure_report_global = -7\n", `:2: failure_report_global: must be at least 1, not -7`},
+		{"zero limit", "failure_report_per_destination = 0\n", `:1: failure_report_per_destination: must be at least 1`},
+		{"zero window", "failure_report_dedup_window = \"0s\"\n", `:1: failure_report_dedup_window: must be longer than 0`},
+		{"zero timeout", "check_timeout = \"0s\"\n", `:1: check_timeout: must be longer than 0`},
+		{"negative failure ttl", "dns_failure_ttl = \"-1s\"\n", `:1: dns_failure_ttl: .*invalid duration`},
+		{"backoffs reversed", "report_min_backoff = \"2h\"\nreport_max_backoff = \"1h\"\n", `:2: report_max_backoff: .*shorter than report_min_backoff`},
+		{"reject_text placeholder typo", "reject_text = \"DMARC policy of {domian} says reject\"\n", `:1: reject_text: unknown placeholder "\{domian\}"`},
+		{"reject_text line break", "reject_text = \"rejected\\r\\n250 ok\"\n", `:1: reject_text: holds a character`},
+		{"no signatures", "max_dkim_signatures = 0\n", `:1: max_dkim_signatures: must be at least 1`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -378,6 +387,18 @@ func TestReload(t *testing.T) {
 	if code := spoof(t, "unix", sock); code != 250 {
 		t.Errorf("after reload to monitor mode: %d, want 250", code)
 	}
+	// need_restart compares with what is running, not with the previous
+	// reload: the same file again still needs the restart...
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	if l := d.waitFor("configuration reloaded"); !strings.Contains(l, `"need_restart":["dns_timeout"]`) {
+		t.Errorf("second reload of the same file forgot that dns_timeout needs a restart: %s", l)
+	}
+	// ...and going back to the running value needs none.
+	os.WriteFile(conf, []byte("monitor = true\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	if l := d.waitFor("configuration reloaded"); strings.Contains(l, "need_restart") {
+		t.Errorf("reverting to the running dns_timeout still warns: %s", l)
+	}
 
 	os.WriteFile(conf, []byte("monitor = maybe\n"), 0o644)
 	d.cmd.Process.Signal(syscall.SIGHUP)
@@ -470,5 +491,48 @@ func TestFailureReportSurvivesKill9(t *testing.T) {
 	}
 	if len(files) != 0 {
 		t.Errorf("delivered reports still in the spool: %v", files)
+	}
+}
+
+// TestSIGTERMWithHungRelay: the report relay stops answering in the middle
+// of DATA. SIGTERM must still end the daemon within shutdown_timeout (the
+// SMTP client's own timeout is minutes), and the report stays spooled for
+// the next start.
+func TestSIGTERMWithHungRelay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the daemon")
+	}
+	dnsSrv, bin := daemonPrereqs(t)
+	sink := smtpsink.Start(t)
+	sink.HangData()
+	state := t.TempDir()
+	sock := filepath.Join(t.TempDir(), "m.sock")
+	conf := writeFile(t, "shutdown_timeout = \"2s\"\n")
+	d := startDaemon(t, bin, "serve", "--config", conf, "--listen", "unix:"+sock, "--dns", dnsSrv.Addr,
+		"--state-dir", state, "--report-smtp", sink.Addr, "--authserv-id", "mx.cli.example")
+	d.waitFor("dmarc-milter ready")
+	if code := spoof(t, "unix", sock); code != 550 {
+		t.Fatalf("spoof: %d, want 550", code)
+	}
+	for deadline := time.Now().Add(10 * time.Second); sink.InData() == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no delivery reached DATA:\n%s", strings.Join(d.log, "\n"))
+		}
+	}
+	start := time.Now()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	exited := make(chan error, 1)
+	go func() { exited <- d.cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("exit: %v", err)
+		}
+	case <-time.After(6 * time.Second):
+		t.Fatalf("still running %v after SIGTERM with shutdown_timeout 2s", time.Since(start))
+	}
+	t.Logf("stopped %v after SIGTERM", time.Since(start))
+	if files, _ := filepath.Glob(filepath.Join(state, "spool", "failure", "*.report")); len(files) == 0 {
+		t.Error("the report whose delivery was cut short is no longer spooled")
 	}
 }

@@ -64,6 +64,8 @@ type Sink struct {
 	rcptErr  failure
 	dataErr  failure
 	attempts int
+	hang     chan struct{} // set by HangData: DATA blocks until Stop
+	inData   int           // DATA commands that reached the sink
 }
 
 // Start starts a sink on a free loopback port; it stops when the test ends.
@@ -114,6 +116,10 @@ func (s *Sink) Stop() {
 	s.mu.Lock()
 	srv, ln := s.srv, s.ln
 	s.srv, s.ln = nil, nil
+	if s.hang != nil {
+		close(s.hang)
+		s.hang = nil
+	}
 	s.mu.Unlock()
 	if srv != nil {
 		// The listener is closed here too: Serve may not have registered
@@ -136,6 +142,21 @@ func (s *Sink) Restart(t testing.TB) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("smtpsink: restart on %s: %v", s.Addr, err)
+}
+
+// HangData makes the sink stop answering in the middle of DATA, as a relay
+// that hangs would: it reads the message and never replies, until Stop.
+func (s *Sink) HangData() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hang = make(chan struct{})
+}
+
+// InData returns how many DATA commands have reached the sink.
+func (s *Sink) InData() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inData
 }
 
 // FailMail, FailRcpt and FailData make the sink answer MAIL FROM, RCPT TO
@@ -268,9 +289,17 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (ss *session) Data(r io.Reader) error {
+	ss.sink.mu.Lock()
+	ss.sink.inData++
+	hang := ss.sink.hang
+	ss.sink.mu.Unlock()
 	var b bytes.Buffer
 	if _, err := io.Copy(&b, r); err != nil {
 		return err
+	}
+	if hang != nil {
+		<-hang
+		return errors.New("smtpsink: stopped while hanging in DATA")
 	}
 	if err := ss.sink.take(&ss.sink.dataErr); err != nil {
 		return err
