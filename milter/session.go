@@ -34,8 +34,9 @@ type Settings struct {
 	CheckTimeout time.Duration
 	Log          zerolog.Logger
 	Now          func() time.Time
-	// OnVerdict, if set, is called after the action is decided (for
-	// failure reports). It must not block.
+	// OnVerdict, if set, is called after the action is decided and before
+	// the MTA gets its answer (failure reports make theirs durable there).
+	// It must not wait on the network.
 	OnVerdict func(*Report)
 	// KeepBody is how many body bytes to keep for OnVerdict (failure
 	// reports that attach the whole message); 0 keeps none. At most

@@ -100,15 +100,15 @@ func TestWantedMatrix(t *testing.T) {
 	}
 }
 
-// TestSubmitExclusions checks which messages are queued for a report and
-// which are counted as suppressed, and why.
+// TestSubmitExclusions checks which messages get a report (spooled when
+// Submit returns) and which are counted as suppressed, and why.
 func TestSubmitExclusions(t *testing.T) {
 	const rec = "v=DMARC1; p=reject; ruf=mailto:r@example.com"
 	cases := []struct {
 		name   string
 		cfg    func(*Config)
 		mod    func(*Failure)
-		reason Reason // "" = queued
+		reason Reason // "" = spooled
 	}{
 		{"reject policy", nil, nil, ""},
 		{"p=none reported too", nil, func(f *Failure) { *f = *failure(t, "v=DMARC1; p=none; ruf=mailto:r@example.com") }, ""},
@@ -165,15 +165,15 @@ func TestSubmitExclusions(t *testing.T) {
 			if st.Submitted != 1 {
 				t.Errorf("Submitted = %d", st.Submitted)
 			}
-			queued := len(r.queue) == 1
+			spooled := st.Spooled == 1 && len(spoolFiles(t, cfg.SpoolDir)) == 1
 			if c.reason == "" {
-				if !queued || len(st.Suppressed) != 0 {
-					t.Errorf("not queued: %v", st.Suppressed)
+				if !spooled || len(st.Suppressed) != 0 {
+					t.Errorf("not spooled: %v", st.Suppressed)
 				}
 				return
 			}
-			if queued || st.Suppressed[c.reason] != 1 {
-				t.Errorf("queued=%v suppressed=%v, want %s", queued, st.Suppressed, c.reason)
+			if spooled || st.Suppressed[c.reason] != 1 {
+				t.Errorf("spooled=%v suppressed=%v, want %s", spooled, st.Suppressed, c.reason)
 			}
 		})
 	}

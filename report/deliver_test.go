@@ -2,11 +2,14 @@ package report
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/dmarc-milter/dmarc-milter/report/smtpsink"
 )
@@ -215,21 +218,57 @@ func TestUnwritableSpool(t *testing.T) {
 	}
 }
 
-func TestSubmitNeverBlocks(t *testing.T) {
-	cfg := testConfig(t)
-	cfg.QueueSize = 2
-	r := newReporter(t, cfg) // Run is not started: nothing drains the queue
-	start := time.Now()
-	for i := 0; i < 5; i++ {
-		f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com")
-		r.Submit(f)
+// TestSubmitBurst: a burst of reportable messages, faster than any relay.
+// Every report is in the spool when Submit returns (there is no queue to
+// overflow), so stopping at once, as a SIGTERM or a kill -9 would, loses
+// none: the next Reporter delivers them all. With the default limits the
+// reports beyond them are dropped by the limits alone, and counted.
+func TestSubmitBurst(t *testing.T) {
+	const n = 1500
+	burst := func(r *Reporter) {
+		for i := range n {
+			f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com")
+			f.ClientIP = net.IPv4(198, 18, byte(i>>8), byte(i)) // distinct: no de-duplication
+			r.Submit(f)
+		}
 	}
-	if d := time.Since(start); d > 100*time.Millisecond {
-		t.Errorf("Submit took %v", d)
-	}
-	if st := r.Stats(); st.Suppressed[ReasonQueueFull] != 3 || len(r.queue) != 2 {
-		t.Errorf("queue %d, stats %+v", len(r.queue), st)
-	}
+
+	t.Run("within the limits", func(t *testing.T) {
+		cfg := testConfig(t)
+		cfg.PerDestinationLimit, cfg.GlobalLimit = 2*n, 2*n
+		first := newReporter(t, cfg) // Run is not started: nothing is sent
+		start := time.Now()
+		burst(first)
+		t.Logf("%d reportable messages submitted in %v (%v each, fsync included)", n, time.Since(start), time.Since(start)/n)
+		if st := first.Stats(); st.Spooled != n || len(st.Suppressed) != 0 || st.SpoolErrors != 0 {
+			t.Fatalf("stats %+v", st)
+		}
+		if got := len(spoolFiles(t, cfg.SpoolDir)); got != n {
+			t.Fatalf("%d reports spooled, want %d", got, n)
+		}
+		// The first Reporter is gone without a word; the next one sends
+		// everything.
+		sink := smtpsink.Start(t)
+		cfg.SMTP = sink.Addr
+		second := newReporter(t, cfg)
+		running(t, second)
+		sink.Wait(t, n, 60*time.Second)
+		waitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.SpoolDir)) == 0 })
+		if st := second.Stats(); st.Sent != n {
+			t.Errorf("sent %d, want %d", st.Sent, n)
+		}
+	})
+
+	t.Run("default limits", func(t *testing.T) {
+		cfg := testConfig(t)
+		r := newReporter(t, cfg)
+		burst(r)
+		st := r.Stats()
+		want := uint64(r.Config().PerDestinationLimit)
+		if st.Spooled != want || st.Suppressed[ReasonDestLimit] != n-want || st.Spooled+st.Suppressed[ReasonDestLimit] != n {
+			t.Errorf("stats %+v, want %d spooled and the rest counted against the destination limit", st, want)
+		}
+	})
 }
 
 // TestRestartDeliversSpool simulates a kill -9: a Reporter spools a report
@@ -414,5 +453,57 @@ func TestShutdownDuringHungDelivery(t *testing.T) {
 	}
 	if st := r.Stats(); st.Sent != 0 || st.Dropped != 0 || st.Retried != 0 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestLoadSpoolKeepsWritesInProgress: the sender starts while sessions
+// already submit; at start it removes the temporary files a crashed
+// process left, never one this Reporter is writing.
+func TestLoadSpoolKeepsWritesInProgress(t *testing.T) {
+	cfg := testConfig(t)
+	r := newReporter(t, cfg)
+	mine := filepath.Join(cfg.SpoolDir, r.tmpPrefix+"123")
+	crashed := filepath.Join(cfg.SpoolDir, tmpPrefix+"20200101T000000.000000000-abcdef-123")
+	for _, p := range []string{mine, crashed} {
+		if err := os.WriteFile(p, []byte("{partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.loadSpool()
+	if _, err := os.Stat(mine); err != nil {
+		t.Errorf("a write in progress was removed: %v", err)
+	}
+	if _, err := os.Stat(crashed); !os.IsNotExist(err) {
+		t.Errorf("a crashed process's temporary file was kept: %v", err)
+	}
+}
+
+// BenchmarkSubmit measures what Submit adds to the milter's answer: for a
+// message that gets a report (built, written and fsynced to the spool on
+// the local disk), and for one that does not (the cheap checks only).
+func BenchmarkSubmit(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		record string
+	}{
+		{"reportable", "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"},
+		{"no report wanted", "v=DMARC1; p=reject"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			cfg := testConfig(b)
+			cfg.SpoolDir = filepath.Join(b.TempDir(), "spool")
+			cfg.PerDestinationLimit, cfg.GlobalLimit = 1<<30, 1<<30
+			r, err := New(cfg, newResolver(), zerolog.Nop(), nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			i := 0
+			for b.Loop() {
+				f := failure(b, tc.record)
+				f.ClientIP = net.IPv4(198, 18, byte(i>>8), byte(i))
+				i++
+				r.Submit(f)
+			}
+		})
 	}
 }

@@ -90,7 +90,6 @@
 //	StartTLS              "opportunistic" (used when offered, certificate not verified)
 //	MaxAttempts           10
 //	MinBackoff            1m, doubling per attempt up to MaxBackoff 1h
-//	QueueSize             1000 messages waiting to be turned into reports
 //	SMTPTimeout           2m for one delivery attempt
 //
 // A zero value means the default; a negative limit, window or DedupWindow
@@ -98,13 +97,17 @@
 //
 // # Delivery
 //
-// Submit never blocks: it makes the cheap checks above and hands the
-// message to a bounded queue (dropped and counted when full). Run's worker
-// does the DNS work, builds the reports and writes each to the spool
-// directory (one file per report and destination: a JSON envelope line with
-// sender, recipient, attempts and next attempt time, then the message;
-// written to a temporary name, fsynced, renamed into place, directory
-// fsynced). The sender loop delivers spooled reports over SMTP to
+// Submit is called before the MTA gets its answer for the message, and
+// returns only once the message's reports are durable: it makes the cheap
+// checks above (a message that gets no report costs nothing more), then
+// checks the destinations (DNS, bounded by reportLookupTimeout, mostly
+// cached), applies the limits and de-duplication, builds the reports and
+// writes each to the spool directory (one file per report and destination:
+// a JSON envelope line with sender, recipient, attempts and next attempt
+// time, then the message; written to a temporary name, fsynced, renamed
+// into place, directory fsynced). There is no queue in memory: a burst of
+// reportable mail is limited only by the configured limits, and a kill -9
+// or SIGTERM after the MTA's answer loses no report. The sender loop delivers spooled reports over SMTP to
 // Config.SMTP (go-smtp; STARTTLS per Config.StartTLS; AUTH PLAIN when
 // SMTPUser is set, only over TLS or to a loopback relay). A 5xx reply to
 // MAIL, RCPT or DATA drops the report at once (logged); any other failure
@@ -148,14 +151,16 @@ const (
 	DefaultMaxAttempts          = 10
 	DefaultMinBackoff           = time.Minute
 	DefaultMaxBackoff           = time.Hour
-	DefaultQueueSize            = 1000
 	DefaultSMTPTimeout          = 2 * time.Minute
 
 	// externalCacheTTL is how long the answer of an external destination
 	// check is kept.
 	externalCacheTTL = time.Hour
-	// lookupTimeout bounds the DNS work for one message's reports.
-	lookupTimeout = 30 * time.Second
+	// reportLookupTimeout bounds the DNS work for one message's reports
+	// (external destination checks, the SPF record for the text), done
+	// before the MTA gets its answer. When it runs out the destinations
+	// not checked yet are left out, logged.
+	reportLookupTimeout = 3 * time.Second
 )
 
 // Include values.
@@ -226,8 +231,6 @@ type Config struct {
 	// SpoolDir holds the reports waiting for delivery, normally
 	// <state-dir>/spool/failure.
 	SpoolDir string
-	// QueueSize is how many submitted messages may wait for the worker.
-	QueueSize int
 }
 
 // withDefaults returns c with zero values replaced by defaults.
@@ -279,9 +282,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxBackoff < c.MinBackoff {
 		c.MaxBackoff = c.MinBackoff
-	}
-	if c.QueueSize <= 0 {
-		c.QueueSize = DefaultQueueSize
 	}
 	return c
 }
@@ -378,7 +378,6 @@ const (
 	ReasonDestLimit      Reason = "destination-rate-limit"
 	ReasonGlobalLimit    Reason = "global-rate-limit"
 	ReasonTooBig         Reason = "too-big" // over the destination's !size
-	ReasonQueueFull      Reason = "queue-full"
 	ReasonBuildError     Reason = "build-error"
 )
 
@@ -397,12 +396,13 @@ type Stats struct {
 
 // Reporter decides, builds, spools and sends failure reports.
 type Reporter struct {
-	cfg   atomic.Pointer[Config] // replaced by SetConfig
-	res   Resolver
-	log   zerolog.Logger
-	now   func() time.Time
-	queue chan *Failure
-	wake  chan struct{}
+	cfg  atomic.Pointer[Config] // replaced by SetConfig
+	res  Resolver
+	log  zerolog.Logger
+	now  func() time.Time
+	wake chan struct{}
+	// tmpPrefix names this Reporter's temporary spool files.
+	tmpPrefix string
 
 	mu      sync.Mutex
 	stats   Stats
@@ -422,14 +422,16 @@ func New(cfg Config, r Resolver, log zerolog.Logger, now func() time.Time) (*Rep
 		now = time.Now
 	}
 	rp := &Reporter{
-		res:     r,
-		log:     log.With().Str("component", "failure-report").Logger(),
-		now:     now,
-		queue:   make(chan *Failure, cfg.QueueSize),
-		wake:    make(chan struct{}, 1),
-		pending: map[string]*entry{},
-		authz:   map[string]authzEntry{},
-		stats:   Stats{Suppressed: map[Reason]uint64{}},
+		res:  r,
+		log:  log.With().Str("component", "failure-report").Logger(),
+		now:  now,
+		wake: make(chan struct{}, 1),
+		// The prefix tells this instance's files in the making from a
+		// crashed one's.
+		tmpPrefix: tmpPrefix + newID(now()) + "-",
+		pending:   map[string]*entry{},
+		authz:     map[string]authzEntry{},
+		stats:     Stats{Suppressed: map[Reason]uint64{}},
 	}
 	rp.cfg.Store(&cfg)
 	if !cfg.Enabled {
@@ -454,12 +456,12 @@ func (r *Reporter) conf() *Config { return r.cfg.Load() }
 
 // SetConfig replaces the configuration (SIGHUP reload): switch, limits,
 // lists, content and relay settings take effect for the next report; the
-// spool directory and queue size stay as they were at New. On error the
+// spool directory stays as it was at New. On error the
 // running configuration is kept.
 func (r *Reporter) SetConfig(cfg Config) error {
 	cfg = cfg.withDefaults()
 	old := r.cfg.Load()
-	cfg.SpoolDir, cfg.QueueSize = old.SpoolDir, old.QueueSize
+	cfg.SpoolDir = old.SpoolDir
 	if cfg.Enabled {
 		if err := cfg.check(); err != nil {
 			return err
@@ -502,9 +504,10 @@ func (r *Reporter) suppress(reason Reason) {
 	r.count(func(s *Stats) { s.Suppressed[reason]++ })
 }
 
-// Submit hands a judged message to the Reporter. It never blocks and never
-// fails: the cheap checks run here, everything else on Run's worker. When
-// the queue is full the message is dropped, counted and logged.
+// Submit hands a judged message to the Reporter, before the MTA gets its
+// answer. It never fails: a message that warrants reports has them in the
+// spool when Submit returns (see the package documentation); one that does
+// not returns after the cheap checks.
 func (r *Reporter) Submit(f *Failure) {
 	if f == nil {
 		return
@@ -519,42 +522,21 @@ func (r *Reporter) Submit(f *Failure) {
 		r.log.Debug().Str("queue_id", f.QueueID).Str("reason", string(reason)).Msg("no failure report")
 		return
 	}
-	select {
-	case r.queue <- f:
-	default:
-		r.suppress(ReasonQueueFull)
-		r.log.Error().Str("queue_id", f.QueueID).Int("queue_size", r.conf().QueueSize).
-			Msg("failure report queue full; report dropped (is the report worker running?)")
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), reportLookupTimeout)
+	defer cancel()
+	r.process(ctx, f)
 }
 
-// Run runs the worker that turns submitted messages into spooled reports
-// and the sender that delivers them. It first picks up every report already
-// in the spool. It returns when ctx ends, after the SMTP transaction under
-// way (bounded by SMTPTimeout) and the report being built.
+// Run runs the sender that delivers spooled reports. It first picks up
+// every report already in the spool. It returns as soon as ctx ends: a
+// delivery under way is cut short and its report stays spooled.
 func (r *Reporter) Run(ctx context.Context) error {
-	// The loops run even while reports are off, so that a reload that
+	// The loop runs even while reports are off, so that a reload that
 	// turns them on (SetConfig) needs no restart.
 	if r.conf().Enabled {
 		r.loadSpool()
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case f := <-r.queue:
-				r.process(ctx, f)
-			}
-		}
-	}()
 	r.sendLoop(ctx)
-	<-done
-	if n := len(r.queue); n > 0 {
-		r.log.Warn().Int("count", n).Msg("shutting down with messages not yet turned into failure reports")
-	}
 	return nil
 }
 

@@ -14,7 +14,7 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
-// maxIdle is the longest the sender sleeps without looking at the queue.
+// maxIdle is the longest the sender sleeps without looking at the spool.
 const maxIdle = time.Minute
 
 func (r *Reporter) envelopeFrom() string {
@@ -144,7 +144,7 @@ func (r *Reporter) attempt(ctx context.Context, e *entry) {
 	}
 	ev.Err(err).Str("relay", r.conf().SMTP).Int("attempts", env.Attempts).Time("next_attempt", env.NextAttempt).
 		Msg("failure report not delivered; will retry")
-	if werr := writeSpoolFile(e.path, env, msg); werr != nil {
+	if werr := writeSpoolFile(e.path, r.tmpPrefix, env, msg); werr != nil {
 		// The old file stays, with its old attempt count; the in-memory
 		// state below still paces the retries.
 		log.Error().Err(werr).Str("path", e.path).Msg("cannot update spooled failure report")

@@ -17,7 +17,9 @@ import (
 
 // Spool files are named <id>.report and hold one line of JSON (the
 // envelope) followed by the report message. Temporary files start with
-// ".tmp-" and are removed at start-up.
+// ".tmp-" and the writing Reporter's instance; at start-up those of other
+// instances (a crashed process) are removed, never those being written now
+// by sessions that submit while the sender starts.
 const (
 	spoolExt  = ".report"
 	tmpPrefix = ".tmp-"
@@ -66,15 +68,15 @@ func newID(now time.Time) string {
 }
 
 // writeSpoolFile writes env and msg to path atomically and durably: a
-// temporary file in the same directory, fsync, rename, fsync of the
-// directory.
-func writeSpoolFile(path string, env envelope, msg []byte) error {
+// temporary file (named with prefix) in the same directory, fsync, rename,
+// fsync of the directory.
+func writeSpoolFile(path, prefix string, env envelope, msg []byte) error {
 	head, err := json.Marshal(env)
 	if err != nil {
 		return err
 	}
 	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, tmpPrefix)
+	f, err := os.CreateTemp(dir, prefix)
 	if err != nil {
 		return err
 	}
@@ -159,7 +161,7 @@ func (r *Reporter) spool(f *Failure, to string, msg []byte) bool {
 		NextAttempt: now,
 	}
 	path := filepath.Join(r.conf().SpoolDir, env.ID+spoolExt)
-	if err := writeSpoolFile(path, env, msg); err != nil {
+	if err := writeSpoolFile(path, r.tmpPrefix, env, msg); err != nil {
 		r.count(func(s *Stats) { s.SpoolErrors++ })
 		r.log.Error().Err(err).Str("path", r.conf().SpoolDir).Str("queue_id", f.QueueID).Str("to", to).
 			Msg("cannot write failure report to the spool; report dropped")
@@ -192,7 +194,7 @@ func (r *Reporter) loadSpool() {
 		name := de.Name()
 		path := filepath.Join(r.conf().SpoolDir, name)
 		switch {
-		case strings.HasPrefix(name, tmpPrefix):
+		case strings.HasPrefix(name, tmpPrefix) && !strings.HasPrefix(name, r.tmpPrefix):
 			// Left by a crash before its rename: never complete.
 			os.Remove(path)
 		case strings.HasSuffix(name, spoolExt) && de.Type().IsRegular():
@@ -215,7 +217,7 @@ func (r *Reporter) loadSpool() {
 }
 
 // process turns one submitted message into spooled reports; its DNS work
-// ends with ctx (shutdown).
+// ends with ctx.
 func (r *Reporter) process(ctx context.Context, f *Failure) {
 	defer func() {
 		if p := recover(); p != nil {
@@ -223,8 +225,6 @@ func (r *Reporter) process(ctx context.Context, f *Failure) {
 			r.log.Error().Str("panic", fmt.Sprint(p)).Str("queue_id", f.QueueID).Msg("panic building a failure report")
 		}
 	}()
-	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
-	defer cancel()
 	v := &f.Verdict
 	log := r.log.With().Str("queue_id", f.QueueID).Str("domain", v.FromDomain).Logger()
 

@@ -536,3 +536,35 @@ func TestSIGTERMWithHungRelay(t *testing.T) {
 		t.Error("the report whose delivery was cut short is no longer spooled")
 	}
 }
+
+// TestFailureReportSurvivesKill9AfterReply: the daemon is killed the
+// moment the MTA has its answer. The reports of that message were made
+// durable before the answer, so the next start delivers them.
+func TestFailureReportSurvivesKill9AfterReply(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the daemon")
+	}
+	dnsSrv, bin := daemonPrereqs(t)
+	sink := smtpsink.Start(t)
+	sink.Stop() // nothing is delivered before the kill
+	state := t.TempDir()
+	sock := filepath.Join(t.TempDir(), "m.sock")
+	args := []string{"serve", "--listen", "unix:" + sock, "--dns", dnsSrv.Addr, "--state-dir", state,
+		"--report-smtp", sink.Addr, "--authserv-id", "mx.cli.example"}
+	d := startDaemon(t, bin, args...)
+	d.waitFor("dmarc-milter ready")
+	if code := spoof(t, "unix", sock); code != 550 {
+		t.Fatalf("spoof: %d, want 550", code)
+	}
+	d.cmd.Process.Signal(syscall.SIGKILL)
+	d.cmd.Wait()
+	files, _ := filepath.Glob(filepath.Join(state, "spool", "failure", "*.report"))
+	if len(files) != 2 {
+		t.Fatalf("%d reports in the spool right after the answer, want 2", len(files))
+	}
+
+	sink.Restart(t)
+	d2 := startDaemon(t, bin, args...)
+	d2.waitFor("dmarc-milter ready")
+	sink.Wait(t, 2, 15*time.Second)
+}
