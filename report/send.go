@@ -226,8 +226,9 @@ func (r *Reporter) dial(ctx context.Context) (*smtp.Client, net.Conn, error) {
 		return nil, nil, err
 	}
 	// Until deliver takes over, a shutdown closes the connection here.
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
+	closeOnDone := func(cn net.Conn) func() bool { return context.AfterFunc(ctx, func() { cn.Close() }) }
+	stop := closeOnDone(conn)
+	defer func() { stop() }()
 	if err := c.Hello(r.conf().ReportingMTA); err != nil {
 		c.Close()
 		return nil, nil, fmt.Errorf("EHLO: %w", err)
@@ -247,7 +248,7 @@ func (r *Reporter) dial(ctx context.Context) (*smtp.Client, net.Conn, error) {
 				return nil, nil, fmt.Errorf("connecting to relay %s: %w", r.conf().SMTP, err)
 			}
 			stop()
-			stop = context.AfterFunc(ctx, func() { conn.Close() })
+			stop = closeOnDone(conn)
 			if dl, ok := ctx.Deadline(); ok {
 				conn.SetDeadline(dl)
 			}
