@@ -518,10 +518,22 @@ func (c *Conn) negotiate(data []byte) (Reply, bool, error) {
 }
 
 // setMacros stores the macros sent before the command called stage.
+// Bounds on the macros kept: Postfix sends a handful per stage (and only
+// those asked for with SETSYMLIST); whatever a peer sends beyond is
+// dropped, so that macros cannot pile up over a long connection.
+const (
+	maxMacros          = 64   // per set: the connection's, the message's
+	maxMacroNameLength = 64   // longer names are dropped
+	maxMacroValue      = 1024 // longer values are cut
+)
+
 func (c *Conn) setMacros(stage gomilter.Code, data []byte) {
 	m := c.msgMacros
 	switch stage {
-	case gomilter.CodeConn, gomilter.CodeHelo:
+	case gomilter.CodeConn:
+		clear(c.connMacros) // a new SMTP connection starts
+		m = c.connMacros
+	case gomilter.CodeHelo:
 		m = c.connMacros
 	case gomilter.CodeMail:
 		clear(c.msgMacros) // a new message starts
@@ -530,9 +542,13 @@ func (c *Conn) setMacros(stage gomilter.Code, data []byte) {
 		var k, v []byte
 		k, data, _ = cut0(data)
 		v, data, _ = cut0(data)
-		if len(k) > 0 {
-			m[string(k)] = string(v)
+		if len(k) == 0 || len(k) > maxMacroNameLength {
+			continue
 		}
+		if _, ok := m[string(k)]; !ok && len(m) >= maxMacros {
+			continue
+		}
+		m[string(k)] = string(v[:min(len(v), maxMacroValue)])
 	}
 }
 

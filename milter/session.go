@@ -42,7 +42,22 @@ type Settings struct {
 	// reports that attach the whole message); 0 keeps none. At most
 	// KeepBody+1 bytes are kept, so a caller can tell a cut body.
 	KeepBody int
+	// MaxHeaderBytes and MaxHeaderFields bound the header one message may
+	// make the session keep (for DKIM and reports); 0 means the defaults
+	// (DefaultMaxHeaderBytes, DefaultMaxHeaderFields). Beyond them the
+	// fields are no longer kept: the message's DKIM signatures are
+	// permerror (dkim.ErrHeaderTooLarge), DMARC goes on with SPF, and a
+	// report carries the header as far as it was kept. The From fields and
+	// the Authentication-Results fields to remove are still seen.
+	MaxHeaderBytes, MaxHeaderFields int
 }
+
+// Header bounds by default: ten times Postfix's header_size_limit for one
+// field, and far more fields than any legitimate message has.
+const (
+	DefaultMaxHeaderBytes  = 1 << 20
+	DefaultMaxHeaderFields = 1000
+)
 
 // Report is everything known about one judged message.
 type Report struct {
@@ -54,6 +69,9 @@ type Report struct {
 	Headers    []HeaderField
 	// LeadingSpace: header values kept their leading white space.
 	LeadingSpace bool
+	// HeaderTruncated: Headers stops where the header outgrew
+	// Settings.MaxHeaderBytes or MaxHeaderFields.
+	HeaderTruncated bool
 	// Body holds at most Settings.KeepBody+1 bytes of the body.
 	Body    []byte
 	Arrival time.Time
@@ -75,6 +93,12 @@ func NewSessionHandler(s Settings) func() Handler {
 	}
 	if s.CheckTimeout <= 0 {
 		s.CheckTimeout = 20 * time.Second
+	}
+	if s.MaxHeaderBytes <= 0 {
+		s.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if s.MaxHeaderFields <= 0 {
+		s.MaxHeaderFields = DefaultMaxHeaderFields
 	}
 	return func() Handler { return &session{set: &s} }
 }
@@ -109,6 +133,13 @@ type message struct {
 	// fields, of those that carry our authserv-id.
 	forged  []int
 	arCount int
+	// headerBytes counts the header so far; tooLarge is set once it
+	// outgrew the bounds, and no more fields are kept.
+	headerBytes int
+	tooLarge    bool
+	// tooManyForged: more Authentication-Results fields of ours than
+	// MaxHeaderFields, too many to remove.
+	tooManyForged bool
 
 	dkim             *dkim.Verifier
 	spfMail, spfHelo spf.Result
@@ -175,15 +206,32 @@ func (s *session) Header(c *Conn, name, value string) Reply {
 	if m == nil {
 		return Continue // out of order; ignored
 	}
-	m.headers = append(m.headers, HeaderField{Name: name, Value: value})
-	m.dkim.AddHeader(name, value)
+	m.headerBytes += len(name) + len(value) + 3
+	if !m.tooLarge && (len(m.headers) >= s.set.MaxHeaderFields || m.headerBytes > s.set.MaxHeaderBytes) {
+		m.tooLarge = true
+		m.dkim.HeaderTooLarge()
+		s.set.Log.Warn().Int("fields", len(m.headers)).Int("bytes", m.headerBytes).
+			Int("max_header_fields", s.set.MaxHeaderFields).Int("max_header_size", s.set.MaxHeaderBytes).
+			Msg("header over the bounds: no more fields kept, DKIM not verified")
+	}
+	if !m.tooLarge {
+		m.headers = append(m.headers, HeaderField{Name: name, Value: value})
+		m.dkim.AddHeader(name, value)
+	}
 	switch {
 	case strings.EqualFold(name, "From"):
-		m.from = append(m.from, value)
+		// Two are enough to tell "more than one From field".
+		if len(m.from) < 2 {
+			m.from = append(m.from, value)
+		}
 	case strings.EqualFold(name, "Authentication-Results"):
 		m.arCount++
 		if s.set.Evaluator.IsOurs(value) {
-			m.forged = append(m.forged, m.arCount)
+			if len(m.forged) < s.set.MaxHeaderFields {
+				m.forged = append(m.forged, m.arCount)
+			} else {
+				m.tooManyForged = true
+			}
 		}
 	}
 	return Continue
@@ -247,8 +295,14 @@ func (s *session) EndOfMessage(c *Conn) Reply {
 
 	reply := Continue
 	ar := ev.AuthenticationResults(v, m.mailFrom, s.helo)
-	switch v.Action {
-	case policy.Reject, policy.TempFail:
+	switch {
+	case m.tooManyForged:
+		// Authentication-Results fields claiming to be ours that cannot
+		// all be removed must not reach the mailbox.
+		reply = SMTPReply(550, "5.7.1", "Message rejected: too many Authentication-Results header fields")
+		s.set.Log.Warn().Int("max_header_fields", s.set.MaxHeaderFields).
+			Msg("more Authentication-Results fields of this host than can be removed: rejected")
+	case v.Action == policy.Reject || v.Action == policy.TempFail:
 		reply = SMTPReply(v.Code, v.Enhanced, v.Text)
 	default:
 		s.stamp(c, m, ar, v)
@@ -257,7 +311,7 @@ func (s *session) EndOfMessage(c *Conn) Reply {
 	if s.set.OnVerdict != nil {
 		s.set.OnVerdict(&Report{
 			QueueID: queueID, ClientIP: s.clientIP, ClientHost: s.clientHost, Helo: s.helo,
-			MailFrom: m.mailFrom, Headers: m.headers, LeadingSpace: c.LeadingSpace(),
+			MailFrom: m.mailFrom, Headers: m.headers, LeadingSpace: c.LeadingSpace(), HeaderTruncated: m.tooLarge,
 			Body: m.body, Arrival: m.start, Verdict: v, AuthResults: ar,
 		})
 	}

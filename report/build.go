@@ -65,11 +65,15 @@ func build(f *Failure, a analysis, to []string, cfg Config, now time.Time, heade
 		return nil, fmt.Errorf("report: %w", err)
 	}
 
+	// RFC 9991 asks for brevity: the header is cut at maxReportHeader,
+	// and a cut header is never attached as a whole message.
+	orig, kept := originalHeader(f, cfg.RedactLocalParts, maxReportHeader)
+	cut := kept < len(f.Header) || f.HeaderTruncated
 	attachMessage := cfg.Include == IncludeMessage && !headersOnly && !cfg.RedactLocalParts &&
-		f.Body != nil && len(f.Body) <= cfg.MaxMessageSize
+		f.Body != nil && len(f.Body) <= cfg.MaxMessageSize && !cut
 
 	// Part 1: for people.
-	text := humanText(f, a, cfg, attachMessage)
+	text := humanText(f, a, cfg, attachMessage, cut, kept)
 	if err := writePart(w, "text/plain", map[string]string{"charset": "utf-8"}, []byte(text), true); err != nil {
 		return nil, err
 	}
@@ -84,7 +88,6 @@ func build(f *Failure, a analysis, to []string, cfg Config, now time.Time, heade
 	}
 
 	// Part 3: the original header, or message.
-	orig := originalHeader(f, cfg.RedactLocalParts)
 	ctype := "text/rfc822-headers"
 	if attachMessage {
 		ctype = "message/rfc822"
@@ -210,18 +213,26 @@ func deliveryResult(f *Failure) string {
 	return "delivered"
 }
 
+// maxReportHeader bounds the copy of the original header in a report.
+const maxReportHeader = 64 << 10
+
 // originalHeader rebuilds the received header byte-exactly (CRLF), with
-// local parts redacted if asked.
-func originalHeader(f *Failure, redact bool) []byte {
-	var b []byte
+// local parts redacted if asked, up to max bytes (whole fields only); kept
+// is how many fields it holds.
+func originalHeader(f *Failure, redact bool, max int) (b []byte, kept int) {
 	for _, h := range f.Header {
 		val := h.Value
 		if redact && !isMessageIDField(h.Name) {
 			val = redactAddresses(val)
 		}
-		b = append(b, dkim.RebuildField(h.Name, val, f.LeadingSpace)...)
+		field := dkim.RebuildField(h.Name, val, f.LeadingSpace)
+		if len(b)+len(field) > max {
+			break
+		}
+		b = append(b, field...)
+		kept++
 	}
-	return b
+	return b, kept
 }
 
 func isMessageIDField(name string) bool {

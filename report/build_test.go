@@ -2,6 +2,7 @@ package report
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -362,3 +363,50 @@ func TestDeliveryResultMatrix(t *testing.T) {
 }
 
 func actionOf(n int) policy.Action { return policy.Action(n) }
+
+// TestReportHeaderBound: a failing message with a huge header gives a
+// brief report (RFC 9991): the header copy stops at whole fields within
+// 64 KiB, the text says so, and a cut header is never attached as a whole
+// message.
+func TestReportHeaderBound(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		fields    int
+		truncated bool // the milter stopped keeping fields
+		cut       bool
+	}{
+		{"small header", 20, false, false},
+		{"1 MB header", 10000, false, true},
+		{"cut by the milter", 20, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com")
+			for i := range tc.fields {
+				f.Header = append(f.Header, Field{Name: fmt.Sprintf("X-Junk-%d", i), Value: " " + strings.Repeat("y", 100)})
+			}
+			f.HeaderTruncated = tc.truncated
+			f.Body = []byte("body\r\n")
+			cfg := testConfig(t).withDefaults()
+			cfg.Include = IncludeMessage
+			msg, err := build(f, analyze(f), []string{"ruf@example.com"}, cfg, time.Now(), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(msg) > 80<<10 {
+				t.Errorf("report of %d bytes, want under 80 KiB", len(msg))
+			}
+			p := parseReport(t, msg)
+			said := strings.Contains(strings.ReplaceAll(p.text, "\r\n", " "), "too long to copy whole")
+			if said != tc.cut {
+				t.Errorf("text says the header was cut: %v, want %v", said, tc.cut)
+			}
+			wantType := "message/rfc822"
+			if tc.cut {
+				wantType = "text/rfc822-headers"
+			}
+			if p.types[2] != wantType {
+				t.Errorf("third part %s, want %s", p.types[2], wantType)
+			}
+		})
+	}
+}

@@ -330,6 +330,9 @@ type Failure struct {
 	MailFrom   string // as given in MAIL FROM, with or without angle brackets
 	// Header holds the header fields as received, in order.
 	Header []Field
+	// HeaderTruncated says Header stops before the end of the message's
+	// header (it outgrew what the milter keeps).
+	HeaderTruncated bool
 	// LeadingSpace says the values keep the space after the colon (milter
 	// SMFIP_HDR_LEADSPC), so dkim.RebuildField restores them byte-exactly.
 	LeadingSpace bool

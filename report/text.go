@@ -14,7 +14,7 @@ import (
 
 // humanText is the text/plain part: which domain, which sending IP, what
 // failed and why, what we did, what is attached. Lines end in CRLF.
-func humanText(f *Failure, a analysis, cfg Config, attachedMessage bool) string {
+func humanText(f *Failure, a analysis, cfg Config, attachedMessage, headerCut bool, fieldsKept int) string {
 	v := &f.Verdict
 	dom := v.FromDomain
 	var b strings.Builder
@@ -64,6 +64,10 @@ func humanText(f *Failure, a analysis, cfg Config, attachedMessage bool) string 
 	if cfg.RedactLocalParts {
 		p("")
 		p("The local parts of e-mail addresses were replaced by \"redacted\".")
+	}
+	if headerCut {
+		p("")
+		b.WriteString(wrap("", fmt.Sprintf("The header of the original message was too long to copy whole: the copy attached stops after its first %d fields.", fieldsKept)))
 	}
 	return strings.ReplaceAll(b.String(), "\n", "\r\n")
 }

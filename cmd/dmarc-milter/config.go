@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/dmarc-milter/dmarc-milter/milter"
 	"github.com/dmarc-milter/dmarc-milter/policy/resolver"
 	"net"
 	"net/netip"
@@ -58,6 +59,9 @@ type Config struct {
 	ExemptDomains []string `toml:"exempt_domains"`
 	// MaxDKIMSignatures bounds the signatures verified per message.
 	MaxDKIMSignatures int `toml:"max_dkim_signatures"`
+	// MaxHeaderSize and MaxHeaderFields bound the header kept per message.
+	MaxHeaderSize   int `toml:"max_header_size"`
+	MaxHeaderFields int `toml:"max_header_fields"`
 	// Timeouts of milter connections.
 	IdleTimeout     Duration `toml:"idle_timeout"`
 	ReadTimeout     Duration `toml:"read_timeout"`
@@ -123,6 +127,8 @@ func defaultConfig(hostname string) Config {
 		RejectText:                        "Message rejected: DMARC policy of {domain} says reject",
 		TrustedNetworks:                   []Prefix{{netip.MustParsePrefix("127.0.0.0/8")}, {netip.MustParsePrefix("::1/128")}},
 		MaxDKIMSignatures:                 5,
+		MaxHeaderSize:                     milter.DefaultMaxHeaderBytes,
+		MaxHeaderFields:                   milter.DefaultMaxHeaderFields,
 		IdleTimeout:                       Duration(5 * time.Minute),
 		ReadTimeout:                       Duration(30 * time.Second),
 		WriteTimeout:                      Duration(30 * time.Second),
@@ -422,6 +428,7 @@ func (c *Config) validate() (key string, err error) {
 		n   int
 	}{
 		{"dns_cache_size", c.DNSCacheSize}, {"max_dkim_signatures", c.MaxDKIMSignatures},
+		{"max_header_size", c.MaxHeaderSize}, {"max_header_fields", c.MaxHeaderFields},
 		{"report_max_attempts", c.ReportMaxAttempts},
 		{"failure_report_per_destination", c.FailureReportPerDestination},
 		{"failure_report_global", c.FailureReportGlobal},

@@ -287,6 +287,8 @@ func serve(args []string, stderr io.Writer) int {
 		CheckTimeout:      time.Duration(cfg.CheckTimeout),
 		Log:               logger,
 		KeepBody:          keepBody(cfg),
+		MaxHeaderBytes:    cfg.MaxHeaderSize,
+		MaxHeaderFields:   cfg.MaxHeaderFields,
 	}
 	if reporter != nil {
 		settings.OnVerdict = func(r *milter.Report) {
@@ -402,6 +404,7 @@ func reload(args []string, old, running Config, ev *policy.Evaluator, reporter *
 		{"dns_cache_size", running.DNSCacheSize, cfg.DNSCacheSize}, {"check_timeout", running.CheckTimeout, cfg.CheckTimeout},
 		{"dns_failure_ttl", running.DNSFailureTTL, cfg.DNSFailureTTL},
 		{"max_dkim_signatures", running.MaxDKIMSignatures, cfg.MaxDKIMSignatures},
+		{"max_header_size", running.MaxHeaderSize, cfg.MaxHeaderSize}, {"max_header_fields", running.MaxHeaderFields, cfg.MaxHeaderFields},
 		{"idle_timeout", running.IdleTimeout, cfg.IdleTimeout}, {"read_timeout", running.ReadTimeout, cfg.ReadTimeout},
 		{"write_timeout", running.WriteTimeout, cfg.WriteTimeout}, {"log_format", running.LogFormat.Value, cfg.LogFormat.Value},
 		{"state_dir", running.StateDir, cfg.StateDir}, {"pprof_listen", running.PprofListen, cfg.PprofListen},

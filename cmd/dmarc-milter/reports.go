@@ -58,18 +58,19 @@ func keepBody(cfg Config) int {
 // reporter's input.
 func failureOf(r *milter.Report) *report.Failure {
 	f := &report.Failure{
-		QueueID:      r.QueueID,
-		Arrival:      r.Arrival,
-		ClientIP:     r.ClientIP,
-		ClientHost:   r.ClientHost,
-		Helo:         r.Helo,
-		MailFrom:     r.MailFrom,
-		LeadingSpace: r.LeadingSpace,
-		Body:         r.Body,
-		Verdict:      r.Verdict,
-		AuthResults:  r.AuthResults,
-		Action:       r.Verdict.Action,
-		Header:       make([]report.Field, len(r.Headers)),
+		QueueID:         r.QueueID,
+		Arrival:         r.Arrival,
+		ClientIP:        r.ClientIP,
+		ClientHost:      r.ClientHost,
+		Helo:            r.Helo,
+		MailFrom:        r.MailFrom,
+		LeadingSpace:    r.LeadingSpace,
+		HeaderTruncated: r.HeaderTruncated,
+		Body:            r.Body,
+		Verdict:         r.Verdict,
+		AuthResults:     r.AuthResults,
+		Action:          r.Verdict.Action,
+		Header:          make([]report.Field, len(r.Headers)),
 	}
 	for i, h := range r.Headers {
 		f.Header[i] = report.Field{Name: h.Name, Value: h.Value}

@@ -68,6 +68,9 @@ var (
 	ErrExpired = errors.New("dkim: signature has expired")
 	// ErrClosed is returned by WriteBody after Close or Abort.
 	ErrClosed = errors.New("dkim: verifier closed")
+	// ErrHeaderTooLarge is the error of every signature of a message
+	// whose header outgrew the caller's bounds (see HeaderTooLarge).
+	ErrHeaderTooLarge = errors.New("dkim: header too large to keep; not verified")
 
 	errNoKey         = errors.New("dkim: no key for signature")
 	errBodyHash      = errors.New("dkim: body hash did not verify")
@@ -137,11 +140,12 @@ type Verifier struct {
 	cancel context.CancelFunc
 	opts   Options
 
-	fields  []headerField // the header fields so far, as the MTA delivered them
-	sigs    []*signature  // DKIM-Signature fields, in header order
-	bodies  []*bodyHash   // the distinct body hashes the signatures need
-	started bool          // EndHeaders called
-	closed  bool          // Close or Abort called
+	fields   []headerField // the header fields so far, as the MTA delivered them
+	sigs     []*signature  // DKIM-Signature fields, in header order
+	bodies   []*bodyHash   // the distinct body hashes the signatures need
+	started  bool          // EndHeaders called
+	closed   bool          // Close or Abort called
+	tooLarge bool          // HeaderTooLarge called
 }
 
 // headerField is one header field as the MTA delivered it.
@@ -193,12 +197,31 @@ func RebuildField(name, value string, leadingSpace bool) string {
 
 // AddHeader adds the next header field, as delivered by the MTA.
 func (v *Verifier) AddHeader(name, value string) {
-	if v.started || v.closed {
+	if v.started || v.closed || v.tooLarge {
 		return
 	}
 	// Kept as delivered (the strings are shared with the caller, not
 	// copied); the header is rebuilt only if a signature needs it.
 	v.fields = append(v.fields, headerField{name, value})
+}
+
+// HeaderTooLarge tells the Verifier that the caller stops passing header
+// fields because the header outgrew its bounds. The fields kept so far are
+// released; the signatures among them get PermError (ErrHeaderTooLarge),
+// since their header hash needs every field.
+func (v *Verifier) HeaderTooLarge() {
+	if v.started || v.closed {
+		return
+	}
+	v.tooLarge = true
+	for _, f := range v.fields {
+		if strings.EqualFold(strings.TrimSpace(f.name), "DKIM-Signature") {
+			sig := parseSignature(f.value, v.opts.Now(), v.opts.weak)
+			sig.err = ErrHeaderTooLarge
+			v.sigs = append(v.sigs, sig)
+		}
+	}
+	v.fields = nil
 }
 
 // EndHeaders marks the end of the header. Each DKIM-Signature field is
