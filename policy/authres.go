@@ -21,8 +21,15 @@ import (
 // a temporary DNS failure accepted by temperror = accept) says so in a
 // comment after the dmarc result.
 func (e *Evaluator) AuthenticationResults(v Verdict, mailFrom, helo string) string {
+	return FormatAuthenticationResults(e.cfg.Load().AuthservID, v, mailFrom, helo)
+}
+
+// FormatAuthenticationResults is AuthenticationResults for the given
+// authserv-id, for whoever needs the field without an Evaluator (failure
+// reports of a message that was rejected before it was stamped).
+func FormatAuthenticationResults(authservID string, v Verdict, mailFrom, helo string) string {
 	var b strings.Builder
-	b.WriteString(e.cfg.Load().AuthservID)
+	b.WriteString(authservID)
 
 	spfIdentity := mailFrom
 	if spfIdentity == "" && helo != "" {

@@ -161,7 +161,7 @@ func feedbackReport(f *Failure, a analysis, cfg Config) ([]byte, error) {
 	if ar == "" {
 		// Nothing was stamped (the message was rejected): describe the
 		// verdict the same way the milter would have.
-		ar = policy.New(policy.Config{AuthservID: cfg.AuthservID}, nil).AuthenticationResults(*v, f.MailFrom, f.Helo)
+		ar = policy.FormatAuthenticationResults(cfg.AuthservID, *v, f.MailFrom, f.Helo)
 	}
 	add("Authentication-Results", redactIf(cfg.RedactLocalParts, ar))
 	add("Identity-Alignment", strings.Join(a.alignment, ", "))

@@ -264,19 +264,11 @@ func (r *Reporter) checkAuthorized(ctx context.Context, policyDomain, destDomain
 		return false, err
 	}
 	for _, t := range txts {
-		if isDMARC1(t) {
+		if dmarc.IsRecord(t) {
 			return true, nil
 		}
 	}
 	return false, nil
-}
-
-// isDMARC1 reports whether a TXT record starts with the "v=DMARC1" tag
-// (white space around "=" allowed, as in the DMARC record grammar).
-func isDMARC1(txt string) bool {
-	tag, _, _ := strings.Cut(txt, ";")
-	k, v, ok := strings.Cut(tag, "=")
-	return ok && strings.TrimSpace(k) == "v" && strings.TrimSpace(v) == "DMARC1"
 }
 
 // spfRecords looks up the SPF records of domain for SPF-DNS.

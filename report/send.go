@@ -18,9 +18,10 @@ import (
 const maxIdle = time.Minute
 
 func (r *Reporter) envelopeFrom() string {
-	a, err := mail.ParseAddress(r.conf().From)
+	from := r.conf().From
+	a, err := mail.ParseAddress(from)
 	if err != nil {
-		return r.conf().From
+		return from
 	}
 	return a.Address
 }
@@ -97,6 +98,9 @@ func (c *Config) backoff(n int) time.Duration {
 // cut short because ctx ended (shutdown) leaves the report spooled as it
 // was, for the next start.
 func (r *Reporter) attempt(ctx context.Context, e *entry) {
+	// One configuration for the whole attempt, even if a reload comes
+	// in the middle of it.
+	cfg := r.conf()
 	env, msg, err := readSpoolFile(e.path)
 	if err != nil {
 		r.log.Error().Err(err).Str("path", e.path).Msg("spooled failure report vanished or is unreadable; dropped")
@@ -106,7 +110,7 @@ func (r *Reporter) attempt(ctx context.Context, e *entry) {
 		return
 	}
 	log := r.log.With().Str("id", env.ID).Str("to", env.To).Str("domain", env.Domain).Str("queue_id", env.QueueID).Logger()
-	err = r.deliver(ctx, env.From, env.To, msg)
+	err = r.deliver(ctx, cfg, env.From, env.To, msg)
 	if err != nil && ctx.Err() != nil {
 		log.Info().Err(err).Msg("shutting down during a delivery; the failure report stays spooled for the next start")
 		return
@@ -127,7 +131,7 @@ func (r *Reporter) attempt(ctx context.Context, e *entry) {
 		log.Error().Err(err).Int("attempts", env.Attempts).Msg("failure report refused permanently by the relay; dropped")
 		return
 	}
-	if env.Attempts >= r.conf().MaxAttempts {
+	if env.Attempts >= cfg.MaxAttempts {
 		r.forget(e)
 		r.count(func(s *Stats) { s.Dropped++ })
 		r.removeSpoolFile(e.path)
@@ -135,14 +139,14 @@ func (r *Reporter) attempt(ctx context.Context, e *entry) {
 		return
 	}
 	env.LastError = err.Error()
-	env.NextAttempt = r.now().Add(r.conf().backoff(env.Attempts))
+	env.NextAttempt = r.now().Add(cfg.backoff(env.Attempts))
 	r.count(func(s *Stats) { s.Retried++ })
 	ev := log.Warn()
 	if !errors.As(err, &se) {
 		// No SMTP reply at all: the relay is down or unreachable.
 		ev = log.Error()
 	}
-	ev.Err(err).Str("relay", r.conf().SMTP).Int("attempts", env.Attempts).Time("next_attempt", env.NextAttempt).
+	ev.Err(err).Str("relay", cfg.SMTP).Int("attempts", env.Attempts).Time("next_attempt", env.NextAttempt).
 		Msg("failure report not delivered; will retry")
 	if werr := writeSpoolFile(e.path, r.tmpPrefix, env, msg); werr != nil {
 		// The old file stays, with its old attempt count; the in-memory
@@ -171,11 +175,11 @@ func isTransactionError(err error) bool {
 // ctx ends (shutdown) the connection is closed at once, whatever the relay
 // is doing: a relay that hangs mid-DATA must not hold up a shutdown, and
 // the report is still in the spool.
-func (r *Reporter) deliver(ctx context.Context, from, to string, msg []byte) error {
-	ctx, cancel := context.WithTimeout(ctx, r.conf().SMTPTimeout)
+func (r *Reporter) deliver(ctx context.Context, cfg *Config, from, to string, msg []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, cfg.SMTPTimeout)
 	defer cancel()
 
-	c, conn, err := r.dial(ctx)
+	c, conn, err := dial(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -204,20 +208,20 @@ func (r *Reporter) deliver(ctx context.Context, from, to string, msg []byte) err
 
 // dial connects to the relay, says EHLO, does STARTTLS and AUTH as
 // configured.
-func (r *Reporter) dial(ctx context.Context) (*smtp.Client, net.Conn, error) {
-	host, _, _ := net.SplitHostPort(r.conf().SMTP)
+func dial(ctx context.Context, cfg *Config) (*smtp.Client, net.Conn, error) {
+	host, _, _ := net.SplitHostPort(cfg.SMTP)
 	connect := func() (*smtp.Client, net.Conn, error) {
 		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", r.conf().SMTP)
+		conn, err := d.DialContext(ctx, "tcp", cfg.SMTP)
 		if err != nil {
-			return nil, nil, fmt.Errorf("connecting to relay %s: %w", r.conf().SMTP, err)
+			return nil, nil, fmt.Errorf("connecting to relay %s: %w", cfg.SMTP, err)
 		}
 		if dl, ok := ctx.Deadline(); ok {
 			conn.SetDeadline(dl)
 		}
 		c := smtp.NewClient(conn)
-		c.CommandTimeout = r.conf().SMTPTimeout
-		c.SubmissionTimeout = r.conf().SMTPTimeout
+		c.CommandTimeout = cfg.SMTPTimeout
+		c.SubmissionTimeout = cfg.SMTPTimeout
 		return c, conn, nil
 	}
 
@@ -229,52 +233,52 @@ func (r *Reporter) dial(ctx context.Context) (*smtp.Client, net.Conn, error) {
 	closeOnDone := func(cn net.Conn) func() bool { return context.AfterFunc(ctx, func() { cn.Close() }) }
 	stop := closeOnDone(conn)
 	defer func() { stop() }()
-	if err := c.Hello(r.conf().ReportingMTA); err != nil {
+	if err := c.Hello(cfg.ReportingMTA); err != nil {
 		c.Close()
 		return nil, nil, fmt.Errorf("EHLO: %w", err)
 	}
 	tlsOn := false
-	if r.conf().StartTLS != StartTLSOff {
+	if cfg.StartTLS != StartTLSOff {
 		offered, _ := c.Extension("STARTTLS")
 		switch {
 		case offered:
 			// go-smtp starts TLS only from NewClientStartTLS, on a fresh
 			// connection, before our EHLO: reconnect for it.
 			c.Quit()
-			cfg := r.tlsConfig(host)
+			tlsCfg := tlsConfig(cfg, host)
 			var d net.Dialer
-			conn, err = d.DialContext(ctx, "tcp", r.conf().SMTP)
+			conn, err = d.DialContext(ctx, "tcp", cfg.SMTP)
 			if err != nil {
-				return nil, nil, fmt.Errorf("connecting to relay %s: %w", r.conf().SMTP, err)
+				return nil, nil, fmt.Errorf("connecting to relay %s: %w", cfg.SMTP, err)
 			}
 			stop()
 			stop = closeOnDone(conn)
 			if dl, ok := ctx.Deadline(); ok {
 				conn.SetDeadline(dl)
 			}
-			c, err = smtp.NewClientStartTLS(conn, cfg)
+			c, err = smtp.NewClientStartTLS(conn, tlsCfg)
 			if err != nil {
 				conn.Close()
-				return nil, nil, fmt.Errorf("STARTTLS with relay %s: %w", r.conf().SMTP, err)
+				return nil, nil, fmt.Errorf("STARTTLS with relay %s: %w", cfg.SMTP, err)
 			}
-			c.CommandTimeout = r.conf().SMTPTimeout
-			c.SubmissionTimeout = r.conf().SMTPTimeout
-			if err := c.Hello(r.conf().ReportingMTA); err != nil {
+			c.CommandTimeout = cfg.SMTPTimeout
+			c.SubmissionTimeout = cfg.SMTPTimeout
+			if err := c.Hello(cfg.ReportingMTA); err != nil {
 				c.Close()
 				return nil, nil, fmt.Errorf("EHLO after STARTTLS: %w", err)
 			}
 			tlsOn = true
-		case r.conf().StartTLS == StartTLSRequired:
+		case cfg.StartTLS == StartTLSRequired:
 			c.Close()
-			return nil, nil, fmt.Errorf("relay %s does not offer STARTTLS, which is required", r.conf().SMTP)
+			return nil, nil, fmt.Errorf("relay %s does not offer STARTTLS, which is required", cfg.SMTP)
 		}
 	}
-	if r.conf().SMTPUser != "" {
+	if cfg.SMTPUser != "" {
 		if !tlsOn && !isLoopback(conn) {
 			c.Close()
-			return nil, nil, fmt.Errorf("not sending the SMTP password to %s without TLS", r.conf().SMTP)
+			return nil, nil, fmt.Errorf("not sending the SMTP password to %s without TLS", cfg.SMTP)
 		}
-		if err := c.Auth(sasl.NewPlainClient("", r.conf().SMTPUser, r.conf().SMTPPassword)); err != nil {
+		if err := c.Auth(sasl.NewPlainClient("", cfg.SMTPUser, cfg.SMTPPassword)); err != nil {
 			c.Close()
 			return nil, nil, fmt.Errorf("AUTH PLAIN: %w", err)
 		}
@@ -282,17 +286,17 @@ func (r *Reporter) dial(ctx context.Context) (*smtp.Client, net.Conn, error) {
 	return c, conn, nil
 }
 
-func (r *Reporter) tlsConfig(host string) *tls.Config {
+func tlsConfig(c *Config, host string) *tls.Config {
 	var cfg *tls.Config
-	if r.conf().TLS != nil {
-		cfg = r.conf().TLS.Clone()
+	if c.TLS != nil {
+		cfg = c.TLS.Clone()
 	} else {
 		cfg = &tls.Config{}
 	}
 	if cfg.ServerName == "" {
 		cfg.ServerName = host
 	}
-	if r.conf().StartTLS == StartTLSOpportunistic {
+	if c.StartTLS == StartTLSOpportunistic {
 		// Opportunistic TLS protects against passive listeners only; a
 		// relay's certificate is often self-signed.
 		cfg.InsecureSkipVerify = true

@@ -42,13 +42,10 @@ var knownTags = map[string]bool{
 //     the DKIM tag-list syntax (Section 4.7), and RFC 6376 Section 3.2 makes
 //     a tag-list with duplicate tags invalid.
 func ParseRecord(txt string) (*Record, error) {
-	parts := strings.Split(txt, ";")
-
-	// Section 4.7, "v": first tag, exactly "DMARC1".
-	name, value, ok := strings.Cut(parts[0], "=")
-	if !ok || !strings.EqualFold(trimWSP(name), "v") || trimWSP(value) != "DMARC1" {
+	if !IsRecord(txt) {
 		return nil, ErrNotDMARC
 	}
+	parts := strings.Split(txt, ";")
 
 	r := &Record{
 		PSD:            'u',
@@ -220,6 +217,17 @@ func ParseRecord(txt string) (*Record, error) {
 	}
 	r.Policy, r.SubdomainPolicy, r.NonexistentPolicy = policy, sp, np
 	return r, nil
+}
+
+// IsRecord reports whether a TXT record is a DMARC record: its first tag
+// is "v" (the name case-insensitive, as ABNF literals are) with the value
+// "DMARC1" (case-sensitive), white space allowed around "=" (RFC 9989
+// Section 4.7). The same test serves policy records and the records that
+// authorize an external report destination (RFC 9990, RFC 9991).
+func IsRecord(txt string) bool {
+	first, _, _ := strings.Cut(txt, ";")
+	name, value, ok := strings.Cut(first, "=")
+	return ok && strings.EqualFold(trimWSP(name), "v") && trimWSP(value) == "DMARC1"
 }
 
 func parsePolicy(s string) (Policy, bool) {

@@ -173,3 +173,26 @@ func FuzzParseRecord(f *testing.F) {
 		}
 	})
 }
+
+// TestIsRecord: one test of "is this a DMARC record", for policy records
+// and for external report authorizations alike.
+func TestIsRecord(t *testing.T) {
+	for _, tc := range []struct {
+		txt  string
+		want bool
+	}{
+		{"v=DMARC1", true},
+		{"v=DMARC1; p=none", true},
+		{"V=DMARC1", true},          // tag names are case-insensitive
+		{" v = DMARC1 ;", true},     // white space around tags and "="
+		{"v=dmarc1", false},         // the value is case-sensitive
+		{"v=DMARC1x", false},        // not the version
+		{"p=none; v=DMARC1", false}, // v must come first
+		{"v:DMARC1", false},
+		{"", false},
+	} {
+		if got := IsRecord(tc.txt); got != tc.want {
+			t.Errorf("IsRecord(%q) = %v, want %v", tc.txt, got, tc.want)
+		}
+	}
+}
