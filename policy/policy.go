@@ -346,25 +346,14 @@ func strictness(r dmarc.Result) int {
 // (or below one): a spoof must not ride on an exempt co-author.
 func (cfg *Config) exemptDomains(domains []string) bool {
 	for _, domain := range domains {
-		if !cfg.exemptDomain(domain) {
+		if !dmarc.InDomainList(domain, cfg.ExemptDomains) {
 			return false
 		}
 	}
 	return len(domains) > 0
 }
 
-func (cfg *Config) exemptDomain(domain string) bool {
-	for _, d := range cfg.ExemptDomains {
-		if strings.EqualFold(domain, d) || hasSuffixFold(domain, "."+d) {
-			return true
-		}
-	}
-	return false
-}
 
-func hasSuffixFold(s, suffix string) bool {
-	return len(s) >= len(suffix) && strings.EqualFold(s[len(s)-len(suffix):], suffix)
-}
 
 func fromErrorText(err error) string {
 	switch {

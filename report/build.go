@@ -150,7 +150,7 @@ func feedbackReport(f *Failure, a analysis, cfg Config) ([]byte, error) {
 	add("User-Agent", oneLine(cfg.UserAgent))
 	add("Version", "1")
 	add("Auth-Failure", a.authFailure)
-	add("Original-Mail-From", "<"+oneLine(redactIf(cfg.RedactLocalParts, strings.Trim(strings.TrimSpace(f.MailFrom), "<>")))+">")
+	add("Original-Mail-From", "<"+oneLine(redactIf(cfg.RedactLocalParts, spf.ReversePath(f.MailFrom)))+">")
 	if !f.Arrival.IsZero() {
 		add("Arrival-Date", f.Arrival.Format(time.RFC1123Z))
 	}

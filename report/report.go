@@ -136,6 +136,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmarc-milter/dmarc-milter/policy"
+	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
+	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 )
 
 // Defaults; see the package documentation.
@@ -585,27 +587,14 @@ func (r *Reporter) exclude(f *Failure) Reason {
 }
 
 func (r *Reporter) domainReported(domain string) bool {
-	if domainListed(domain, r.conf().DenyDomains) {
+	if dmarc.InDomainList(domain, r.conf().DenyDomains) {
 		return false
 	}
-	return len(r.conf().AllowDomains) == 0 || domainListed(domain, r.conf().AllowDomains)
-}
-
-// domainListed reports whether domain is one of list or below one of them.
-func domainListed(domain string, list []string) bool {
-	d := strings.ToLower(strings.TrimSuffix(domain, "."))
-	for _, e := range list {
-		e = strings.ToLower(strings.Trim(strings.TrimSpace(e), "."))
-		if e != "" && (d == e || strings.HasSuffix(d, "."+e)) {
-			return true
-		}
-	}
-	return false
+	return len(r.conf().AllowDomains) == 0 || dmarc.InDomainList(domain, r.conf().AllowDomains)
 }
 
 func isNullSender(mailFrom string) bool {
-	s := strings.TrimSpace(mailFrom)
-	return s == "" || s == "<>"
+	return spf.ReversePath(mailFrom) == ""
 }
 
 // autoSubmitted reports whether an Auto-Submitted field (RFC 3834 Section
@@ -634,7 +623,7 @@ func (r *Reporter) isReport(f *Failure) bool {
 	if a, err := mail.ParseAddress(r.conf().From); err == nil {
 		own = strings.ToLower(a.Address)
 	}
-	if own != "" && strings.EqualFold(strings.Trim(strings.TrimSpace(f.MailFrom), "<>"), own) {
+	if own != "" && strings.EqualFold(spf.ReversePath(f.MailFrom), own) {
 		return true
 	}
 	for _, h := range f.Header {

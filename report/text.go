@@ -36,7 +36,7 @@ func humanText(f *Failure, a analysis, cfg Config, attachedMessage, headerCut bo
 	}
 	p("  From domain:  %s", dom)
 	p("  Sending IP:   %s (%s, HELO %s)", ipString(f.ClientIP), host, orNone(oneLine(f.Helo)))
-	mf := strings.Trim(strings.TrimSpace(f.MailFrom), "<>")
+	mf := spf.ReversePath(f.MailFrom)
 	p("  MAIL FROM:    <%s>", oneLine(redactIf(cfg.RedactLocalParts, mf)))
 	p("  Received:     %s", arrival)
 	if f.QueueID != "" {

@@ -273,3 +273,19 @@ func hasGroup(s string) bool {
 	}
 	return false
 }
+
+// InDomainList reports whether domain is one of the domains of list, or a
+// subdomain of one. Names compare case-insensitively (RFC 9989 Section
+// 4.4), trailing dots and surrounding white space in list entries are
+// ignored, and empty entries match nothing. It is the one rule for the
+// operator's domain lists (exempt domains, report allow and deny lists).
+func InDomainList(domain string, list []string) bool {
+	d := strings.ToLower(strings.TrimSuffix(domain, "."))
+	for _, e := range list {
+		e = strings.ToLower(strings.Trim(strings.TrimSpace(e), "."))
+		if e != "" && (d == e || strings.HasSuffix(d, "."+e)) {
+			return true
+		}
+	}
+	return false
+}

@@ -115,3 +115,24 @@ func FuzzParseFrom(f *testing.F) {
 		}
 	})
 }
+
+func TestInDomainList(t *testing.T) {
+	list := []string{"Example.COM", " corp.example. ", ""}
+	for _, tc := range []struct {
+		domain string
+		want   bool
+	}{
+		{"example.com", true},
+		{"mail.EXAMPLE.com", true},
+		{"example.com.", true},
+		{"badexample.com", false},
+		{"com", false},
+		{"a.corp.example", true},
+		{"example.org", false},
+		{"", false},
+	} {
+		if got := InDomainList(tc.domain, list); got != tc.want {
+			t.Errorf("InDomainList(%q) = %v, want %v", tc.domain, got, tc.want)
+		}
+	}
+}

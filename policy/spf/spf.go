@@ -14,12 +14,7 @@ import (
 	"strings"
 
 	blitiri "blitiri.com.ar/go/spf"
-
-	"github.com/dmarc-milter/dmarc-milter/policy/resolver"
 )
-
-// The project's caching resolver is the one used in production.
-var _ blitiri.DNSResolver = (*resolver.Resolver)(nil)
 
 // Status is an SPF result (RFC 7208 section 2.6).
 type Status string
@@ -67,13 +62,21 @@ func NewChecker(r blitiri.DNSResolver) *Checker {
 	return &Checker{resolver: r}
 }
 
+// ReversePath returns the address of a MAIL FROM reverse-path as given by
+// the MTA, with or without its angle brackets (RFC 5321 section 4.1.2):
+// white space and one pair of angle brackets removed; "" for the null
+// reverse-path "<>". It is the one place that reads a MAIL FROM argument.
+func ReversePath(mailFrom string) string {
+	return strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(mailFrom), "<"), ">")
+}
+
 // CheckMailFrom evaluates the MAIL FROM identity (RFC 7208 section 2.4) of a
 // client at ip that said helo. For the null reverse-path (mailFrom "" or
 // "<>"), the identity is postmaster@<helo> and Domain is the HELO domain. A
 // reverse-path without "@" is treated as a bare domain (section 4.3: the
 // local-part defaults to "postmaster").
 func (c *Checker) CheckMailFrom(ctx context.Context, ip net.IP, helo, mailFrom string) Result {
-	sender := strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(mailFrom), "<"), ">")
+	sender := ReversePath(mailFrom)
 	var domain string
 	switch {
 	case sender == "":

@@ -1,6 +1,8 @@
 package spf
 
 import (
+	blitiri "blitiri.com.ar/go/spf"
+
 	"context"
 	"net"
 	"testing"
@@ -144,3 +146,22 @@ func BenchmarkCheckWarmCache(b *testing.B) {
 		b.Errorf("warm cache sent %d queries", n)
 	}
 }
+
+func TestReversePath(t *testing.T) {
+	for in, want := range map[string]string{
+		"<bob@example.com>":   "bob@example.com",
+		" <bob@example.com> ": "bob@example.com",
+		"bob@example.com":     "bob@example.com",
+		"<>":                  "",
+		"":                    "",
+		"<<x>>":               "<x>", // only one pair: the rest is the address as given
+	} {
+		if got := ReversePath(in); got != want {
+			t.Errorf("ReversePath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// The project's caching resolver is the one used in production; this
+// package needs nothing of it but the interface.
+var _ blitiri.DNSResolver = (*resolver.Resolver)(nil)
