@@ -353,8 +353,6 @@ func (cfg *Config) exemptDomains(domains []string) bool {
 	return len(domains) > 0
 }
 
-
-
 func fromErrorText(err error) string {
 	switch {
 	case errors.Is(err, dmarc.ErrNoFrom):
