@@ -553,7 +553,7 @@ func (r *Reporter) exclude(f *Failure) Reason {
 	switch {
 	case rec == nil || v.FromErr != nil || v.FromDomain == "":
 		return ReasonNoPolicy
-	case v.DMARC.Status != "pass" && v.DMARC.Status != "fail":
+	case v.DMARC.Status != dmarc.StatusPass && v.DMARC.Status != dmarc.StatusFail:
 		return ReasonNoPolicy
 	case rec.PSD == 'y':
 		// RFC 9991 Section 2: ruf of psd=y records is not used.

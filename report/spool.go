@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 )
 
 // Spool files are named <id>.report and hold one line of JSON (the
@@ -234,7 +236,7 @@ func (r *Reporter) process(ctx context.Context, f *Failure) {
 		return
 	}
 	a := analyze(f)
-	if a.spfAligned && v.SPF.Status != "pass" && f.SPFRecords == nil && v.SPF.Domain != "" {
+	if a.spfAligned && v.SPF.Status != spf.Pass && f.SPFRecords == nil && v.SPF.Domain != "" {
 		f.SPFRecords = r.spfRecords(ctx, v.SPF.Domain)
 	}
 	policyDomain := v.DMARC.PolicyDomain
