@@ -117,7 +117,6 @@ type signature struct {
 	length      int64    // l=, -1 if absent
 	expires     time.Time
 	auidDomain  string // the domain part of i= (the AUID), lower-case
-	rawValue    string // the field value, as delivered
 	headerHash  []byte // the hash of the canonicalized header (RFC 6376 section 3.7)
 	body        *bodyHash
 	keyName     string // <s>._domainkey.<d>
@@ -128,7 +127,7 @@ type signature struct {
 // wrong is in sig.err; the reported tags (d, s, i, a, b) are filled in as
 // far as they can be read even then, for Authentication-Results.
 func parseSignature(value string, now time.Time, weak bool) *signature {
-	sig := &signature{rawValue: value, length: -1}
+	sig := &signature{length: -1}
 	tags, _, err := tagList(value)
 	if err != nil {
 		// Read what can be read for the report, leniently.
@@ -382,7 +381,7 @@ func decodeQP(s string) (string, error) {
 			return "", errors.New("truncated quoted-printable escape")
 		}
 		v, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
-		if err != nil || !isUpperHex(s[i+1]) || !isUpperHex(s[i+2]) {
+		if err != nil || !isHex(s[i+1]) || !isHex(s[i+2]) {
 			return "", fmt.Errorf("bad quoted-printable escape %q", s[i:i+3])
 		}
 		b.WriteByte(byte(v))
@@ -391,8 +390,8 @@ func decodeQP(s string) (string, error) {
 	return b.String(), nil
 }
 
-// isUpperHex: RFC 2045 hex-octet uses upper-case digits; lower case is
-// accepted too, as RFC 2045 section 6.7 asks of decoders.
-func isUpperHex(c byte) bool {
+// isHex: RFC 2045 hex-octet uses upper-case digits; lower case is accepted
+// too, as RFC 2045 section 6.7 asks of decoders.
+func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'A' <= c && c <= 'F' || 'a' <= c && c <= 'f'
 }
