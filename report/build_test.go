@@ -148,7 +148,7 @@ func TestBuildVariants(t *testing.T) {
 	t.Run("p=none, fo=d, unaligned signature", func(t *testing.T) {
 		f := failure(t, "v=DMARC1; p=none; ruf=mailto:ruf@example.com; fo=d")
 		f.Verdict.DKIM[0].Domain = "esp.example"
-		f.Verdict.DKIM[0].Err = errorString("dkim: key revoked")
+		f.Verdict.DKIM[0].Err = dkim.ErrKeyRevoked
 		f.Verdict.DKIM[0].Status = dkim.PermError
 		f.Action = 0
 		p := parseReport(t, mustBuild(t, f, cfg, now))
@@ -186,10 +186,6 @@ func TestBuildVariants(t *testing.T) {
 		}
 	})
 }
-
-type errorString string
-
-func (e errorString) Error() string { return string(e) }
 
 func mustBuild(t *testing.T, f *Failure, cfg Config, now time.Time) []byte {
 	t.Helper()

@@ -141,14 +141,11 @@ func analyze(f *Failure) analysis {
 		a.authFailure = "dmarc"
 	case slices.Contains(a.matched, "d"):
 		a.authFailure = "signature"
-		if a.sig >= 0 && v.DKIM[a.sig].Err != nil {
-			// go-msgauth has no typed errors for these; its messages are
-			// "body hash did not verify" and "key revoked".
-			msg := v.DKIM[a.sig].Err.Error()
-			switch {
-			case strings.Contains(msg, "body hash"):
+		if a.sig >= 0 {
+			switch err := v.DKIM[a.sig].Err; {
+			case errors.Is(err, dkim.ErrBodyHash):
 				a.authFailure = "bodyhash"
-			case strings.Contains(msg, "key revoked"):
+			case errors.Is(err, dkim.ErrKeyRevoked):
 				a.authFailure = "revoked"
 			}
 		}

@@ -353,3 +353,30 @@ func TestRateLimitsAndDedup(t *testing.T) {
 		t.Errorf("Spooled = %d, want 6", st.Spooled)
 	}
 }
+
+// TestAlignmentNeedsOrgDomain: DMARC determines the Organizational Domain
+// only when its verdict needs it, so a verdict may come without one. The
+// report still judges the alignment of a failed subdomain signature
+// against it (looked up for the report).
+func TestAlignmentNeedsOrgDomain(t *testing.T) {
+	cfg := testConfig(t)
+	r, err := New(cfg, newResolver(), testLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com")
+	f.Verdict.DMARC.OrgDomain = ""
+	f.Verdict.DKIM[0].Domain = "mail.example.com"
+	r.process(context.Background(), f)
+	files := spoolFiles(t, cfg.SpoolDir)
+	if len(files) != 1 {
+		t.Fatalf("%d reports spooled", len(files))
+	}
+	_, msg, err := readSpoolFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := parseReport(t, msg).feedback.Get("Identity-Alignment"); got != "dkim" {
+		t.Errorf("Identity-Alignment %q, want dkim (mail.example.com is aligned with example.com in relaxed mode)", got)
+	}
+}

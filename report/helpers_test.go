@@ -3,7 +3,6 @@ package report
 import (
 	"bufio"
 	"context"
-	"errors"
 	"io"
 	"net"
 	"path/filepath"
@@ -84,7 +83,7 @@ func failure(t testing.TB, record string) *Failure {
 		HeloSPF:    spf.Result{Status: spf.None, Domain: "mail.bad.example", Identity: spf.IdentityHelo},
 		DKIM: []dkim.Result{{
 			Status: dkim.Fail, Domain: "example.com", Selector: "sel1", Identifier: "@example.com",
-			Algorithm: "rsa-sha256", BPrefix: "abcdefgh", Err: errors.New("dkim: body hash did not verify"),
+			Algorithm: "rsa-sha256", BPrefix: "abcdefgh", Err: dkim.ErrBodyHash,
 		}},
 		DMARC: dmarc.Result{
 			Status: dmarc.StatusFail, FromDomain: "example.com", PolicyDomain: "example.com", OrgDomain: "example.com",

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 )
 
@@ -234,6 +235,17 @@ func (r *Reporter) process(ctx context.Context, f *Failure) {
 	if len(dests) == 0 {
 		r.suppress(ReasonNoDestination)
 		return
+	}
+	if v.DMARC.OrgDomain == "" {
+		// DMARC determines the Organizational Domain only when its verdict
+		// needs it; the alignment of failed identifiers in the report
+		// needs it too (mostly a cached tree walk). Without it identifiers
+		// are aligned only when equal to the From domain.
+		if org, err := dmarc.OrganizationalDomain(ctx, r.res, v.FromDomain); err == nil {
+			v.DMARC.OrgDomain = org
+		} else {
+			log.Debug().Err(err).Msg("no Organizational Domain for the report's alignment")
+		}
 	}
 	a := analyze(f)
 	if a.spfAligned && v.SPF.Status != spf.Pass && f.SPFRecords == nil && v.SPF.Domain != "" {

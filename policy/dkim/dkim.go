@@ -72,8 +72,14 @@ var (
 	// whose header outgrew the caller's bounds (see HeaderTooLarge).
 	ErrHeaderTooLarge = errors.New("dkim: header too large to keep; not verified")
 
+	// ErrBodyHash is the error of a signature whose body hash does not
+	// match the body (RFC 6591 Auth-Failure "bodyhash").
+	ErrBodyHash = errors.New("dkim: body hash did not verify")
+	// ErrKeyRevoked is the error of a signature whose key record has an
+	// empty p= (RFC 6376 section 3.6.1; RFC 6591 "revoked").
+	ErrKeyRevoked = errors.New("dkim: key revoked (empty p=)")
+
 	errNoKey         = errors.New("dkim: no key for signature")
-	errBodyHash      = errors.New("dkim: body hash did not verify")
 	errBadSignature  = errors.New("dkim: signature did not verify")
 	errBodyLength    = errors.New("dkim: signature covers only part of the body length (l=); not trusted")
 	errShortBody     = errors.New("dkim: body is shorter than its l= length")
@@ -240,7 +246,7 @@ func (v *Verifier) EndHeaders() error {
 	var raw []string // the fields rebuilt as in the message, once a signature needs them
 	var byName map[string][]int
 	now := v.opts.Now()
-	for _, f := range fields {
+	for i, f := range fields {
 		if !strings.EqualFold(strings.TrimSpace(f.name), "DKIM-Signature") {
 			continue
 		}
@@ -251,12 +257,12 @@ func (v *Verifier) EndHeaders() error {
 		}
 		if raw == nil {
 			raw = make([]string, len(fields))
-			for i, f := range fields {
-				raw[i] = RebuildField(f.name, f.value, v.opts.LeadingSpace)
+			for j, f := range fields {
+				raw[j] = RebuildField(f.name, f.value, v.opts.LeadingSpace)
 			}
 			byName = fieldIndex(fields)
 		}
-		sig.headerHash = headerHash(sig, raw, byName, RebuildField(f.name, f.value, v.opts.LeadingSpace))
+		sig.headerHash = headerHash(sig, raw, byName, raw[i])
 		sig.body = v.bodyHashFor(sig)
 		if v.opts.Prefetch != nil {
 			v.opts.Prefetch(sig.keyName)
@@ -375,7 +381,7 @@ func (v *Verifier) verify(sig *signature) (Status, error) {
 	case sig.length >= 0 && n < sig.length:
 		return Fail, errShortBody
 	case !bytes.Equal(bh, sig.bh):
-		return Fail, errBodyHash
+		return Fail, ErrBodyHash
 	}
 	switch {
 	case key.rsa != nil:

@@ -62,7 +62,7 @@ func parseKey(txt string) (*publicKey, error) {
 		return nil, fmt.Errorf("%w: no p= tag", errKeyRecord)
 	}
 	if stripFWS(p) == "" {
-		return nil, fmt.Errorf("%w: key revoked (empty p=)", errKeyRecord)
+		return nil, ErrKeyRevoked
 	}
 	der, err := base64Value(p)
 	if err != nil {

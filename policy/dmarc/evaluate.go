@@ -57,7 +57,10 @@ type Result struct {
 	Status Status
 
 	// FromDomain is the normalized Author Domain; PolicyDomain where the
-	// record was found; OrgDomain the Author Domain's Organizational Domain.
+	// record was found; OrgDomain the Author Domain's Organizational
+	// Domain, set only when the evaluation needed it (a policy found by the
+	// tree walk, or the relaxed alignment of a differing identifier), ""
+	// otherwise (see OrganizationalDomain).
 	FromDomain, PolicyDomain, OrgDomain string
 
 	// Record is the DMARC Policy Record applied, nil if none.
