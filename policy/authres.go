@@ -80,7 +80,7 @@ func notEnforced(v Verdict) string {
 	}
 	switch {
 	case v.Exempt != "":
-		return "not enforced: " + exemptionText[v.Exempt]
+		return "not enforced: " + v.Exempt.text()
 	case v.Unknown:
 		return "not enforced: temporary DNS failure, accepted by local policy"
 	case v.FromErr != nil:
@@ -91,12 +91,21 @@ func notEnforced(v Verdict) string {
 	return ""
 }
 
-var exemptionText = map[Exemption]string{
-	ExemptMonitor:        "monitor mode",
-	ExemptAuthenticated:  "authenticated client",
-	ExemptTrustedNetwork: "trusted network",
-	ExemptLocalClient:    "local client",
-	ExemptDomain:         "exempt domain",
+// text is the exemption as said in a header comment.
+func (e Exemption) text() string {
+	switch e {
+	case ExemptMonitor:
+		return "monitor mode"
+	case ExemptAuthenticated:
+		return "authenticated client"
+	case ExemptTrustedNetwork:
+		return "trusted network"
+	case ExemptLocalClient:
+		return "local client"
+	case ExemptDomain:
+		return "exempt domain"
+	}
+	return "local policy"
 }
 
 // reasonText is an error as a reason= value: without the Go package
