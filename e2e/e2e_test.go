@@ -20,8 +20,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dmarc-milter/dmarc-milter/policy/dnstest"
-	"github.com/dmarc-milter/dmarc-milter/report/smtpsink"
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/internal/smtpsink"
 )
 
 // authservID is the daemon's --authserv-id.

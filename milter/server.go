@@ -1,7 +1,9 @@
-// Package milter is the MTA-facing side of dmarc-milter: a server for the
-// Sendmail milter protocol (version 6, as spoken by Postfix's milter8 client)
-// and the DMARC session that collects each message, hands it to the policy
-// evaluator and acts on the verdict.
+// Package milter is the wire side of dmarc-milter: a server for the
+// Sendmail milter protocol (version 6, as spoken by Postfix's milter8 client).
+// It knows nothing of DMARC: it negotiates with the MTA, reads commands and
+// macros, calls a Handler per event and writes its replies and header
+// changes. The DMARC session that collects each message and acts on the
+// verdict is package session.
 //
 // The wire format and constants are those of github.com/emersion/go-milter,
 // and its client drives the tests, but the server loop is our own. go-milter's

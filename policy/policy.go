@@ -90,7 +90,7 @@ type Config struct {
 const DefaultRejectText = "Message rejected: DMARC policy of {domain} says reject"
 
 // Resolver is what the checks need from DNS: the project's caching resolver
-// (policy/resolver) satisfies it.
+// (resolver) satisfies it.
 type Resolver interface {
 	LookupTXT(ctx context.Context, name string) ([]string, error)
 	LookupMX(ctx context.Context, name string) ([]*net.MX, error)

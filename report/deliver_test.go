@@ -11,7 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/dmarc-milter/dmarc-milter/report/smtpsink"
+	"github.com/dmarc-milter/dmarc-milter/internal/smtpsink"
 )
 
 // running starts r.Run and stops it when the test ends; stop stops it

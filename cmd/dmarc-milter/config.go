@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/dmarc-milter/dmarc-milter/milter"
-	"github.com/dmarc-milter/dmarc-milter/policy/resolver"
+	"github.com/dmarc-milter/dmarc-milter/session"
+	"github.com/dmarc-milter/dmarc-milter/resolver"
 	"net"
 	"net/netip"
 	"os"
@@ -127,8 +127,8 @@ func defaultConfig(hostname string) Config {
 		RejectText:                        "Message rejected: DMARC policy of {domain} says reject",
 		TrustedNetworks:                   []Prefix{{netip.MustParsePrefix("127.0.0.0/8")}, {netip.MustParsePrefix("::1/128")}},
 		MaxDKIMSignatures:                 5,
-		MaxHeaderSize:                     milter.DefaultMaxHeaderBytes,
-		MaxHeaderFields:                   milter.DefaultMaxHeaderFields,
+		MaxHeaderSize:                     session.DefaultMaxHeaderBytes,
+		MaxHeaderFields:                   session.DefaultMaxHeaderFields,
 		IdleTimeout:                       Duration(5 * time.Minute),
 		ReadTimeout:                       Duration(30 * time.Second),
 		WriteTimeout:                      Duration(30 * time.Second),

@@ -32,9 +32,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmarc-milter/dmarc-milter/milter"
+	"github.com/dmarc-milter/dmarc-milter/session"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
-	"github.com/dmarc-milter/dmarc-milter/policy/resolver"
+	"github.com/dmarc-milter/dmarc-milter/resolver"
 	"github.com/dmarc-milter/dmarc-milter/report"
 )
 
@@ -278,7 +279,7 @@ func serve(args []string, stderr io.Writer) int {
 	reportCtx, stopReports := context.WithCancel(context.Background())
 	defer stopReports()
 	reportsDone := make(chan struct{})
-	settings := milter.Settings{
+	settings := session.Settings{
 		Evaluator:         ev,
 		LookupTXT:         res.LookupTXT,
 		PrefetchTXT:       res.PrefetchTXT,
@@ -291,7 +292,7 @@ func serve(args []string, stderr io.Writer) int {
 		MaxHeaderFields:   cfg.MaxHeaderFields,
 	}
 	if reporter != nil {
-		settings.OnVerdict = func(r *milter.Report) {
+		settings.OnVerdict = func(r *session.Report) {
 			// Most messages pass or come from domains that ask for no
 			// failure reports: decide that before copying the header.
 			if rec := r.Verdict.DMARC.Record; rec == nil || len(rec.RUF) == 0 {
@@ -307,7 +308,7 @@ func serve(args []string, stderr io.Writer) int {
 		close(reportsDone)
 	}
 	srv := &milter.Server{
-		NewHandler: milter.NewSessionHandler(settings),
+		NewHandler: session.NewHandler(settings),
 		Log:        logger,
 		Timeouts: milter.Timeouts{
 			Idle:  time.Duration(cfg.IdleTimeout),

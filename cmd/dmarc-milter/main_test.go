@@ -19,8 +19,8 @@ import (
 
 	gomilter "github.com/emersion/go-milter"
 
-	"github.com/dmarc-milter/dmarc-milter/policy/dnstest"
-	"github.com/dmarc-milter/dmarc-milter/report/smtpsink"
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/internal/smtpsink"
 )
 
 func TestParseListen(t *testing.T) {

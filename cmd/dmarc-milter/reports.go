@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/dmarc-milter/dmarc-milter/milter"
+	"github.com/dmarc-milter/dmarc-milter/session"
 	"github.com/dmarc-milter/dmarc-milter/report"
 )
 
@@ -56,7 +56,7 @@ func keepBody(cfg Config) int {
 
 // failureOf turns what the milter knows about a judged message into the
 // reporter's input.
-func failureOf(r *milter.Report) *report.Failure {
+func failureOf(r *session.Report) *report.Failure {
 	f := &report.Failure{
 		QueueID:         r.QueueID,
 		Arrival:         r.Arrival,

@@ -18,8 +18,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/conformance"
-	"github.com/dmarc-milter/dmarc-milter/policy/dnstest"
-	"github.com/dmarc-milter/dmarc-milter/policy/resolver"
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/resolver"
 )
 
 // The openspf.org test-suite format (see conformance SOURCES.md): YAML

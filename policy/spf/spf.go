@@ -5,7 +5,7 @@
 // DNS goes through the resolver given to NewChecker. blitiri's library tells
 // a temporary DNS failure (temperror, RFC 7208 section 5) from a missing
 // record (none, section 4.3) by a type assertion on *net.DNSError, so the
-// resolver must return that type unwrapped; policy/resolver does.
+// resolver must return that type unwrapped; resolver does.
 package spf
 
 import (

@@ -10,8 +10,8 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/dmarc-milter/dmarc-milter/policy/dnstest"
-	"github.com/dmarc-milter/dmarc-milter/policy/resolver"
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/resolver"
 )
 
 const zone = `

@@ -5,7 +5,7 @@
 //
 //	dnsserver --listen 127.0.0.1:53 --control 127.0.0.1:8053 zone...
 //
-// The answers come from policy/dnstest (the tests' authoritative server);
+// The answers come from internal/dnstest (the tests' authoritative server);
 // this command wraps its handler to count per question, which dnstest only
 // does for names asked about one by one. The control listener answers
 // GET /stats with {"total": N, "questions": {"name TYPE": n, ...}} and
@@ -25,7 +25,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/dmarc-milter/dmarc-milter/policy/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
 )
 
 // counter counts questions and passes them on to the zone server.

@@ -1,4 +1,4 @@
-package milter_test
+package session_test
 
 import (
 	"fmt"
@@ -10,7 +10,7 @@ import (
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 	"github.com/miekg/dns"
 
-	"github.com/dmarc-milter/dmarc-milter/milter"
+	"github.com/dmarc-milter/dmarc-milter/session"
 )
 
 // TestFailureAboveAuthorDomain: a name above the From domain's own record
@@ -77,7 +77,7 @@ func TestFailureAboveAuthorDomain(t *testing.T) {
 // between the header and the end of the message; DNS is healthy.
 func TestSlowSender(t *testing.T) {
 	const budget = 300 * time.Millisecond
-	e := newEnv(t, envOptions{settings: func(s *milter.Settings) { s.CheckTimeout = budget }})
+	e := newEnv(t, envOptions{settings: func(s *session.Settings) { s.CheckTimeout = budget }})
 	for _, from := range []string{"bob@pass.example", "bob@none.example", "bob@quarantine.example", "bob@nodmarc.example"} {
 		t.Run(from, func(t *testing.T) {
 			s := e.dial(0)

@@ -1,4 +1,4 @@
-package milter_test
+package session_test
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/dmarc-milter/dmarc-milter/milter"
+	"github.com/dmarc-milter/dmarc-milter/session"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 )
 
@@ -508,8 +509,8 @@ func TestGarbageConnection(t *testing.T) {
 }
 
 func TestPanicEndsOnlyThatSession(t *testing.T) {
-	e := newEnv(t, envOptions{settings: func(s *milter.Settings) {
-		s.OnVerdict = func(r *milter.Report) {
+	e := newEnv(t, envOptions{settings: func(s *session.Settings) {
+		s.OnVerdict = func(r *session.Report) {
 			if r.QueueID == "PANIC" {
 				panic("boom")
 			}
@@ -682,14 +683,14 @@ func TestLocalClientWithoutAddress(t *testing.T) {
 // report sees the header fields as received.
 func TestReportKeepsBoundedBody(t *testing.T) {
 	for _, keep := range []int{0, 10, 1 << 20} {
-		reports := make(chan *milter.Report, 1)
-		e := newEnv(t, envOptions{settings: func(s *milter.Settings) {
+		reports := make(chan *session.Report, 1)
+		e := newEnv(t, envOptions{settings: func(s *session.Settings) {
 			s.KeepBody = keep
-			s.OnVerdict = func(r *milter.Report) { reports <- r }
+			s.OnVerdict = func(r *session.Report) { reports <- r }
 		}})
 		raw := plainMessage("bob@pass.example", "keep")
 		check(t, e.run(badIP, "x.example", msg{mailFrom: "bob@pass.example", raw: raw}), want{code: 550})
-		var got *milter.Report
+		var got *session.Report
 		select {
 		case got = <-reports:
 		case <-time.After(5 * time.Second):

@@ -17,12 +17,19 @@ import (
 	"math/big"
 	"net"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
+
+// TB is the part of testing.TB the helpers use; the package does not import
+// testing, so that commands (the bench's DNS server) can link it.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
 
 // Msg is one accepted message.
 type Msg struct {
@@ -69,10 +76,10 @@ type Sink struct {
 }
 
 // Start starts a sink on a free loopback port; it stops when the test ends.
-func Start(t testing.TB) *Sink { return StartWith(t, Options{}) }
+func Start(t TB) *Sink { return StartWith(t, Options{}) }
 
 // StartWith starts a sink with options.
-func StartWith(t testing.TB, opts Options) *Sink {
+func StartWith(t TB, opts Options) *Sink {
 	t.Helper()
 	s := &Sink{opts: opts, notify: make(chan struct{}, 1)}
 	if opts.STARTTLS {
@@ -130,7 +137,7 @@ func (s *Sink) Stop() {
 }
 
 // Restart listens again on the same address after Stop.
-func (s *Sink) Restart(t testing.TB) {
+func (s *Sink) Restart(t TB) {
 	t.Helper()
 	var err error
 	// The port was ours a moment ago; retry briefly if the kernel has not
@@ -224,7 +231,7 @@ func (s *Sink) Connections() int {
 
 // Wait waits until at least n messages were accepted and returns them; it
 // fails the test after timeout.
-func (s *Sink) Wait(t testing.TB, n int, timeout time.Duration) []Msg {
+func (s *Sink) Wait(t TB, n int, timeout time.Duration) []Msg {
 	t.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -322,7 +329,7 @@ func (ss *session) Logout() error { return nil }
 
 // selfSigned makes a TLS configuration with a fresh self-signed certificate
 // for 127.0.0.1 and localhost.
-func selfSigned(t testing.TB) *tls.Config {
+func selfSigned(t TB) *tls.Config {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

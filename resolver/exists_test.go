@@ -6,7 +6,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/dmarc-milter/dmarc-milter/policy/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
 )
 
 // Exists is false only for NXDOMAIN: NODATA and empty non-terminals exist.

@@ -16,7 +16,7 @@ import (
 	"blitiri.com.ar/go/spf"
 	"github.com/miekg/dns"
 
-	"github.com/dmarc-milter/dmarc-milter/policy/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
 )
 
 // The resolver is used by blitiri.com.ar/go/spf.

@@ -1,4 +1,4 @@
-package milter
+package session
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/dmarc-milter/dmarc-milter/milter"
 
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
@@ -86,8 +88,8 @@ type HeaderField struct {
 	Name, Value string
 }
 
-// NewSessionHandler returns a Handler factory for Server.NewHandler.
-func NewSessionHandler(s Settings) func() Handler {
+// NewHandler returns a Handler factory for Server.NewHandler.
+func NewHandler(s Settings) func() milter.Handler {
 	if s.Now == nil {
 		s.Now = time.Now
 	}
@@ -100,7 +102,7 @@ func NewSessionHandler(s Settings) func() Handler {
 	if s.MaxHeaderFields <= 0 {
 		s.MaxHeaderFields = DefaultMaxHeaderFields
 	}
-	return func() Handler { return &session{set: &s} }
+	return func() milter.Handler { return &session{set: &s} }
 }
 
 // session is the state of one milter connection: what lasts for the
@@ -160,21 +162,21 @@ func (s *session) checkSPF(ctx context.Context, from string) (mail, helo spf.Res
 	return s.set.Evaluator.SPF(ctx, s.clientIP, s.helo, from)
 }
 
-func (s *session) Connect(c *Conn, host string, addr net.IP) Reply {
+func (s *session) Connect(c *milter.Conn, host string, addr net.IP) milter.Reply {
 	s.clientHost, s.clientIP = host, addr
 	s.local = !c.ClientHasAddress()
 	if addr == nil && !s.local {
 		s.set.Log.Warn().Str("client_host", host).Msg("client address does not parse: the client is not trusted")
 	}
-	return Continue
+	return milter.Continue
 }
 
-func (s *session) Helo(c *Conn, name string) Reply {
+func (s *session) Helo(c *milter.Conn, name string) milter.Reply {
 	s.helo = name
-	return Continue
+	return milter.Continue
 }
 
-func (s *session) MailFrom(c *Conn, from string, args []string) Reply {
+func (s *session) MailFrom(c *milter.Conn, from string, args []string) milter.Reply {
 	s.reset()
 	// The message's context ends with the message; each check bounds its
 	// own DNS time (Settings.CheckTimeout).
@@ -198,13 +200,13 @@ func (s *session) MailFrom(c *Conn, from string, args []string) Reply {
 		Now:           s.set.Now,
 	})
 	s.msg = m
-	return Continue
+	return milter.Continue
 }
 
-func (s *session) Header(c *Conn, name, value string) Reply {
+func (s *session) Header(c *milter.Conn, name, value string) milter.Reply {
 	m := s.msg
 	if m == nil {
-		return Continue // out of order; ignored
+		return milter.Continue // out of order; ignored
 	}
 	m.headerBytes += len(name) + len(value) + 3
 	if !m.tooLarge && (len(m.headers) >= s.set.MaxHeaderFields || m.headerBytes > s.set.MaxHeaderBytes) {
@@ -234,13 +236,13 @@ func (s *session) Header(c *Conn, name, value string) Reply {
 			}
 		}
 	}
-	return Continue
+	return milter.Continue
 }
 
-func (s *session) EndOfHeaders(c *Conn) Reply {
+func (s *session) EndOfHeaders(c *milter.Conn) milter.Reply {
 	m := s.msg
 	if m == nil {
-		return Continue
+		return milter.Continue
 	}
 	if err := m.dkim.EndHeaders(); err != nil {
 		s.set.Log.Debug().Err(err).Msg("dkim: header")
@@ -254,25 +256,25 @@ func (s *session) EndOfHeaders(c *Conn) Reply {
 			s.set.PrefetchTXT("_dmarc." + d + ".")
 		}
 	}
-	return Continue
+	return milter.Continue
 }
 
-func (s *session) Body(c *Conn, chunk []byte) Reply {
+func (s *session) Body(c *milter.Conn, chunk []byte) milter.Reply {
 	m := s.msg
 	if m == nil {
-		return Continue
+		return milter.Continue
 	}
 	m.dkim.WriteBody(chunk)
 	if keep := s.set.KeepBody + 1 - len(m.body); s.set.KeepBody > 0 && keep > 0 {
 		m.body = append(m.body, chunk[:min(keep, len(chunk))]...)
 	}
-	return Continue
+	return milter.Continue
 }
 
-func (s *session) EndOfMessage(c *Conn) Reply {
+func (s *session) EndOfMessage(c *milter.Conn) milter.Reply {
 	m := s.msg
 	if m == nil {
-		return Continue
+		return milter.Continue
 	}
 	defer s.reset()
 
@@ -293,17 +295,17 @@ func (s *session) EndOfMessage(c *Conn) Reply {
 	})
 	queueID := c.Macro("i")
 
-	reply := Continue
+	reply := milter.Continue
 	ar := ev.AuthenticationResults(v, m.mailFrom, s.helo)
 	switch {
 	case m.tooManyForged:
 		// Authentication-Results fields claiming to be ours that cannot
 		// all be removed must not reach the mailbox.
-		reply = SMTPReply(550, "5.7.1", "Message rejected: too many Authentication-Results header fields")
+		reply = milter.SMTPReply(550, "5.7.1", "Message rejected: too many Authentication-Results header fields")
 		s.set.Log.Warn().Int("max_header_fields", s.set.MaxHeaderFields).
 			Msg("more Authentication-Results fields of this host than can be removed: rejected")
 	case v.Action == policy.Reject || v.Action == policy.TempFail:
-		reply = SMTPReply(v.Code, v.Enhanced, v.Text)
+		reply = milter.SMTPReply(v.Code, v.Enhanced, v.Text)
 	default:
 		s.stamp(c, m, ar, v)
 	}
@@ -320,7 +322,7 @@ func (s *session) EndOfMessage(c *Conn) Reply {
 
 // stamp removes forged Authentication-Results fields, inserts ours at the
 // top and, for a quarantine, asks the MTA to hold the message.
-func (s *session) stamp(c *Conn, m *message, ar string, v policy.Verdict) {
+func (s *session) stamp(c *milter.Conn, m *message, ar string, v policy.Verdict) {
 	log := s.set.Log
 	// Highest index first, so earlier removals do not renumber later ones.
 	for i := len(m.forged) - 1; i >= 0; i-- {
@@ -383,9 +385,9 @@ func ipString(ip net.IP) string {
 	return ip.String()
 }
 
-func (s *session) Abort(c *Conn) { s.reset() }
+func (s *session) Abort(c *milter.Conn) { s.reset() }
 
-func (s *session) Close(c *Conn) { s.reset() }
+func (s *session) Close(c *milter.Conn) { s.reset() }
 
 // reset drops the current message, stopping its background work.
 func (s *session) reset() {

@@ -2,7 +2,7 @@
 // own RFC 8301 check (not Go's crypto policy) is what rejects it.
 //go:debug rsa1024min=0
 
-package milter_test
+package session_test
 
 import (
 	"bytes"
@@ -23,9 +23,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmarc-milter/dmarc-milter/milter"
+	"github.com/dmarc-milter/dmarc-milter/session"
 	"github.com/dmarc-milter/dmarc-milter/policy"
-	"github.com/dmarc-milter/dmarc-milter/policy/dnstest"
-	"github.com/dmarc-milter/dmarc-milter/policy/resolver"
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/resolver"
 )
 
 // env is a running dmarc-milter: an authoritative DNS server for the test
@@ -43,7 +44,7 @@ type env struct {
 
 type envOptions struct {
 	policy    func(*policy.Config)
-	settings  func(*milter.Settings)
+	settings  func(*session.Settings)
 	timeouts  milter.Timeouts
 	dnsTimout time.Duration
 	// tcp listens on 127.0.0.1 instead of a unix socket.
@@ -106,7 +107,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		o.policy(&pc)
 	}
 	log := zerolog.New(e.logs)
-	set := milter.Settings{
+	set := session.Settings{
 		Evaluator:         policy.New(pc, res),
 		LookupTXT:         res.LookupTXT,
 		PrefetchTXT:       res.PrefetchTXT,
@@ -118,7 +119,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		o.settings(&set)
 	}
 	e.srv = &milter.Server{
-		NewHandler: milter.NewSessionHandler(set),
+		NewHandler: session.NewHandler(set),
 		Log:        log,
 		Timeouts:   o.timeouts,
 		Actions:    milter.DefaultActions,

@@ -23,11 +23,18 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 )
+
+// TB is the part of testing.TB the helpers use; the package does not import
+// testing, so that commands (the bench's DNS server) can link it.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
 
 // Server is an authoritative DNS server listening on UDP and TCP at Addr.
 type Server struct {
@@ -65,7 +72,7 @@ const maxCNAMEChain = 64
 // NewServer starts a server on 127.0.0.1 (random port) serving the given
 // zone-file texts. The test fails if a zone does not parse or the server
 // cannot start; the server is shut down by t.Cleanup.
-func NewServer(t testing.TB, zones ...string) *Server {
+func NewServer(t TB, zones ...string) *Server {
 	t.Helper()
 	s, err := listen("127.0.0.1:0")
 	if err != nil {

@@ -1,4 +1,4 @@
-package milter_test
+package session_test
 
 import (
 	"net/netip"
