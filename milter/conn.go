@@ -428,8 +428,7 @@ func (c *Conn) dispatch(h Handler, code gomilter.Code, data []byte) (Reply, bool
 			return Reply{}, false, errors.New("malformed MAIL command")
 		}
 		c.setIdle(false)
-		from := strings.TrimSuffix(strings.TrimPrefix(args[0], "<"), ">")
-		return h.MailFrom(c, from, args[1:]), !c.noReply(gomilter.OptNoMailReply), nil
+		return h.MailFrom(c, args[0], args[1:]), !c.noReply(gomilter.OptNoMailReply), nil
 	case gomilter.CodeRcpt:
 		return Continue, !c.noReply(gomilter.OptNoRcptReply), nil
 	case gomilter.CodeData:

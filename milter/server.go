@@ -51,8 +51,10 @@ type Handler interface {
 	// unix or unknown family).
 	Connect(c *Conn, host string, addr net.IP) Reply
 	Helo(c *Conn, name string) Reply
-	// MailFrom starts a new message; args are the ESMTP parameters.
-	MailFrom(c *Conn, from string, args []string) Reply
+	// MailFrom starts a new message: reversePath is the MAIL FROM argument
+	// as the MTA sent it (Postfix: with its angle brackets), args the
+	// ESMTP parameters.
+	MailFrom(c *Conn, reversePath string, args []string) Reply
 	Header(c *Conn, name, value string) Reply
 	EndOfHeaders(c *Conn) Reply
 	// Body is called per body chunk; chunk must not be retained.

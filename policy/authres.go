@@ -4,12 +4,14 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
+
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 )
 
 // AuthenticationResults returns the value of our Authentication-Results
-// header field (RFC 8601) for v: spf (smtp.mailfrom), spf for the HELO
+// header field (RFC 8601) for v, with authservID: spf (smtp.mailfrom), spf for the HELO
 // identity (smtp.helo), one dkim entry per signature (header.d, header.s,
 // header.a, header.b) and dmarc (header.from, policy.dmarc). Entries are
 // folded one per line.
@@ -20,14 +22,7 @@ import (
 // header line. A verdict that was not enforced (an exemption, monitor mode,
 // a temporary DNS failure accepted by temperror = accept) says so in a
 // comment after the dmarc result.
-func (e *Evaluator) AuthenticationResults(v Verdict, mailFrom, helo string) string {
-	return FormatAuthenticationResults(e.cfg.Load().AuthservID, v, mailFrom, helo)
-}
-
-// FormatAuthenticationResults is AuthenticationResults for the given
-// authserv-id, for whoever needs the field without an Evaluator (failure
-// reports of a message that was rejected before it was stamped).
-func FormatAuthenticationResults(authservID string, v Verdict, mailFrom, helo string) string {
+func AuthenticationResults(authservID string, v Verdict, mailFrom, helo string) string {
 	var b strings.Builder
 	b.WriteString(authservID)
 
@@ -55,12 +50,12 @@ func FormatAuthenticationResults(authservID string, v Verdict, mailFrom, helo st
 
 	status := v.DMARC.Status
 	if status == "" {
-		status = dmarc.StatusNone
+		status = dmarc.None
 	}
 	reason := ""
 	if v.FromErr != nil {
 		reason = fromErrorText(v.FromErr)
-	} else if v.DMARC.Err != nil && status != dmarc.StatusPass {
+	} else if v.DMARC.Err != nil && status != dmarc.Pass {
 		reason = reasonText(v.DMARC.Err)
 	}
 	props := []prop{{"header.from", v.FromDomain}}
@@ -227,31 +222,10 @@ func (e *Evaluator) IsOurs(value string) bool {
 // value: the first token, after comments and white space, up to ";" or
 // white space. It is lenient on purpose (a forgery need not be well formed).
 func AuthservIDOf(value string) string {
-	s := StripComments(value)
+	s, _ := rfc5322.StripComments(value) // up to an unterminated comment
 	s = strings.TrimSpace(s)
 	if i := strings.IndexAny(s, "; \t\r\n"); i >= 0 {
 		s = s[:i]
 	}
 	return strings.Trim(s, `"`)
-}
-
-// StripComments removes RFC 5322 comments (nested parentheses, with
-// quoted-pairs) from a header field value.
-func StripComments(s string) string {
-	var b strings.Builder
-	depth := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '\\' && depth > 0:
-			i++
-		case c == '(':
-			depth++
-		case c == ')' && depth > 0:
-			depth--
-		case depth == 0:
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
 }

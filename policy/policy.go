@@ -137,25 +137,6 @@ func (e *Evaluator) SPF(ctx context.Context, ip net.IP, helo, mailFrom string) (
 	return mail, heloResult
 }
 
-// Message is what the milter session collected.
-type Message struct {
-	ClientIP net.IP
-	// LocalClient: the MTA reports a client without a network address (a
-	// unix socket, local submission). A network client whose address is
-	// missing or unparseable (ClientIP nil) is not local, and never
-	// trusted.
-	LocalClient bool
-	Helo        string
-	MailFrom    string
-	// AuthUser is the SASL login name ({auth_authen}), "" if none.
-	AuthUser string
-	// From holds the values of every From header field, in order.
-	From    []string
-	SPF     spf.Result // MAIL FROM identity
-	HeloSPF spf.Result
-	DKIM    []dkim.Result
-}
-
 // Exemption is a local policy under which a message is evaluated and
 // stamped but not enforced.
 type Exemption string
@@ -197,22 +178,19 @@ type Verdict struct {
 }
 
 // Decide evaluates DMARC for m and decides the action.
-func (e *Evaluator) Decide(ctx context.Context, m Message) Verdict {
+func (e *Evaluator) Decide(ctx context.Context, m *Message) Verdict {
 	cfg := e.cfg.Load()
 	v := Verdict{SPF: m.SPF, HeloSPF: m.HeloSPF, DKIM: m.DKIM}
 	v.Exempt = cfg.exemption(m)
 
-	author, err := dmarc.ParseFrom(m.From)
-	if err == nil && len(author.Domains) > MaxAuthorDomains {
-		err = fmt.Errorf("%w (%d)", errTooManyAuthors, len(author.Domains))
-	}
+	author, err := m.Author()
 	reject := cfg.RejectBadFrom
 	if err == nil && author.Addresses > 1 && cfg.RejectMultiAuthor {
 		err, reject = fmt.Errorf("%w (%d)", errMultiAuthor, author.Addresses), true
 	}
 	if err != nil {
 		v.FromErr = err
-		v.DMARC = dmarc.Result{Status: dmarc.StatusPermError, Err: err}
+		v.DMARC = dmarc.Result{Status: dmarc.PermError, Err: err}
 		if reject && v.Exempt == "" {
 			v.Action, v.Code, v.Enhanced = Reject, 550, "5.7.1"
 			v.Text = "Message rejected: " + fromErrorText(err)
@@ -272,7 +250,7 @@ func (e *Evaluator) Decide(ctx context.Context, m Message) Verdict {
 	return v
 }
 
-func (cfg *Config) exemption(m Message) Exemption {
+func (cfg *Config) exemption(m *Message) Exemption {
 	switch {
 	case cfg.Monitor:
 		return ExemptMonitor
@@ -284,17 +262,27 @@ func (cfg *Config) exemption(m Message) Exemption {
 		// unknown family: it is local, and SPF cannot be evaluated.
 		return ExemptLocalClient
 	}
-	ip, ok := netip.AddrFromSlice(m.ClientIP)
-	if !ok {
-		return "" // an address that does not parse is never trusted
-	}
-	ip = ip.Unmap()
-	for _, p := range cfg.TrustedNetworks {
-		if p.Contains(ip) {
-			return ExemptTrustedNetwork
-		}
+	// An address that does not parse is never trusted.
+	if InNetworks(m.ClientIP, cfg.TrustedNetworks) {
+		return ExemptTrustedNetwork
 	}
 	return ""
+}
+
+// InNetworks reports whether ip is in one of nets; a missing or malformed
+// address is in none. IPv4-mapped IPv6 addresses count as IPv4.
+func InNetworks(ip net.IP, nets []netip.Prefix) bool {
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return false
+	}
+	a = a.Unmap()
+	for _, p := range nets {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // MaxAuthorDomains is the largest number of distinct Author Domains
@@ -330,13 +318,13 @@ func strictness(r dmarc.Result) int {
 	}
 	st := 0
 	switch r.Status {
-	case dmarc.StatusFail:
+	case dmarc.Fail:
 		st = 4
-	case dmarc.StatusTempError:
+	case dmarc.TempError:
 		st = 3
-	case dmarc.StatusPermError:
+	case dmarc.PermError:
 		st = 2
-	case dmarc.StatusNone:
+	case dmarc.None:
 		st = 1
 	}
 	return d*10 + st

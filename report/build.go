@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"regexp"
 	"strings"
 	"time"
@@ -13,8 +12,8 @@ import (
 	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-message/textproto"
 
+	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
 	"github.com/dmarc-milter/dmarc-milter/policy"
-	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 )
@@ -26,11 +25,15 @@ import (
 // and the original header (text/rfc822-headers) or message
 // (message/rfc822, with Include "message" and a body of at most
 // MaxMessageSize bytes). now is the report's Date.
-func Build(f *Failure, to []string, cfg Config, now time.Time) ([]byte, error) {
-	return build(f, analyze(f), to, cfg.withDefaults(), now, false)
+//
+// Build does no DNS: alignment is judged with the Organizational Domain
+// DMARC found (knownOrgDomain), and there is no SPF-DNS field; the Reporter
+// looks both up.
+func Build(f *policy.Judged, to []string, cfg Config, now time.Time) ([]byte, error) {
+	return build(f, analyze(f, knownOrgDomain(&f.Verdict)), to, cfg.withDefaults(), now, false)
 }
 
-func build(f *Failure, a analysis, to []string, cfg Config, now time.Time, headersOnly bool) ([]byte, error) {
+func build(f *policy.Judged, a analysis, to []string, cfg Config, now time.Time, headersOnly bool) ([]byte, error) {
 	v := &f.Verdict
 	if v.FromDomain == "" {
 		return nil, errors.New("report: no From domain")
@@ -46,7 +49,7 @@ func build(f *Failure, a analysis, to []string, cfg Config, now time.Time, heade
 	for _, t := range to {
 		rcpts = append(rcpts, &mail.Address{Address: t})
 	}
-	ip := ipString(f.ClientIP)
+	ip := orUnknown(f.ClientAddr())
 
 	var h mail.Header
 	h.SetAddressList("From", []*mail.Address{from})
@@ -92,7 +95,7 @@ func build(f *Failure, a analysis, to []string, cfg Config, now time.Time, heade
 	if attachMessage {
 		ctype = "message/rfc822"
 		orig = append(orig, "\r\n"...)
-		orig = append(orig, crlf(f.Body)...)
+		orig = append(orig, rfc5322.CRLF(f.Body)...)
 	}
 	if err := writePart(w, ctype, nil, orig, false); err != nil {
 		return nil, err
@@ -140,7 +143,7 @@ func writePart(w *message.Writer, ctype string, params map[string]string, body [
 // refolds values; AddRaw keeps the registered spelling and the folding of
 // Authentication-Results. WriteHeader writes fields last-added first, so
 // they are added in reverse.
-func feedbackReport(f *Failure, a analysis, cfg Config) ([]byte, error) {
+func feedbackReport(f *policy.Judged, a analysis, cfg Config) ([]byte, error) {
 	v := &f.Verdict
 	type kv struct{ k, v string }
 	var fs []kv
@@ -155,13 +158,13 @@ func feedbackReport(f *Failure, a analysis, cfg Config) ([]byte, error) {
 		add("Arrival-Date", f.Arrival.Format(time.RFC1123Z))
 	}
 	add("Reporting-MTA", "dns; "+oneLine(cfg.ReportingMTA))
-	add("Source-IP", ipString(f.ClientIP))
+	add("Source-IP", orUnknown(f.ClientAddr()))
 	add("Reported-Domain", v.FromDomain)
 	ar := f.AuthResults
 	if ar == "" {
 		// Nothing was stamped (the message was rejected): describe the
 		// verdict the same way the milter would have.
-		ar = policy.FormatAuthenticationResults(cfg.AuthservID, *v, f.MailFrom, f.Helo)
+		ar = policy.AuthenticationResults(cfg.AuthservID, *v, f.MailFrom, f.Helo)
 	}
 	add("Authentication-Results", redactIf(cfg.RedactLocalParts, ar))
 	add("Identity-Alignment", strings.Join(a.alignment, ", "))
@@ -178,7 +181,7 @@ func feedbackReport(f *Failure, a analysis, cfg Config) ([]byte, error) {
 	}
 	if a.spfAligned && v.SPF.Status != spf.Pass {
 		// RFC 6591 Section 3.1 spf-dns: "txt" : domain : the record.
-		for _, rec := range f.SPFRecords {
+		for _, rec := range a.spfRecords {
 			add("SPF-DNS", "txt : "+oneLine(v.SPF.Domain)+" : "+quote(oneLine(rec)))
 		}
 	}
@@ -198,8 +201,8 @@ func feedbackReport(f *Failure, a analysis, cfg Config) ([]byte, error) {
 // deliveryResult maps what we did to RFC 6591 Section 3.1 Delivery-Result:
 // delivered, spam (delivered but marked as failing a quarantine policy),
 // policy (held in quarantine), reject, other.
-func deliveryResult(f *Failure) string {
-	switch f.Action {
+func deliveryResult(f *policy.Judged) string {
+	switch f.Verdict.Action {
 	case policy.Reject:
 		return "reject"
 	case policy.Quarantine:
@@ -219,13 +222,13 @@ const maxReportHeader = 64 << 10
 // originalHeader rebuilds the received header byte-exactly (CRLF), with
 // local parts redacted if asked, up to max bytes (whole fields only); kept
 // is how many fields it holds.
-func originalHeader(f *Failure, redact bool, max int) (b []byte, kept int) {
+func originalHeader(f *policy.Judged, redact bool, max int) (b []byte, kept int) {
 	for _, h := range f.Header {
 		val := h.Value
 		if redact && !isMessageIDField(h.Name) {
 			val = redactAddresses(val)
 		}
-		field := dkim.RebuildField(h.Name, val, f.LeadingSpace)
+		field := rfc5322.RebuildField(h.Name, val, f.LeadingSpace)
 		if len(b)+len(field) > max {
 			break
 		}
@@ -262,21 +265,6 @@ func redactIf(redact bool, s string) string {
 	return redactAddresses(s)
 }
 
-// crlf turns bare LF line ends into CRLF.
-func crlf(b []byte) []byte {
-	if !bytes.Contains(b, []byte("\n")) {
-		return b
-	}
-	out := make([]byte, 0, len(b)+bytes.Count(b, []byte("\n")))
-	for i, c := range b {
-		if c == '\n' && (i == 0 || b[i-1] != '\r') {
-			out = append(out, '\r')
-		}
-		out = append(out, c)
-	}
-	return out
-}
-
 // oneLine makes s safe as a one-line field value: line breaks and other
 // control characters become spaces.
 func oneLine(s string) string {
@@ -302,9 +290,9 @@ func isASCII(b []byte) bool {
 	return true
 }
 
-func ipString(ip net.IP) string {
-	if len(ip) == 0 {
+func orUnknown(s string) string {
+	if s == "" {
 		return "unknown"
 	}
-	return ip.String()
+	return s
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-message/textproto"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/conformance"
+	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
@@ -102,7 +103,7 @@ func TestBuildFields(t *testing.T) {
 	// The attached header is the original, byte for byte.
 	var wantHdr string
 	for _, h := range f.Header {
-		wantHdr += dkim.RebuildField(h.Name, h.Value, true)
+		wantHdr += rfc5322.RebuildField(h.Name, h.Value, true)
 	}
 	if string(p.original) != wantHdr {
 		t.Errorf("attached header:\n%q\nwant\n%q", p.original, wantHdr)
@@ -132,9 +133,16 @@ func TestBuildVariants(t *testing.T) {
 		f := failure(t, "v=DMARC1; p=quarantine; ruf=mailto:ruf@example.com")
 		f.Verdict.SPF.Domain = "example.com"
 		f.Verdict.DKIM = nil
-		f.Action = 0 // accepted, marked
-		f.SPFRecords = []string{`v=spf1 ip4:203.0.113.0/24 "-all"`}
-		p := parseReport(t, mustBuild(t, f, cfg, now))
+		f.Verdict.Action = 0 // accepted, marked
+		// The Reporter looks up the SPF records for SPF-DNS (Build does
+		// no DNS): give them to the analysis as it would.
+		a := analyze(f, knownOrgDomain(&f.Verdict))
+		a.spfRecords = []string{`v=spf1 ip4:203.0.113.0/24 "-all"`}
+		raw, err := build(f, a, []string{"ruf@example.com"}, cfg.withDefaults(), now, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := parseReport(t, raw)
 		checkField(t, p, "Identity-Alignment", "spf")
 		checkField(t, p, "Delivery-Result", "spam")
 		checkField(t, p, "SPF-DNS", `txt : example.com : "v=spf1 ip4:203.0.113.0/24 \"-all\""`)
@@ -150,7 +158,7 @@ func TestBuildVariants(t *testing.T) {
 		f.Verdict.DKIM[0].Domain = "esp.example"
 		f.Verdict.DKIM[0].Err = dkim.ErrKeyRevoked
 		f.Verdict.DKIM[0].Status = dkim.PermError
-		f.Action = 0
+		f.Verdict.Action = 0
 		p := parseReport(t, mustBuild(t, f, cfg, now))
 		checkField(t, p, "Auth-Failure", "revoked")
 		checkField(t, p, "Identity-Alignment", "none")
@@ -187,7 +195,7 @@ func TestBuildVariants(t *testing.T) {
 	})
 }
 
-func mustBuild(t *testing.T, f *Failure, cfg Config, now time.Time) []byte {
+func mustBuild(t *testing.T, f *policy.Judged, cfg Config, now time.Time) []byte {
 	t.Helper()
 	raw, err := Build(f, []string{"ruf@example.com"}, cfg, now)
 	if err != nil {
@@ -350,7 +358,7 @@ func TestDeliveryResultMatrix(t *testing.T) {
 		{"v=DMARC1; p=none", 0, "delivered"},
 	} {
 		f := failure(t, c.record)
-		f.Action = actionOf(c.action)
+		f.Verdict.Action = actionOf(c.action)
 		if got := deliveryResult(f); got != c.want {
 			t.Errorf("%s action %d: %s, want %s", c.record, c.action, got, c.want)
 		}
@@ -378,13 +386,13 @@ func TestReportHeaderBound(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com")
 			for i := range tc.fields {
-				f.Header = append(f.Header, Field{Name: fmt.Sprintf("X-Junk-%d", i), Value: " " + strings.Repeat("y", 100)})
+				f.Header = append(f.Header, policy.Field{Name: fmt.Sprintf("X-Junk-%d", i), Value: " " + strings.Repeat("y", 100)})
 			}
 			f.HeaderTruncated = tc.truncated
 			f.Body = []byte("body\r\n")
 			cfg := testConfig(t).withDefaults()
 			cfg.Include = IncludeMessage
-			msg, err := build(f, analyze(f), []string{"ruf@example.com"}, cfg, time.Now(), false)
+			msg, err := build(f, analyze(f, knownOrgDomain(&f.Verdict)), []string{"ruf@example.com"}, cfg, time.Now(), false)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -5,51 +5,156 @@ import (
 	"errors"
 	"net"
 	"net/url"
-	"slices"
 	"strings"
 
 	"github.com/emersion/go-message/mail"
 
+	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
+	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 )
 
-// Wanted applies the "fo" tag of the DMARC record in f.Verdict (RFC 9989
-// Section 4.7; the default is "0") and returns the options that match, in
-// the record's order, and whether any did. Only DMARC results pass and fail
-// under a record can match.
-func Wanted(f *Failure) (matched []string, ok bool) {
-	v := &f.Verdict
+// exclude makes the checks that need no DNS and returns why no report is
+// wanted, "" if one may be. Every message passes through it, so the checks
+// that turn most messages away (no policy, no ruf, fo not matched) come
+// before those that read the header.
+func (r *Reporter) exclude(cfg *Config, j *policy.Judged) Reason {
+	v := &j.Verdict
 	rec := v.DMARC.Record
-	if rec == nil || (v.DMARC.Status != dmarc.StatusPass && v.DMARC.Status != dmarc.StatusFail) {
-		return nil, false
+	switch {
+	case rec == nil || v.FromErr != nil || v.FromDomain == "":
+		return ReasonNoPolicy
+	case v.DMARC.Status != dmarc.Pass && v.DMARC.Status != dmarc.Fail:
+		return ReasonNoPolicy
+	case rec.PSD == dmarc.PSDYes:
+		// RFC 9991 Section 2: ruf of psd=y records is not used.
+		return ReasonPSD
+	case len(rec.RUF) == 0:
+		return ReasonNoDestination
+	}
+	if _, ok := Wanted(j); !ok {
+		return ReasonNotWanted
+	}
+	switch {
+	case isNullSender(j.MailFrom):
+		return ReasonNullSender
+	case v.Exempt.Local():
+		return ReasonLocalClient
+	case policy.InNetworks(j.ClientIP, cfg.ExcludeNetworks):
+		return ReasonExcludedClient
+	case !cfg.domainReported(v.FromDomain):
+		return ReasonDomain
+	case autoSubmitted(j.Header):
+		return ReasonAutoSubmitted
+	case cfg.isReport(j):
+		return ReasonReportMessage
+	}
+	return ""
+}
+
+func (cfg *Config) domainReported(domain string) bool {
+	if dmarc.InDomainList(domain, cfg.DenyDomains) {
+		return false
+	}
+	return len(cfg.AllowDomains) == 0 || dmarc.InDomainList(domain, cfg.AllowDomains)
+}
+
+func isNullSender(mailFrom string) bool {
+	return spf.ReversePath(mailFrom) == ""
+}
+
+// autoSubmitted reports whether an Auto-Submitted field (RFC 3834 Section
+// 5) says anything other than "no".
+func autoSubmitted(h []policy.Field) bool {
+	for _, f := range h {
+		if !strings.EqualFold(strings.TrimSpace(f.Name), "Auto-Submitted") {
+			continue
+		}
+		v, _ := rfc5322.StripComments(f.Value)
+		if i := strings.IndexByte(v, ';'); i >= 0 {
+			v = v[:i]
+		}
+		if !strings.EqualFold(strings.TrimSpace(v), "no") {
+			return true
+		}
+	}
+	return false
+}
+
+// isReport reports whether the message is itself a report: multipart/report
+// (DSNs, ARF, TLS reports), a DMARC aggregate report (RFC 9990 subject
+// "Report Domain: ..."), or mail from our own report address.
+func (cfg *Config) isReport(f *policy.Judged) bool {
+	own := ""
+	if a, err := mail.ParseAddress(cfg.From); err == nil {
+		own = strings.ToLower(a.Address)
+	}
+	if own != "" && strings.EqualFold(spf.ReversePath(f.MailFrom), own) {
+		return true
+	}
+	for _, h := range f.Header {
+		name := strings.TrimSpace(h.Name)
+		v := strings.TrimSpace(h.Value)
+		switch {
+		case strings.EqualFold(name, "Content-Type"):
+			ct, _ := rfc5322.StripComments(v)
+			if strings.HasPrefix(strings.ToLower(strings.TrimSpace(ct)), "multipart/report") {
+				return true
+			}
+		case strings.EqualFold(name, "Subject"):
+			if strings.HasPrefix(strings.ToLower(v), "report domain:") {
+				return true
+			}
+		case strings.EqualFold(name, "From"), strings.EqualFold(name, "Sender"):
+			if own == "" {
+				continue
+			}
+			if as, err := mail.ParseAddressList(strings.ReplaceAll(v, "\n", "")); err == nil {
+				for _, a := range as {
+					if strings.EqualFold(a.Address, own) {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
+}
+
+// Wanted applies the "fo" tag of the DMARC record in j's verdict (RFC 9989
+// Section 4.7; dmarc.FailureAll by default) and returns the options that
+// match, and whether any did. Only DMARC results pass and fail under a
+// record can match.
+func Wanted(j *policy.Judged) (matched dmarc.FailureOptions, ok bool) {
+	v := &j.Verdict
+	rec := v.DMARC.Record
+	if rec == nil || (v.DMARC.Status != dmarc.Pass && v.DMARC.Status != dmarc.Fail) {
+		return 0, false
 	}
 	fo := rec.FailureOptions
-	if len(fo) == 0 {
-		fo = []string{"0"}
+	if fo == 0 {
+		fo = dmarc.FailureAll
 	}
-	for _, o := range fo {
-		var m bool
-		switch strings.ToLower(o) {
-		case "0":
-			// All mechanisms failed to produce an aligned pass.
-			m = v.DMARC.Status == dmarc.StatusFail
-		case "1":
-			// Any mechanism failed to produce an aligned pass.
-			m = !v.DMARC.SPFAligned || !v.DMARC.DKIMAligned
-		case "d":
-			// A signature failed evaluation, whatever its alignment.
-			m = firstFailedDKIM(v.DKIM, nil) >= 0
-		case "s":
-			// SPF failed evaluation, whatever its alignment.
-			m = spfFailed(v.SPF.Status)
-		}
-		if m && !slices.Contains(matched, strings.ToLower(o)) {
-			matched = append(matched, strings.ToLower(o))
+	for _, o := range []struct {
+		opt   dmarc.FailureOptions
+		match bool
+	}{
+		// All mechanisms failed to produce an aligned pass.
+		{dmarc.FailureAll, v.DMARC.Status == dmarc.Fail},
+		// Any mechanism failed to produce an aligned pass.
+		{dmarc.FailureAny, !v.DMARC.SPFAligned || !v.DMARC.DKIMAligned},
+		// A signature failed evaluation, whatever its alignment.
+		{dmarc.FailureDKIM, firstFailedDKIM(v.DKIM) >= 0},
+		// SPF failed evaluation, whatever its alignment.
+		{dmarc.FailureSPF, spfFailed(v.SPF.Status)},
+	} {
+		if fo.Has(o.opt) && o.match {
+			matched |= o.opt
 		}
 	}
-	return matched, len(matched) > 0
+	return matched, matched != 0
 }
 
 // dkimFailed reports whether a DKIM result is a verification failure
@@ -67,11 +172,11 @@ func spfFailed(s spf.Status) bool {
 	return s == spf.Fail || s == spf.SoftFail || s == spf.PermError
 }
 
-// firstFailedDKIM returns the index of the first failed signature for which
-// keep returns true (any if keep is nil), -1 if none.
-func firstFailedDKIM(rs []dkim.Result, keep func(dkim.Result) bool) int {
+// firstFailedDKIM returns the index of the first failed signature, -1 if
+// none.
+func firstFailedDKIM(rs []dkim.Result) int {
 	for i, d := range rs {
-		if dkimFailed(d.Status) && (keep == nil || keep(d)) {
+		if dkimFailed(d.Status) {
 			return i
 		}
 	}
@@ -80,7 +185,7 @@ func firstFailedDKIM(rs []dkim.Result, keep func(dkim.Result) bool) int {
 
 // analysis is what the report says about the failure.
 type analysis struct {
-	matched     []string
+	matched     dmarc.FailureOptions
 	authFailure string // Auth-Failure value (RFC 6591 Section 3.1, RFC 9991 Section 4)
 	// alignment is the Identity-Alignment value: the mechanisms whose
 	// aligned identifier failed, or "none" (RFC 9991 Section 4).
@@ -88,46 +193,50 @@ type analysis struct {
 	// sig is the index in Verdict.DKIM of the signature the DKIM-* fields
 	// describe, -1 if none.
 	sig int
-	// spfAligned says the SPF domain is aligned with the From domain.
-	spfAligned bool
+	// spfAligned says the SPF domain is aligned with the From domain;
+	// dkimAligned says it of each signature's domain, as Verdict.DKIM.
+	spfAligned  bool
+	dkimAligned []bool
+	// spfRecords are the SPF records of the MAIL FROM domain, for SPF-DNS
+	// (looked up by the Reporter when SPF failed for an aligned
+	// identifier).
+	spfRecords []string
 }
 
-// analyze works out the fields of the report for f.
-//
-// Alignment of a failed identifier is decided without DNS: equal to the
-// From domain, or (relaxed mode) equal to or below the From domain's
-// Organizational Domain. This is the check dmarc.Evaluate makes before its
-// tree walk; it differs only if a DMARC record with psd=n lies between the
-// identifier and that Organizational Domain.
-func analyze(f *Failure) analysis {
-	v := &f.Verdict
+// analyze works out the fields of the report for j. Alignment is
+// dmarc.Aligned under the record's modes, for failed identifiers as for
+// passing ones; orgDomain gives the Organizational Domains it needs.
+func analyze(j *policy.Judged, orgDomain func(name string) string) analysis {
+	v := &j.Verdict
 	a := analysis{sig: -1}
-	a.matched, _ = Wanted(f)
-	from := strings.ToLower(v.FromDomain)
-	org := strings.ToLower(v.DMARC.OrgDomain)
+	a.matched, _ = Wanted(j)
+	from, _ := dmarc.NormalizeDomain(v.FromDomain)
 	adkim, aspf := dmarc.AlignRelaxed, dmarc.AlignRelaxed
 	if rec := v.DMARC.Record; rec != nil {
 		adkim, aspf = rec.ADKIM, rec.ASPF
 	}
 	aligned := func(id string, mode dmarc.Align) bool {
-		id = strings.ToLower(strings.TrimSuffix(id, "."))
-		if id == "" {
-			return false
-		}
-		if id == from {
-			return true
-		}
-		return mode != dmarc.AlignStrict && org != "" && (id == org || strings.HasSuffix(id, "."+org))
+		id, err := dmarc.NormalizeDomain(id)
+		return err == nil && dmarc.Aligned(id, from, mode, orgDomain)
 	}
 
 	a.spfAligned = aligned(v.SPF.Domain, aspf)
-	alignedDKIM := func(d dkim.Result) bool { return aligned(d.Domain, adkim) }
-	alignedFail := firstFailedDKIM(v.DKIM, alignedDKIM)
+	a.dkimAligned = make([]bool, len(v.DKIM))
+	for i, d := range v.DKIM {
+		a.dkimAligned[i] = aligned(d.Domain, adkim)
+	}
+	alignedFail := -1
+	for i, d := range v.DKIM {
+		if dkimFailed(d.Status) && a.dkimAligned[i] {
+			alignedFail = i
+			break
+		}
+	}
 	if alignedFail >= 0 {
 		a.alignment = append(a.alignment, "dkim")
 		a.sig = alignedFail
 	} else {
-		a.sig = firstFailedDKIM(v.DKIM, nil)
+		a.sig = firstFailedDKIM(v.DKIM)
 	}
 	if a.spfAligned && v.SPF.Status != spf.Pass {
 		a.alignment = append(a.alignment, "spf")
@@ -137,9 +246,9 @@ func analyze(f *Failure) analysis {
 	}
 
 	switch {
-	case slices.Contains(a.matched, "0") || slices.Contains(a.matched, "1"):
+	case a.matched.Has(dmarc.FailureAll) || a.matched.Has(dmarc.FailureAny):
 		a.authFailure = "dmarc"
-	case slices.Contains(a.matched, "d"):
+	case a.matched.Has(dmarc.FailureDKIM):
 		a.authFailure = "signature"
 		if a.sig >= 0 {
 			switch err := v.DKIM[a.sig].Err; {
@@ -149,12 +258,27 @@ func analyze(f *Failure) analysis {
 				a.authFailure = "revoked"
 			}
 		}
-	case slices.Contains(a.matched, "s"):
+	case a.matched.Has(dmarc.FailureSPF):
 		a.authFailure = "spf"
 	default:
 		a.authFailure = "dmarc"
 	}
 	return a
+}
+
+// knownOrgDomain is the Organizational Domain lookup of Build, which does
+// no DNS: the From domain's is the one DMARC found (if it needed it), and
+// a name at or below it is taken to share it (true unless a record with
+// psd=n lies between them).
+func knownOrgDomain(v *policy.Verdict) func(string) string {
+	from, _ := dmarc.NormalizeDomain(v.FromDomain)
+	org, _ := dmarc.NormalizeDomain(v.DMARC.OrgDomain)
+	return func(name string) string {
+		if name == from || org != "" && (name == org || strings.HasSuffix(name, "."+org)) {
+			return org
+		}
+		return ""
+	}
 }
 
 // destination is one mailto: address of "ruf".

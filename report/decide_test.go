@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
@@ -78,23 +79,23 @@ func TestWantedMatrix(t *testing.T) {
 			for _, s := range c.o.dkim {
 				v.DKIM = append(v.DKIM, dkim.Result{Status: s, Domain: "example.com", Selector: "s"})
 			}
-			v.DMARC.Status = dmarc.StatusFail
+			v.DMARC.Status = dmarc.Fail
 			if c.o.spfAligned || c.o.dkimAligned {
-				v.DMARC.Status = dmarc.StatusPass
+				v.DMARC.Status = dmarc.Pass
 			}
 			got, ok := Wanted(f)
-			if !slices.Equal(got, c.want) || ok != (len(c.want) > 0) {
+			if got.String() != strings.Join(c.want, ":") || ok != (len(c.want) > 0) {
 				t.Errorf("Wanted = %v %v, want %v", got, ok, c.want)
 			}
 		})
 	}
 	// No record, temperror: never.
 	f := failure(t, "v=DMARC1; p=none; fo=1")
-	f.Verdict.DMARC.Status = dmarc.StatusTempError
+	f.Verdict.DMARC.Status = dmarc.TempError
 	if _, ok := Wanted(f); ok {
 		t.Errorf("temperror wanted")
 	}
-	f.Verdict.DMARC.Status, f.Verdict.DMARC.Record = dmarc.StatusNone, nil
+	f.Verdict.DMARC.Status, f.Verdict.DMARC.Record = dmarc.None, nil
 	if _, ok := Wanted(f); ok {
 		t.Errorf("no record wanted")
 	}
@@ -107,43 +108,47 @@ func TestSubmitExclusions(t *testing.T) {
 	cases := []struct {
 		name   string
 		cfg    func(*Config)
-		mod    func(*Failure)
+		mod    func(*policy.Judged)
 		reason Reason // "" = spooled
 	}{
 		{"reject policy", nil, nil, ""},
-		{"p=none reported too", nil, func(f *Failure) { *f = *failure(t, "v=DMARC1; p=none; ruf=mailto:r@example.com") }, ""},
-		{"psd=y", nil, func(f *Failure) { *f = *failure(t, "v=DMARC1; p=reject; psd=y; ruf=mailto:r@example.com") }, ReasonPSD},
-		{"null sender", nil, func(f *Failure) { f.MailFrom = "<>" }, ReasonNullSender},
-		{"empty sender", nil, func(f *Failure) { f.MailFrom = "" }, ReasonNullSender},
-		{"auto-replied", nil, func(f *Failure) { f.Header = append(f.Header, Field{"Auto-Submitted", " auto-replied"}) }, ReasonAutoSubmitted},
-		{"auto-generated with comment", nil, func(f *Failure) {
-			f.Header = append(f.Header, Field{"auto-submitted", " (robot) auto-generated; owner=x"})
+		{"p=none reported too", nil, func(f *policy.Judged) { *f = *failure(t, "v=DMARC1; p=none; ruf=mailto:r@example.com") }, ""},
+		{"psd=y", nil, func(f *policy.Judged) { *f = *failure(t, "v=DMARC1; p=reject; psd=y; ruf=mailto:r@example.com") }, ReasonPSD},
+		{"null sender", nil, func(f *policy.Judged) { f.MailFrom = "<>" }, ReasonNullSender},
+		{"empty sender", nil, func(f *policy.Judged) { f.MailFrom = "" }, ReasonNullSender},
+		{"auto-replied", nil, func(f *policy.Judged) {
+			f.Header = append(f.Header, policy.Field{Name: "Auto-Submitted", Value: " auto-replied"})
 		}, ReasonAutoSubmitted},
-		{"auto-submitted: no", nil, func(f *Failure) { f.Header = append(f.Header, Field{"Auto-Submitted", " No"}) }, ""},
-		{"multipart/report", nil, func(f *Failure) {
-			f.Header = append(f.Header, Field{"Content-Type", " multipart/report;\n\treport-type=delivery-status; boundary=x"})
+		{"auto-generated with comment", nil, func(f *policy.Judged) {
+			f.Header = append(f.Header, policy.Field{Name: "auto-submitted", Value: " (robot) auto-generated; owner=x"})
+		}, ReasonAutoSubmitted},
+		{"auto-submitted: no", nil, func(f *policy.Judged) {
+			f.Header = append(f.Header, policy.Field{Name: "Auto-Submitted", Value: " No"})
+		}, ""},
+		{"multipart/report", nil, func(f *policy.Judged) {
+			f.Header = append(f.Header, policy.Field{Name: "Content-Type", Value: " multipart/report;\n\treport-type=delivery-status; boundary=x"})
 		}, ReasonReportMessage},
-		{"aggregate report", nil, func(f *Failure) {
-			f.Header = append(f.Header, Field{"Subject", " Report Domain: example.com Submitter: x Report-ID: 1"})
+		{"aggregate report", nil, func(f *policy.Judged) {
+			f.Header = append(f.Header, policy.Field{Name: "Subject", Value: " Report Domain: example.com Submitter: x Report-ID: 1"})
 		}, ReasonReportMessage},
-		{"from our report address", nil, func(f *Failure) {
-			f.Header = append(f.Header, Field{"Sender", " Reports <DMARC-Reports@mx.example.net>"})
+		{"from our report address", nil, func(f *policy.Judged) {
+			f.Header = append(f.Header, policy.Field{Name: "Sender", Value: " Reports <DMARC-Reports@mx.example.net>"})
 		}, ReasonReportMessage},
-		{"envelope from our report address", nil, func(f *Failure) { f.MailFrom = "<dmarc-reports@mx.example.net>" }, ReasonReportMessage},
+		{"envelope from our report address", nil, func(f *policy.Judged) { f.MailFrom = "<dmarc-reports@mx.example.net>" }, ReasonReportMessage},
 		{"excluded network", func(c *Config) { c.ExcludeNetworks = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")} }, nil, ReasonExcludedClient},
 		{"excluded network, v4-mapped", func(c *Config) { c.ExcludeNetworks = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")} },
-			func(f *Failure) { f.ClientIP = net.ParseIP("::ffff:192.0.2.1") }, ReasonExcludedClient},
+			func(f *policy.Judged) { f.ClientIP = net.ParseIP("::ffff:192.0.2.1") }, ReasonExcludedClient},
 		{"other network", func(c *Config) { c.ExcludeNetworks = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")} }, nil, ""},
 		{"deny domain", func(c *Config) { c.DenyDomains = []string{"Example.COM"} }, nil, ReasonDomain},
 		{"deny parent domain", func(c *Config) { c.DenyDomains = []string{"com"} }, nil, ReasonDomain},
 		{"allow other domain", func(c *Config) { c.AllowDomains = []string{"example.org"} }, nil, ReasonDomain},
 		{"allow domain", func(c *Config) { c.AllowDomains = []string{"example.org", "example.com"} }, nil, ""},
-		{"authenticated client", nil, func(f *Failure) { f.Verdict.Exempt = "authenticated" }, ReasonLocalClient},
-		{"monitor mode reported", nil, func(f *Failure) { f.Verdict.Exempt = "monitor" }, ""},
-		{"fo not matched", nil, func(f *Failure) {
-			f.Verdict.DMARC.Status, f.Verdict.DMARC.DKIMAligned = dmarc.StatusPass, true
+		{"authenticated client", nil, func(f *policy.Judged) { f.Verdict.Exempt = "authenticated" }, ReasonLocalClient},
+		{"monitor mode reported", nil, func(f *policy.Judged) { f.Verdict.Exempt = "monitor" }, ""},
+		{"fo not matched", nil, func(f *policy.Judged) {
+			f.Verdict.DMARC.Status, f.Verdict.DMARC.DKIMAligned = dmarc.Pass, true
 		}, ReasonNotWanted},
-		{"no record", nil, func(f *Failure) { f.Verdict.DMARC.Record, f.Verdict.DMARC.Status = nil, dmarc.StatusNone }, ReasonNoPolicy},
+		{"no record", nil, func(f *policy.Judged) { f.Verdict.DMARC.Record, f.Verdict.DMARC.Status = nil, dmarc.None }, ReasonNoPolicy},
 		{"disabled", func(c *Config) { c.Enabled = false }, nil, ReasonDisabled},
 	}
 	for _, c := range cases {
@@ -180,7 +185,7 @@ func TestSubmitExclusions(t *testing.T) {
 }
 
 // processed runs the worker step for f and returns the spooled recipients.
-func processed(t *testing.T, r *Reporter, f *Failure) []string {
+func processed(t *testing.T, r *Reporter, f *policy.Judged) []string {
 	t.Helper()
 	before := map[string]bool{}
 	r.mu.Lock()
@@ -302,7 +307,7 @@ func TestRateLimitsAndDedup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	from := func(ip string, ruf string) *Failure {
+	from := func(ip string, ruf string) *policy.Judged {
 		f := failure(t, "v=DMARC1; p=reject; ruf="+ruf)
 		f.ClientIP = net.ParseIP(ip)
 		return f

@@ -71,7 +71,7 @@ func newResolver() *fakeResolver {
 // failure returns a message from 192.0.2.1 claiming From example.com with
 // a failing DKIM signature of example.com and an SPF fail for bad.example:
 // DMARC fails. record is the DMARC record of example.com.
-func failure(t testing.TB, record string) *Failure {
+func failure(t testing.TB, record string) *policy.Judged {
 	t.Helper()
 	rec, err := dmarc.ParseRecord(record)
 	if err != nil {
@@ -86,7 +86,7 @@ func failure(t testing.TB, record string) *Failure {
 			Algorithm: "rsa-sha256", BPrefix: "abcdefgh", Err: dkim.ErrBodyHash,
 		}},
 		DMARC: dmarc.Result{
-			Status: dmarc.StatusFail, FromDomain: "example.com", PolicyDomain: "example.com", OrgDomain: "example.com",
+			Status: dmarc.Fail, FromDomain: "example.com", PolicyDomain: "example.com", OrgDomain: "example.com",
 			Record: rec, Policy: rec.Policy, Applied: rec.Policy,
 		},
 		Disposition: rec.Policy,
@@ -97,26 +97,30 @@ func failure(t testing.TB, record string) *Failure {
 	case dmarc.PolicyQuarantine:
 		v.Action = policy.Quarantine
 	}
-	return &Failure{
-		QueueID:    "4AE9D403CC",
-		Arrival:    time.Date(2026, 5, 4, 10, 11, 12, 0, time.UTC),
-		ClientIP:   net.ParseIP("192.0.2.1"),
-		ClientHost: "mail.bad.example",
-		Helo:       "mail.bad.example",
-		MailFrom:   "<bounce+x@bad.example>",
-		Header: []Field{
-			{"Received", " from mail.bad.example (mail.bad.example [192.0.2.1])\n\tby mx.example.net (Postfix) with ESMTP id 4AE9D403CC\n\tfor <alice@example.net>; Mon, 4 May 2026 10:11:12 +0000"},
-			{"DKIM-Signature", " v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=sel1;\n\th=From:To:Subject; bh=AAAA; b=abcdefghijkl"},
-			{"From", " \"Bank\" <alerts@example.com>"},
-			{"To", " alice@example.net"},
-			{"Subject", " Your account"},
-			{"Message-ID", " <123@mail.bad.example>"},
-			{"Date", " Mon, 4 May 2026 10:11:10 +0000"},
+	return &policy.Judged{
+		Message: &policy.Message{
+			QueueID:    "4AE9D403CC",
+			Arrival:    time.Date(2026, 5, 4, 10, 11, 12, 0, time.UTC),
+			ClientIP:   net.ParseIP("192.0.2.1"),
+			ClientHost: "mail.bad.example",
+			Helo:       "mail.bad.example",
+			MailFrom:   "bounce+x@bad.example",
+			Header: []policy.Field{
+				{Name: "Received", Value: " from mail.bad.example (mail.bad.example [192.0.2.1])\n\tby mx.example.net (Postfix) with ESMTP id 4AE9D403CC\n\tfor <alice@example.net>; Mon, 4 May 2026 10:11:12 +0000"},
+				{Name: "DKIM-Signature", Value: " v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=sel1;\n\th=From:To:Subject; bh=AAAA; b=abcdefghijkl"},
+				{Name: "From", Value: " \"Bank\" <alerts@example.com>"},
+				{Name: "To", Value: " alice@example.net"},
+				{Name: "Subject", Value: " Your account"},
+				{Name: "Message-ID", Value: " <123@mail.bad.example>"},
+				{Name: "Date", Value: " Mon, 4 May 2026 10:11:10 +0000"},
+			},
+			LeadingSpace: true,
+			SPF:          v.SPF,
+			HeloSPF:      v.HeloSPF,
+			DKIM:         v.DKIM,
 		},
-		LeadingSpace: true,
-		Verdict:      v,
-		AuthResults:  "mx.example.net;\n\tspf=fail smtp.mailfrom=bounce+x@bad.example;\n\tdkim=fail header.d=example.com header.s=sel1;\n\tdmarc=fail header.from=example.com policy.dmarc=reject",
-		Action:       v.Action,
+		Verdict:     v,
+		AuthResults: "mx.example.net;\n\tspf=fail smtp.mailfrom=bounce+x@bad.example;\n\tdkim=fail header.d=example.com header.s=sel1;\n\tdmarc=fail header.from=example.com policy.dmarc=reject",
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 )
@@ -152,7 +153,7 @@ func (r *Reporter) removeSpoolFile(path string) {
 }
 
 // spool writes one report for one recipient and tells the sender.
-func (r *Reporter) spool(f *Failure, to string, msg []byte) bool {
+func (r *Reporter) spool(f *policy.Judged, to string, msg []byte) bool {
 	now := r.now()
 	env := envelope{
 		ID:          newID(now),
@@ -221,7 +222,7 @@ func (r *Reporter) loadSpool() {
 
 // process turns one submitted message into spooled reports; its DNS work
 // ends with ctx.
-func (r *Reporter) process(ctx context.Context, f *Failure) {
+func (r *Reporter) process(ctx context.Context, f *policy.Judged) {
 	defer func() {
 		if p := recover(); p != nil {
 			r.suppress(ReasonBuildError)
@@ -236,26 +237,34 @@ func (r *Reporter) process(ctx context.Context, f *Failure) {
 		r.suppress(ReasonNoDestination)
 		return
 	}
-	if v.DMARC.OrgDomain == "" {
-		// DMARC determines the Organizational Domain only when its verdict
-		// needs it; the alignment of failed identifiers in the report
-		// needs it too (mostly a cached tree walk). Without it identifiers
-		// are aligned only when equal to the From domain.
-		if org, err := dmarc.OrganizationalDomain(ctx, r.res, v.FromDomain); err == nil {
-			v.DMARC.OrgDomain = org
-		} else {
-			log.Debug().Err(err).Msg("no Organizational Domain for the report's alignment")
-		}
+	// DMARC determines Organizational Domains only when its verdict needs
+	// them; the alignment of failed identifiers in the report needs them
+	// too (mostly cached tree walks). One that cannot be found aligns
+	// nothing but identical names.
+	from, _ := dmarc.NormalizeDomain(v.FromDomain)
+	orgs := map[string]string{}
+	if org, err := dmarc.NormalizeDomain(v.DMARC.OrgDomain); err == nil {
+		orgs[from] = org
 	}
-	a := analyze(f)
-	if a.spfAligned && v.SPF.Status != spf.Pass && f.SPFRecords == nil && v.SPF.Domain != "" {
-		f.SPFRecords = r.spfRecords(ctx, v.SPF.Domain)
+	a := analyze(f, func(name string) string {
+		if org, ok := orgs[name]; ok {
+			return org
+		}
+		org, err := dmarc.OrganizationalDomain(ctx, r.res, name)
+		if err != nil {
+			log.Debug().Err(err).Str("name", name).Msg("no Organizational Domain for the report's alignment")
+		}
+		orgs[name] = org
+		return org
+	})
+	if a.spfAligned && v.SPF.Status != spf.Pass && v.SPF.Domain != "" {
+		a.spfRecords = r.spfRecords(ctx, v.SPF.Domain)
 	}
 	policyDomain := v.DMARC.PolicyDomain
 	if policyDomain == "" {
 		policyDomain = v.FromDomain
 	}
-	dedupBase := strings.Join([]string{ipString(f.ClientIP), strings.ToLower(v.FromDomain), strings.Join(a.matched, ":"), a.authFailure, strings.Join(a.alignment, ",")}, "|")
+	dedupBase := strings.Join([]string{f.ClientAddr(), strings.ToLower(v.FromDomain), a.matched.String(), a.authFailure, strings.Join(a.alignment, ",")}, "|")
 	for _, d := range dests {
 		ok, err := r.authorized(ctx, policyDomain, d.domain)
 		if err != nil {

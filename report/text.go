@@ -14,7 +14,7 @@ import (
 
 // humanText is the text/plain part: which domain, which sending IP, what
 // failed and why, what we did, what is attached. Lines end in CRLF.
-func humanText(f *Failure, a analysis, cfg Config, attachedMessage, headerCut bool, fieldsKept int) string {
+func humanText(f *policy.Judged, a analysis, cfg Config, attachedMessage, headerCut bool, fieldsKept int) string {
 	v := &f.Verdict
 	dom := v.FromDomain
 	var b strings.Builder
@@ -23,7 +23,7 @@ func humanText(f *Failure, a analysis, cfg Config, attachedMessage, headerCut bo
 	p("This is a DMARC failure report (RFC 9991) from %s.", oneLine(cfg.ReportingMTA))
 	p("")
 	p("The DMARC record of %s asks for a report about each message that", dom)
-	p("uses %s in its From header field and fails authentication (fo=%s).", dom, strings.Join(foOf(v), ":"))
+	p("uses %s in its From header field and fails authentication (fo=%s).", dom, v.DMARC.Record.FailureOptions)
 	p("This is one such message:")
 	p("")
 	arrival := "unknown"
@@ -35,7 +35,7 @@ func humanText(f *Failure, a analysis, cfg Config, attachedMessage, headerCut bo
 		host = "no host name"
 	}
 	p("  From domain:  %s", dom)
-	p("  Sending IP:   %s (%s, HELO %s)", ipString(f.ClientIP), host, orNone(oneLine(f.Helo)))
+	p("  Sending IP:   %s (%s, HELO %s)", orUnknown(f.ClientAddr()), host, orNone(oneLine(f.Helo)))
 	mf := spf.ReversePath(f.MailFrom)
 	p("  MAIL FROM:    <%s>", oneLine(redactIf(cfg.RedactLocalParts, mf)))
 	p("  Received:     %s", arrival)
@@ -50,8 +50,8 @@ func humanText(f *Failure, a analysis, cfg Config, attachedMessage, headerCut bo
 	if len(v.DKIM) == 0 {
 		b.WriteString(wrap("  DKIM:  ", "none - the message has no DKIM signature"))
 	}
-	for _, d := range v.DKIM {
-		b.WriteString(wrap("  DKIM:  ", dkimLine(v, d)))
+	for i, d := range v.DKIM {
+		b.WriteString(wrap("  DKIM:  ", dkimLine(v, d, a.dkimAligned[i])))
 	}
 	p("")
 	b.WriteString(wrap("", "What we did: "+actionText(f)))
@@ -79,17 +79,10 @@ func orNone(s string) string {
 	return s
 }
 
-func foOf(v *policy.Verdict) []string {
-	if v.DMARC.Record == nil || len(v.DMARC.Record.FailureOptions) == 0 {
-		return []string{"0"}
-	}
-	return v.DMARC.Record.FailureOptions
-}
-
 func dmarcLine(v *policy.Verdict) string {
 	dom := v.FromDomain
 	switch {
-	case v.DMARC.Status == dmarc.StatusFail:
+	case v.DMARC.Status == dmarc.Fail:
 		return "fail - neither SPF nor DKIM gave a pass for a domain aligned with " + dom
 	case v.DMARC.SPFAligned && v.DMARC.DKIMAligned:
 		return "pass - SPF and DKIM both passed for domains aligned with " + dom
@@ -131,9 +124,9 @@ func spfLine(v *policy.Verdict, a analysis) string {
 	return fmt.Sprintf("%s for the MAIL FROM domain %s (%s) - %s", v.SPF.Status, d, al, why)
 }
 
-func dkimLine(v *policy.Verdict, d dkim.Result) string {
+func dkimLine(v *policy.Verdict, d dkim.Result, aligned bool) string {
 	s := fmt.Sprintf("%s for the signature of %s (selector %s)", d.Status, oneLine(d.Domain), oneLine(d.Selector))
-	if strings.EqualFold(d.Domain, v.FromDomain) || (v.DMARC.OrgDomain != "" && (strings.EqualFold(d.Domain, v.DMARC.OrgDomain) || strings.HasSuffix(strings.ToLower(d.Domain), "."+v.DMARC.OrgDomain))) {
+	if aligned {
 		s += ", a domain aligned with " + v.FromDomain
 	} else {
 		s += ", a domain not aligned with " + v.FromDomain
@@ -145,13 +138,13 @@ func dkimLine(v *policy.Verdict, d dkim.Result) string {
 }
 
 // actionText says what we did with the message and why.
-func actionText(f *Failure) string {
+func actionText(f *policy.Judged) string {
 	v := &f.Verdict
 	pol := "p=" + string(v.DMARC.Policy)
 	if v.DMARC.Applied != v.DMARC.Policy && v.DMARC.Applied != "" {
 		pol += fmt.Sprintf(" in testing mode (t=y), applied as %s", v.DMARC.Applied)
 	}
-	switch f.Action {
+	switch v.Action {
 	case policy.Reject:
 		return fmt.Sprintf("rejected the message during the SMTP transaction (%d %s), as the DMARC policy of %s (%s) asks.", orCode(v.Code, 550), orStr(v.Enhanced, "5.7.1"), v.FromDomain, pol)
 	case policy.Quarantine:
@@ -160,7 +153,7 @@ func actionText(f *Failure) string {
 		return "deferred the message with a temporary error."
 	}
 	switch {
-	case v.DMARC.Status == dmarc.StatusPass:
+	case v.DMARC.Status == dmarc.Pass:
 		return "delivered the message: it passed DMARC."
 	case v.Exempt != "":
 		return fmt.Sprintf("delivered the message: local policy (%s) exempts it from enforcement; the DMARC policy of %s is %s.", v.Exempt, v.FromDomain, pol)

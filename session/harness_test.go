@@ -22,11 +22,11 @@ import (
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 	"github.com/rs/zerolog"
 
-	"github.com/dmarc-milter/dmarc-milter/milter"
-	"github.com/dmarc-milter/dmarc-milter/session"
-	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/milter"
+	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/resolver"
+	"github.com/dmarc-milter/dmarc-milter/session"
 )
 
 // env is a running dmarc-milter: an authoritative DNS server for the test

@@ -15,8 +15,8 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/dmarc-milter/dmarc-milter/milter"
-	"github.com/dmarc-milter/dmarc-milter/session"
 	"github.com/dmarc-milter/dmarc-milter/policy"
+	"github.com/dmarc-milter/dmarc-milter/session"
 )
 
 func contextWithTimeout(t testing.TB, d time.Duration) context.Context {
@@ -510,11 +510,11 @@ func TestGarbageConnection(t *testing.T) {
 
 func TestPanicEndsOnlyThatSession(t *testing.T) {
 	e := newEnv(t, envOptions{settings: func(s *session.Settings) {
-		s.OnVerdict = func(r *session.Report) {
-			if r.QueueID == "PANIC" {
+		s.Consumers = []session.Consumer{session.ConsumerFunc(func(j *policy.Judged) {
+			if j.QueueID == "PANIC" {
 				panic("boom")
 			}
-		}
+		})}
 	}})
 	other := e.dial(0)
 	connectAndHelo(t, other, goodIP, "mx.pass.example")
@@ -683,14 +683,14 @@ func TestLocalClientWithoutAddress(t *testing.T) {
 // report sees the header fields as received.
 func TestReportKeepsBoundedBody(t *testing.T) {
 	for _, keep := range []int{0, 10, 1 << 20} {
-		reports := make(chan *session.Report, 1)
+		reports := make(chan *policy.Judged, 1)
 		e := newEnv(t, envOptions{settings: func(s *session.Settings) {
 			s.KeepBody = keep
-			s.OnVerdict = func(r *session.Report) { reports <- r }
+			s.Consumers = []session.Consumer{session.ConsumerFunc(func(j *policy.Judged) { reports <- j })}
 		}})
 		raw := plainMessage("bob@pass.example", "keep")
 		check(t, e.run(badIP, "x.example", msg{mailFrom: "bob@pass.example", raw: raw}), want{code: 550})
-		var got *session.Report
+		var got *policy.Judged
 		select {
 		case got = <-reports:
 		case <-time.After(5 * time.Second):
@@ -707,7 +707,7 @@ func TestReportKeepsBoundedBody(t *testing.T) {
 		if string(got.Body) != wantBody {
 			t.Errorf("keep=%d: body %q, want %q", keep, got.Body, wantBody)
 		}
-		if len(got.Headers) != 5 || got.Headers[0].Name != "From" || !got.LeadingSpace || got.AuthResults == "" ||
+		if len(got.Header) != 5 || got.Header[0].Name != "From" || !got.LeadingSpace || got.AuthResults == "" ||
 			got.Verdict.Action != policy.Reject || got.ClientIP.String() != badIP {
 			t.Errorf("keep=%d: report %+v", keep, got)
 		}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
-	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 )
 
@@ -36,13 +35,13 @@ type Settings struct {
 	CheckTimeout time.Duration
 	Log          zerolog.Logger
 	Now          func() time.Time
-	// OnVerdict, if set, is called after the action is decided and before
-	// the MTA gets its answer (failure reports make theirs durable there).
-	// It must not wait on the network.
-	OnVerdict func(*Report)
-	// KeepBody is how many body bytes to keep for OnVerdict (failure
+	// Consumers get every judged message, in order, after the action is
+	// decided and before the MTA gets its answer (failure reports make
+	// theirs durable there). Each decides itself what it wants of it.
+	Consumers []Consumer
+	// KeepBody is how many body bytes to keep for the consumers (failure
 	// reports that attach the whole message); 0 keeps none. At most
-	// KeepBody+1 bytes are kept, so a caller can tell a cut body.
+	// KeepBody+1 bytes are kept, so a consumer can tell a cut body.
 	KeepBody int
 	// MaxHeaderBytes and MaxHeaderFields bound the header one message may
 	// make the session keep (for DKIM and reports); 0 means the defaults
@@ -61,34 +60,21 @@ const (
 	DefaultMaxHeaderFields = 1000
 )
 
-// Report is everything known about one judged message.
-type Report struct {
-	QueueID    string
-	ClientIP   net.IP
-	ClientHost string
-	Helo       string
-	MailFrom   string
-	Headers    []HeaderField
-	// LeadingSpace: header values kept their leading white space.
-	LeadingSpace bool
-	// HeaderTruncated: Headers stops where the header outgrew
-	// Settings.MaxHeaderBytes or MaxHeaderFields.
-	HeaderTruncated bool
-	// Body holds at most Settings.KeepBody+1 bytes of the body.
-	Body    []byte
-	Arrival time.Time
-	Verdict policy.Verdict
-	// AuthResults is our Authentication-Results value (stamped unless the
-	// message was rejected or deferred).
-	AuthResults string
+// A Consumer takes judged messages: failure reports (and, next,
+// aggregate reports). Submit is called before the MTA gets its answer, so
+// it must not wait on the network; the Judged message is shared and must
+// not be changed.
+type Consumer interface {
+	Submit(j *policy.Judged)
 }
 
-// HeaderField is one header field as received, value with LF folding.
-type HeaderField struct {
-	Name, Value string
-}
+// ConsumerFunc makes a function a Consumer.
+type ConsumerFunc func(j *policy.Judged)
 
-// NewHandler returns a Handler factory for Server.NewHandler.
+// Submit calls f(j).
+func (f ConsumerFunc) Submit(j *policy.Judged) { f(j) }
+
+// NewHandler returns a Handler factory for milter.Server.NewHandler.
 func NewHandler(s Settings) func() milter.Handler {
 	if s.Now == nil {
 		s.Now = time.Now
@@ -125,12 +111,9 @@ type session struct {
 type message struct {
 	ctx    context.Context
 	cancel context.CancelFunc
-	start  time.Time
+	// msg is what the session collects for policy and the consumers.
+	msg policy.Message
 
-	mailFrom string
-	authUser string
-	headers  []HeaderField
-	from     []string
 	// forged lists the 1-based indexes, among Authentication-Results
 	// fields, of those that carry our authserv-id.
 	forged  []int
@@ -143,9 +126,7 @@ type message struct {
 	// MaxHeaderFields, too many to remove.
 	tooManyForged bool
 
-	dkim             *dkim.Verifier
-	spfMail, spfHelo spf.Result
-	body             []byte // kept for OnVerdict, at most KeepBody+1 bytes
+	dkim *dkim.Verifier
 }
 
 // checkSPF evaluates the MAIL FROM and HELO identities. A library panic
@@ -176,19 +157,28 @@ func (s *session) Helo(c *milter.Conn, name string) milter.Reply {
 	return milter.Continue
 }
 
-func (s *session) MailFrom(c *milter.Conn, from string, args []string) milter.Reply {
+func (s *session) MailFrom(c *milter.Conn, reversePath string, args []string) milter.Reply {
 	s.reset()
 	// The message's context ends with the message; each check bounds its
 	// own DNS time (Settings.CheckTimeout).
 	ctx, cancel := context.WithCancel(context.Background())
-	m := &message{ctx: ctx, cancel: cancel, start: s.set.Now(), mailFrom: from}
-	m.authUser = c.Macro("{auth_authen}")
+	from := spf.ReversePath(reversePath)
+	m := &message{ctx: ctx, cancel: cancel, msg: policy.Message{
+		Arrival:      s.set.Now(),
+		ClientIP:     s.clientIP,
+		ClientHost:   s.clientHost,
+		LocalClient:  s.local,
+		Helo:         s.helo,
+		MailFrom:     from,
+		AuthUser:     c.Macro("{auth_authen}"),
+		LeadingSpace: c.LeadingSpace(),
+	}}
 	// SPF needs only the envelope, so it runs now. With the no-reply
 	// options the MTA does not wait for this: it goes on sending the
 	// header and body, which queue in the socket meanwhile, so DNS time
 	// overlaps the transfer without a goroutine per message.
 	spfCtx, spfCancel := context.WithTimeout(ctx, s.set.CheckTimeout)
-	m.spfMail, m.spfHelo = s.checkSPF(spfCtx, from)
+	m.msg.SPF, m.msg.HeloSPF = s.checkSPF(spfCtx, from)
 	spfCancel()
 	m.dkim = dkim.NewVerifier(ctx, dkim.Options{
 		LookupTXT:     s.set.LookupTXT,
@@ -209,22 +199,22 @@ func (s *session) Header(c *milter.Conn, name, value string) milter.Reply {
 		return milter.Continue // out of order; ignored
 	}
 	m.headerBytes += len(name) + len(value) + 3
-	if !m.tooLarge && (len(m.headers) >= s.set.MaxHeaderFields || m.headerBytes > s.set.MaxHeaderBytes) {
+	if !m.tooLarge && (len(m.msg.Header) >= s.set.MaxHeaderFields || m.headerBytes > s.set.MaxHeaderBytes) {
 		m.tooLarge = true
 		m.dkim.HeaderTooLarge()
-		s.set.Log.Warn().Int("fields", len(m.headers)).Int("bytes", m.headerBytes).
+		s.set.Log.Warn().Int("fields", len(m.msg.Header)).Int("bytes", m.headerBytes).
 			Int("max_header_fields", s.set.MaxHeaderFields).Int("max_header_size", s.set.MaxHeaderBytes).
 			Msg("header over the bounds: no more fields kept, DKIM not verified")
 	}
 	if !m.tooLarge {
-		m.headers = append(m.headers, HeaderField{Name: name, Value: value})
+		m.msg.Header = append(m.msg.Header, policy.Field{Name: name, Value: value})
 		m.dkim.AddHeader(name, value)
 	}
 	switch {
 	case strings.EqualFold(name, "From"):
 		// Two are enough to tell "more than one From field".
-		if len(m.from) < 2 {
-			m.from = append(m.from, value)
+		if len(m.msg.From) < 2 {
+			m.msg.From = append(m.msg.From, value)
 		}
 	case strings.EqualFold(name, "Authentication-Results"):
 		m.arCount++
@@ -252,8 +242,10 @@ func (s *session) EndOfHeaders(c *milter.Conn) milter.Reply {
 	// lookups are; the evaluation at end of message joins it or finds it
 	// cached.
 	if s.set.PrefetchTXT != nil {
-		for _, d := range dmarc.AuthorDomains(m.from) {
-			s.set.PrefetchTXT("_dmarc." + d + ".")
+		if author, err := m.msg.Author(); err == nil {
+			for _, d := range author.Domains {
+				s.set.PrefetchTXT("_dmarc." + d + ".")
+			}
 		}
 	}
 	return milter.Continue
@@ -265,8 +257,8 @@ func (s *session) Body(c *milter.Conn, chunk []byte) milter.Reply {
 		return milter.Continue
 	}
 	m.dkim.WriteBody(chunk)
-	if keep := s.set.KeepBody + 1 - len(m.body); s.set.KeepBody > 0 && keep > 0 {
-		m.body = append(m.body, chunk[:min(keep, len(chunk))]...)
+	if keep := s.set.KeepBody + 1 - len(m.msg.Body); s.set.KeepBody > 0 && keep > 0 {
+		m.msg.Body = append(m.msg.Body, chunk[:min(keep, len(chunk))]...)
 	}
 	return milter.Continue
 }
@@ -278,25 +270,17 @@ func (s *session) EndOfMessage(c *milter.Conn) milter.Reply {
 	}
 	defer s.reset()
 
-	dkimResults := m.dkim.Close()
+	msg := &m.msg
+	msg.DKIM = m.dkim.Close()
+	msg.QueueID = c.Macro("i")
+	msg.HeaderTruncated = m.tooLarge
 	ev := s.set.Evaluator
 	ctx, cancel := context.WithTimeout(m.ctx, s.set.CheckTimeout)
 	defer cancel()
-	v := ev.Decide(ctx, policy.Message{
-		ClientIP:    s.clientIP,
-		LocalClient: s.local,
-		Helo:        s.helo,
-		MailFrom:    m.mailFrom,
-		AuthUser:    m.authUser,
-		From:        m.from,
-		SPF:         m.spfMail,
-		HeloSPF:     m.spfHelo,
-		DKIM:        dkimResults,
-	})
-	queueID := c.Macro("i")
+	v := ev.Decide(ctx, msg)
 
 	reply := milter.Continue
-	ar := ev.AuthenticationResults(v, m.mailFrom, s.helo)
+	ar := policy.AuthenticationResults(ev.Config().AuthservID, v, msg.MailFrom, msg.Helo)
 	switch {
 	case m.tooManyForged:
 		// Authentication-Results fields claiming to be ours that cannot
@@ -309,13 +293,10 @@ func (s *session) EndOfMessage(c *milter.Conn) milter.Reply {
 	default:
 		s.stamp(c, m, ar, v)
 	}
-	s.logSummary(queueID, m, v)
-	if s.set.OnVerdict != nil {
-		s.set.OnVerdict(&Report{
-			QueueID: queueID, ClientIP: s.clientIP, ClientHost: s.clientHost, Helo: s.helo,
-			MailFrom: m.mailFrom, Headers: m.headers, LeadingSpace: c.LeadingSpace(), HeaderTruncated: m.tooLarge,
-			Body: m.body, Arrival: m.start, Verdict: v, AuthResults: ar,
-		})
+	s.logSummary(m, v)
+	j := &policy.Judged{Message: msg, Verdict: v, AuthResults: ar}
+	for _, c := range s.set.Consumers {
+		c.Submit(j)
 	}
 	return reply
 }
@@ -340,7 +321,8 @@ func (s *session) stamp(c *milter.Conn, m *message, ar string, v policy.Verdict)
 	}
 }
 
-func (s *session) logSummary(queueID string, m *message, v policy.Verdict) {
+func (s *session) logSummary(m *message, v policy.Verdict) {
+	msg := &m.msg
 	e := s.set.Log.Info()
 	if v.Action == policy.TempFail {
 		e = s.set.Log.Warn()
@@ -349,10 +331,10 @@ func (s *session) logSummary(queueID string, m *message, v policy.Verdict) {
 	for _, d := range v.DKIM {
 		dk.Str(d.Domain + ":" + string(d.Status))
 	}
-	e = e.Str("queue_id", queueID).
-		Str("client_ip", ipString(s.clientIP)).
-		Str("helo", s.helo).
-		Str("mail_from", m.mailFrom).
+	e = e.Str("queue_id", msg.QueueID).
+		Str("client_ip", msg.ClientAddr()).
+		Str("helo", msg.Helo).
+		Str("mail_from", msg.MailFrom).
 		Str("from_domain", v.FromDomain).
 		Str("spf", string(v.SPF.Status)).
 		Str("spf_helo", string(v.HeloSPF.Status)).
@@ -362,7 +344,7 @@ func (s *session) logSummary(queueID string, m *message, v policy.Verdict) {
 		Str("disposition", string(v.Disposition)).
 		Str("action", v.Action.String()).
 		Int("removed_forged_ar", len(m.forged)).
-		Dur("elapsed", s.set.Now().Sub(m.start))
+		Dur("elapsed", s.set.Now().Sub(msg.Arrival))
 	if v.Exempt != "" {
 		e = e.Str("exempt", string(v.Exempt))
 	}
@@ -374,15 +356,8 @@ func (s *session) logSummary(queueID string, m *message, v policy.Verdict) {
 	}
 	e.Msg("message")
 	for _, err := range v.DMARC.Ignored {
-		s.set.Log.Debug().Str("queue_id", queueID).Err(err).Msg("dmarc: lookup failure ignored: its answer could not change the verdict")
+		s.set.Log.Debug().Str("queue_id", msg.QueueID).Err(err).Msg("dmarc: lookup failure ignored: its answer could not change the verdict")
 	}
-}
-
-func ipString(ip net.IP) string {
-	if ip == nil {
-		return ""
-	}
-	return ip.String()
 }
 
 func (s *session) Abort(c *milter.Conn) { s.reset() }

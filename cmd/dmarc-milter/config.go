@@ -4,14 +4,15 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/dmarc-milter/dmarc-milter/session"
-	"github.com/dmarc-milter/dmarc-milter/resolver"
 	"net"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/resolver"
+	"github.com/dmarc-milter/dmarc-milter/session"
 
 	"github.com/pelletier/go-toml/v2"
 )

@@ -32,11 +32,11 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmarc-milter/dmarc-milter/milter"
-	"github.com/dmarc-milter/dmarc-milter/session"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
-	"github.com/dmarc-milter/dmarc-milter/resolver"
 	"github.com/dmarc-milter/dmarc-milter/report"
+	"github.com/dmarc-milter/dmarc-milter/resolver"
+	"github.com/dmarc-milter/dmarc-milter/session"
 )
 
 // Set at build time: -ldflags "-X main.version=1.2.3 -X main.commit=abc".
@@ -287,22 +287,12 @@ func serve(args []string, stderr io.Writer) int {
 		MaxDKIMSignatures: cfg.MaxDKIMSignatures,
 		CheckTimeout:      time.Duration(cfg.CheckTimeout),
 		Log:               logger,
-		KeepBody:          keepBody(cfg),
 		MaxHeaderBytes:    cfg.MaxHeaderSize,
 		MaxHeaderFields:   cfg.MaxHeaderFields,
 	}
 	if reporter != nil {
-		settings.OnVerdict = func(r *session.Report) {
-			// Most messages pass or come from domains that ask for no
-			// failure reports: decide that before copying the header.
-			if rec := r.Verdict.DMARC.Record; rec == nil || len(rec.RUF) == 0 {
-				return
-			}
-			if _, ok := report.Wanted(&report.Failure{Verdict: r.Verdict}); !ok {
-				return
-			}
-			reporter.Submit(failureOf(r))
-		}
+		settings.Consumers = append(settings.Consumers, reporter)
+		settings.KeepBody = reporter.KeepBody()
 		go func() { reporter.Run(reportCtx); close(reportsDone) }()
 	} else {
 		close(reportsDone)

@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/dmarc-milter/dmarc-milter/session"
 	"github.com/dmarc-milter/dmarc-milter/report"
 )
 
@@ -44,36 +43,4 @@ func reportConfig(cfg Config) report.Config {
 		rc.ExcludeNetworks = append(rc.ExcludeNetworks, p.Prefix)
 	}
 	return rc
-}
-
-// keepBody is how much of each body the milter keeps for reports.
-func keepBody(cfg Config) int {
-	if cfg.FailureReports && cfg.FailureReportInclude.Value == report.IncludeMessage {
-		return cfg.FailureReportMaxMessageSize
-	}
-	return 0
-}
-
-// failureOf turns what the milter knows about a judged message into the
-// reporter's input.
-func failureOf(r *session.Report) *report.Failure {
-	f := &report.Failure{
-		QueueID:         r.QueueID,
-		Arrival:         r.Arrival,
-		ClientIP:        r.ClientIP,
-		ClientHost:      r.ClientHost,
-		Helo:            r.Helo,
-		MailFrom:        r.MailFrom,
-		LeadingSpace:    r.LeadingSpace,
-		HeaderTruncated: r.HeaderTruncated,
-		Body:            r.Body,
-		Verdict:         r.Verdict,
-		AuthResults:     r.AuthResults,
-		Action:          r.Verdict.Action,
-		Header:          make([]report.Field, len(r.Headers)),
-	}
-	for i, h := range r.Headers {
-		f.Header[i] = report.Field{Name: h.Name, Value: h.Value}
-	}
-	return f
 }

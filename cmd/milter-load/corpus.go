@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
+
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 )
 
@@ -32,7 +34,7 @@ type message struct {
 // without it the first space is dropped when sending), continuation lines
 // are joined with a bare LF, and the body is sent with CRLF.
 func parseMessage(name string, raw []byte) (*message, error) {
-	raw = toCRLF(raw)
+	raw = rfc5322.CRLF(raw)
 	head, body, ok := bytes.Cut(raw, []byte("\r\n\r\n"))
 	if !ok {
 		head, body = bytes.TrimSuffix(raw, []byte("\r\n")), nil
@@ -64,15 +66,6 @@ func parseMessage(name string, raw []byte) (*message, error) {
 		return nil, fmt.Errorf("%s: no From address to use as MAIL FROM", name)
 	}
 	return m, nil
-}
-
-// toCRLF turns bare LF line endings into CRLF, leaving CRLF alone.
-func toCRLF(b []byte) []byte {
-	if bytes.Count(b, []byte("\n")) == bytes.Count(b, []byte("\r\n")) {
-		return b
-	}
-	b = bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n"))
-	return bytes.ReplaceAll(b, []byte("\n"), []byte("\r\n"))
 }
 
 // loadCorpus reads every *.eml file of dir, in name order.

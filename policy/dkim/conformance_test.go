@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
+
 	msgauth "github.com/emersion/go-msgauth/dkim"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/conformance"
@@ -66,11 +68,6 @@ func statuses(rs []Result) string {
 		s = append(s, string(r.Status))
 	}
 	return strings.Join(s, ",")
-}
-
-// toCRLF turns LF line ends into CRLF.
-func toCRLF(b []byte) []byte {
-	return bytes.ReplaceAll(bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n")), []byte("\n"), []byte("\r\n"))
 }
 
 var quoted = regexp.MustCompile(`"([^"]*)"`)
@@ -151,7 +148,7 @@ func TestMailAuth(t *testing.T) {
 				name, value, _ := strings.Cut(strings.TrimSpace(line), " ")
 				z[strings.ToLower(name)] = record{txts: []string{value}}
 			}
-			got := verifyAsMilterOpts(t, toCRLF(msg), Options{LookupTXT: z.lookupTXT, Now: now})
+			got := verifyAsMilterOpts(t, rfc5322.CRLF(msg), Options{LookupTXT: z.lookupTXT, Now: now})
 			if len(got) == 0 {
 				t.Fatal("no signatures")
 			}
@@ -340,7 +337,7 @@ func TestMailDKIM(t *testing.T) {
 // msgauthStatuses verifies raw with go-msgauth and returns its results as
 // our statuses, for the cross-check.
 func msgauthStatuses(raw []byte, lookup func(context.Context, string) ([]string, error)) string {
-	vs, err := msgauth.VerifyWithOptions(bytes.NewReader(toCRLF(raw)), &msgauth.VerifyOptions{
+	vs, err := msgauth.VerifyWithOptions(bytes.NewReader(rfc5322.CRLF(raw)), &msgauth.VerifyOptions{
 		LookupTXT: func(name string) ([]string, error) { return lookup(context.Background(), name) },
 	})
 	if err != nil {
@@ -397,7 +394,7 @@ func TestDkimpy(t *testing.T) {
 			t.Fatalf("ed25519test.dns does not hold the public key of ed25519test.key: %v", err)
 		}
 		var signed bytes.Buffer
-		if err := msgauth.Sign(&signed, bytes.NewReader(toCRLF([]byte(read("ed25519test.msg")+"\n"))), &msgauth.SignOptions{
+		if err := msgauth.Sign(&signed, bytes.NewReader(rfc5322.CRLF([]byte(read("ed25519test.msg")+"\n"))), &msgauth.SignOptions{
 			Domain: "example.com", Selector: "test", Signer: key, HeaderKeys: []string{"From", "To", "Subject", "Date", "Message-ID"},
 		}); err != nil {
 			t.Fatal(err)
@@ -413,7 +410,7 @@ func TestDkimpy(t *testing.T) {
 
 	t.Run("Exim ed25519 signature", func(t *testing.T) {
 		z := zone{"sed._domainkey.test.ex": {txts: []string{read("eximtest.dns")}}}
-		msg := toCRLF([]byte(read("ed25519test2.msg") + "\n"))
+		msg := rfc5322.CRLF([]byte(read("ed25519test2.msg") + "\n"))
 		if got := verifyAsMilter(t, msg, z.lookupTXT); statuses(got) != "pass" {
 			t.Errorf("got %s %v, want pass", statuses(got), errs(got))
 		}
@@ -421,7 +418,7 @@ func TestDkimpy(t *testing.T) {
 
 	t.Run("RFC 6376 example signed with the RFC 8463 keys", func(t *testing.T) {
 		z := rfc8463Zone(t)
-		msg := toCRLF([]byte(read("rfc6376.signed.msg") + "\n"))
+		msg := rfc5322.CRLF([]byte(read("rfc6376.signed.msg") + "\n"))
 		if got := verifyAsMilter(t, msg, z.lookupTXT); statuses(got) != "pass,pass" {
 			t.Errorf("got %s %v, want pass,pass", statuses(got), errs(got))
 		}

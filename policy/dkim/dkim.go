@@ -35,6 +35,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
 )
 
 // Status is a DKIM result value for Authentication-Results (RFC 8601 section
@@ -170,37 +172,6 @@ func NewVerifier(ctx context.Context, opts Options) *Verifier {
 	return &Verifier{ctx: ctx, cancel: cancel, opts: opts}
 }
 
-// RebuildField returns the header field as it appeared in the message, with
-// CRLF line ends: name, ":", the value with its bare-LF folding turned into
-// CRLF, and a final CRLF. When leadingSpace is false the MTA removed the
-// space after the colon, and a single space is put back; the original bytes
-// are then unknown and only relaxed header canonicalization is sure to
-// verify.
-//
-// Postfix delivers header values to milters with "\n" between the lines of
-// a folded field, and with SMFIP_HDR_LEADSPC keeps the leading whitespace
-// byte-exactly, so the field is rebuilt exactly as signed, which simple
-// header canonicalization (RFC 6376 section 3.4.1) needs.
-func RebuildField(name, value string, leadingSpace bool) string {
-	var b strings.Builder
-	b.Grow(len(name) + len(value) + 4 + strings.Count(value, "\n"))
-	b.WriteString(name)
-	if leadingSpace {
-		b.WriteByte(':')
-	} else {
-		b.WriteString(": ")
-	}
-	for i := 0; i < len(value); i++ {
-		c := value[i]
-		if c == '\n' && (i == 0 || value[i-1] != '\r') {
-			b.WriteByte('\r')
-		}
-		b.WriteByte(c)
-	}
-	b.WriteString("\r\n")
-	return b.String()
-}
-
 // AddHeader adds the next header field, as delivered by the MTA.
 func (v *Verifier) AddHeader(name, value string) {
 	if v.started || v.closed || v.tooLarge {
@@ -258,7 +229,7 @@ func (v *Verifier) EndHeaders() error {
 		if raw == nil {
 			raw = make([]string, len(fields))
 			for j, f := range fields {
-				raw[j] = RebuildField(f.name, f.value, v.opts.LeadingSpace)
+				raw[j] = rfc5322.RebuildField(f.name, f.value, v.opts.LeadingSpace)
 			}
 			byName = fieldIndex(fields)
 		}

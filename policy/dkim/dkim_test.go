@@ -217,26 +217,6 @@ const unfoldedMessage = "From: alice@example.org\r\n" +
 	"\r\n" +
 	"Hello.\r\n"
 
-func TestRebuildField(t *testing.T) {
-	tests := []struct {
-		name, value  string
-		leadingSpace bool
-		want         string
-	}{
-		{"Subject", " hi", true, "Subject: hi\r\n"},
-		{"To", "bob@example.net", true, "To:bob@example.net\r\n"},
-		{"Subject", "  Folded\n\t subject ", true, "Subject:  Folded\r\n\t subject \r\n"},
-		{"Subject", "hi", false, "Subject: hi\r\n"},
-		{"X", "a\n b\r\n c", false, "X: a\r\n b\r\n c\r\n"},
-		{"X", "", true, "X:\r\n"},
-	}
-	for _, tt := range tests {
-		if got := RebuildField(tt.name, tt.value, tt.leadingSpace); got != tt.want {
-			t.Errorf("RebuildField(%q, %q, %v) = %q, want %q", tt.name, tt.value, tt.leadingSpace, got, tt.want)
-		}
-	}
-}
-
 func TestParseSignature(t *testing.T) {
 	now := time.Unix(1600000000, 0)
 	got := parseSignature(" v=1; a = rsa-sha256 ; d=example.org; h=From:To;\n\ts=sel; l=10; x=1700000000;\n\tb=abcd efgh\n\t ijkl; bh=xyz=", now, false)

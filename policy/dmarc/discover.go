@@ -49,22 +49,22 @@ type walkEntry struct {
 	// unknown: a failed name supposed to hold a record with psd hypoPSD
 	// (Evaluate weighs what a failed lookup could have returned).
 	unknown bool
-	hypoPSD byte
+	hypoPSD PSD
 }
 
-// psd is the record's "psd" tag; 'u' for a malformed record.
-func (e walkEntry) psd() byte {
+// psd is the record's "psd" tag; PSDUnknown for a malformed record.
+func (e walkEntry) psd() PSD {
 	switch {
 	case e.unknown:
 		return e.hypoPSD
 	case e.rec == nil:
-		return 'u'
+		return PSDUnknown
 	}
 	return e.rec.PSD
 }
 
 // treeWalk performs the DNS Tree Walk of RFC 9989 Section 4.10 from domain
-// (normalized, see normalizeDomain). It queries the domain itself, then the
+// (normalized, see NormalizeDomain). It queries the domain itself, then the
 // name of at most 7 labels below it (skipping the labels in between), then
 // each parent up to the top-level domain, so at most 8 queries. It stops
 // early at a name with exactly one DMARC record carrying psd=y or psd=n.
@@ -96,7 +96,7 @@ func treeWalk(ctx context.Context, r Resolver, domain string, keepGoing bool) (e
 			continue
 		}
 		entries = append(entries, e)
-		if p := e.psd(); p == 'y' || p == 'n' {
+		if p := e.psd(); p == PSDYes || p == PSDNo {
 			break
 		}
 	}
@@ -141,9 +141,9 @@ func lookupRecord(ctx context.Context, r Resolver, domain string) (walkEntry, bo
 func selectOrgDomain(start string, entries []walkEntry) string {
 	for _, e := range entries {
 		switch e.psd() {
-		case 'n':
+		case PSDNo:
 			return e.domain
-		case 'y':
+		case PSDYes:
 			if e.domain != start {
 				return childOf(start, e.domain)
 			}
@@ -176,7 +176,7 @@ func childOf(domain, parent string) string {
 // applies is malformed (Discovery.Domain then says where), and
 // ErrInvalidDomain for an unusable domain name.
 func Discover(ctx context.Context, r Resolver, fromDomain string) (Discovery, error) {
-	domain, err := normalizeDomain(fromDomain)
+	domain, err := NormalizeDomain(fromDomain)
 	if err != nil {
 		return Discovery{}, err
 	}
@@ -206,7 +206,7 @@ func Discover(ctx context.Context, r Resolver, fromDomain string) (Discovery, er
 		// The Public Suffix Domain's record; PSD policy is not used when the
 		// Organizational Domain publishes a record (checked above).
 		for i, e := range entries {
-			if e.psd() == 'y' && e.domain != domain {
+			if e.psd() == PSDYes && e.domain != domain {
 				chosen = &entries[i]
 				break
 			}
@@ -228,7 +228,7 @@ func Discover(ctx context.Context, r Resolver, fromDomain string) (Discovery, er
 // and psd=n. If no DMARC record is found, domain itself is returned. The
 // domain is returned normalized (lower-case A-labels, no trailing dot).
 func OrganizationalDomain(ctx context.Context, r Resolver, domain string) (string, error) {
-	d, err := normalizeDomain(domain)
+	d, err := NormalizeDomain(domain)
 	if err != nil {
 		return "", err
 	}
@@ -239,10 +239,10 @@ func OrganizationalDomain(ctx context.Context, r Resolver, domain string) (strin
 	return selectOrgDomain(d, entries), nil
 }
 
-// normalizeDomain lower-cases a domain name, removes a trailing dot and
+// NormalizeDomain lower-cases a domain name, removes a trailing dot and
 // converts U-labels to A-labels (RFC 9989 Section 5.3.1), so that names
 // compare case-insensitively (Section 4.4).
-func normalizeDomain(s string) (string, error) {
+func NormalizeDomain(s string) (string, error) {
 	d := strings.TrimSuffix(s, ".")
 	if d == "" {
 		return "", fmt.Errorf("%w: empty domain", ErrInvalidDomain)

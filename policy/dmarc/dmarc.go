@@ -16,6 +16,7 @@ package dmarc
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Policy is a Domain Owner Assessment Policy (RFC 9989 Section 4.7, tags
@@ -51,6 +52,49 @@ const (
 	AlignStrict  Align = 's'
 )
 
+// PSD is the "psd" tag (RFC 9989 Section 4.7): whether the domain
+// publishing the record is a Public Suffix Domain.
+type PSD byte
+
+// PSD values.
+const (
+	PSDYes     PSD = 'y' // a Public Suffix Domain
+	PSDNo      PSD = 'n' // not one: the Organizational Domain (stops the tree walk)
+	PSDUnknown PSD = 'u' // the default
+)
+
+// FailureOptions is the "fo" tag (RFC 9989 Section 4.7): the set of
+// failures a failure report is wanted for. A record without it asks for
+// FailureAll.
+type FailureOptions uint8
+
+// Failure reporting options.
+const (
+	FailureAll  FailureOptions = 1 << iota // "0": no mechanism produced an aligned pass
+	FailureAny                             // "1": some mechanism did not produce an aligned pass
+	FailureDKIM                            // "d": a DKIM signature failed evaluation, aligned or not
+	FailureSPF                             // "s": SPF failed evaluation, aligned or not
+)
+
+var failureOptionNames = [...]struct {
+	o    FailureOptions
+	name string
+}{{FailureAll, "0"}, {FailureAny, "1"}, {FailureDKIM, "d"}, {FailureSPF, "s"}}
+
+// Has reports whether every option of o is in fo.
+func (fo FailureOptions) Has(o FailureOptions) bool { return fo&o == o && o != 0 }
+
+// String returns the options as a tag value, "0:1:d:s" order.
+func (fo FailureOptions) String() string {
+	var names []string
+	for _, n := range failureOptionNames {
+		if fo.Has(n.o) {
+			names = append(names, n.name)
+		}
+	}
+	return strings.Join(names, ":")
+}
+
 // URI is a reporting URI from the "rua" or "ruf" tag.
 type URI struct {
 	// Address is the URI as published, without the obsolete size suffix,
@@ -74,8 +118,8 @@ type Record struct {
 	SubdomainPolicy Policy
 	// NonexistentPolicy is the "np" tag, "" if absent.
 	NonexistentPolicy Policy
-	// PSD is the "psd" tag: 'y', 'n' or 'u' (the default).
-	PSD byte
+	// PSD is the "psd" tag, PSDUnknown by default.
+	PSD PSD
 	// Testing is true for "t=y". Without a "t" tag, the legacy "pct=0" also
 	// sets it (RFC 9989 Appendix A.6: t=y and t=n are analogous to pct=0 and
 	// pct=100).
@@ -85,9 +129,8 @@ type Record struct {
 	// RUA and RUF are the reporting URIs. URIs that are not syntactically
 	// valid are left out (and noted in Warnings).
 	RUA, RUF []URI
-	// FailureOptions is the "fo" tag split on ":" ("0", "1", "d", "s");
-	// ["0"] by default.
-	FailureOptions []string
+	// FailureOptions is the "fo" tag, FailureAll by default.
+	FailureOptions FailureOptions
 	// Pct is the legacy RFC 7489 "pct" tag (0-100), -1 if absent or invalid.
 	// RFC 9989 removed it; it only feeds Testing.
 	Pct int

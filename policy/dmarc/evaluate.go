@@ -13,11 +13,11 @@ type Status string
 
 // Results.
 const (
-	StatusPass      Status = "pass"      // A record applies and an identifier is aligned.
-	StatusFail      Status = "fail"      // A record applies, no aligned identifier.
-	StatusNone      Status = "none"      // No record applies.
-	StatusTempError Status = "temperror" // Transient error, e.g. DNS.
-	StatusPermError Status = "permerror" // E.g. a malformed record.
+	Pass      Status = "pass"      // A record applies and an identifier is aligned.
+	Fail      Status = "fail"      // A record applies, no aligned identifier.
+	None      Status = "none"      // No record applies.
+	TempError Status = "temperror" // Transient error, e.g. DNS.
+	PermError Status = "permerror" // E.g. a malformed record.
 )
 
 // DKIMResult is the outcome of verifying one DKIM signature.
@@ -69,7 +69,7 @@ type Result struct {
 	// Policy is the policy that applies to the message (p, sp or np,
 	// chosen per RFC 9989 Section 4.10.1), before the testing-mode downgrade.
 	// Applied is Policy after the "t=y" (or legacy "pct=0") downgrade, to be
-	// acted on when Status is StatusFail. Both are set whenever a record
+	// acted on when Status is Fail. Both are set whenever a record
 	// applies, also when the message passes.
 	Policy  Policy
 	Applied Policy
@@ -88,7 +88,7 @@ type Result struct {
 	Disposition Policy
 
 	// Err is the cause of a temperror or permerror (and ErrNoRecord for
-	// StatusNone).
+	// None).
 	Err error
 
 	// Ignored lists the lookup failures whose answers could not have
@@ -117,9 +117,9 @@ type Result struct {
 // Disposition known. Otherwise the result is temperror and the
 // Disposition unknown ("").
 func Evaluate(ctx context.Context, r Resolver, in Input) Result {
-	from, err := normalizeDomain(in.FromDomain)
+	from, err := NormalizeDomain(in.FromDomain)
 	if err != nil {
-		return Result{Status: StatusPermError, Err: err, FromDomain: in.FromDomain, Disposition: PolicyNone}
+		return Result{Status: PermError, Err: err, FromDomain: in.FromDomain, Disposition: PolicyNone}
 	}
 	e := &evaluation{ctx: ctx, r: &cachingResolver{r: r, m: map[string]cachedTXT{}}, from: from, in: in, walks: map[string][]walkEntry{}}
 	return e.run()
@@ -165,7 +165,7 @@ func (e *evaluation) run() Result {
 	// Section 4.10.1: the Author Domain's own record first.
 	own, found, err := lookupRecord(e.ctx, e.r, e.from)
 	if err != nil {
-		res.Status, res.Err = StatusTempError, err
+		res.Status, res.Err = TempError, err
 		// Whatever that record holds, an identical identifier that passed
 		// aligns in either mode: pass, or none without any record.
 		if e.identicalPass() {
@@ -181,7 +181,7 @@ func (e *evaluation) run() Result {
 	// The base possibility: every failed name holds no record, temperror
 	// identifiers did not pass, existence as found.
 	cands := e.candidates()
-	base, detail := e.decide(map[string]byte{}, cands, false, nil)
+	base, detail := e.decide(map[string]PSD{}, cands, false, nil)
 	res.PolicyDomain, res.OrgDomain = detail.policyDomain, detail.orgDomain
 	res.Record, res.Policy, res.Applied = detail.rec, detail.policy, detail.applied
 	res.SPFAligned, res.DKIMAligned, res.AlignedDKIMDomain = detail.spf, detail.dkim, detail.dkimDomain
@@ -238,7 +238,7 @@ func (e *evaluation) run() Result {
 	default:
 		// The result is not known: alignment found under one possibility
 		// is not claimed.
-		res.Status, res.Err = StatusTempError, errors.Join(causes...)
+		res.Status, res.Err = TempError, errors.Join(causes...)
 		res.SPFAligned, res.DKIMAligned, res.AlignedDKIMDomain = false, false, ""
 		if sameDisp {
 			res.Disposition = base.disposition
@@ -260,13 +260,13 @@ func tempIdentErr(c candidate) error {
 
 // hypotheses returns every assignment of a state to the failed names:
 // 0 no record, 'u' a record without psd, 'y' psd=y, 'n' psd=n.
-func hypotheses(names []string) []map[string]byte {
-	out := []map[string]byte{{}}
+func hypotheses(names []string) []map[string]PSD {
+	out := []map[string]PSD{{}}
 	for _, n := range names {
-		var next []map[string]byte
+		var next []map[string]PSD
 		for _, h := range out {
-			for _, st := range []byte{0, 'u', 'y', 'n'} {
-				c := make(map[string]byte, len(h)+1)
+			for _, st := range []PSD{0, PSDUnknown, PSDYes, PSDNo} {
+				c := make(map[string]PSD, len(h)+1)
 				for k, v := range h {
 					c[k] = v
 				}
@@ -294,7 +294,7 @@ func (e *evaluation) identicalPass() bool {
 }
 
 func sameDomain(ident, from string) bool {
-	id, err := normalizeDomain(ident)
+	id, err := NormalizeDomain(ident)
 	return err == nil && id == from
 }
 
@@ -306,7 +306,7 @@ func (e *evaluation) candidates() []candidate {
 		if !pass && !temp {
 			return
 		}
-		id, err := normalizeDomain(domain)
+		id, err := NormalizeDomain(domain)
 		if err != nil {
 			return // not a domain name: not aligned
 		}
@@ -339,7 +339,7 @@ func (e *evaluation) walk(domain string) []walkEntry {
 // concrete returns the walk from domain as it would be had each failed name
 // the state h gives it, cut after the first psd=y or psd=n record where the
 // walk would have stopped.
-func (e *evaluation) concrete(domain string, h map[string]byte) []walkEntry {
+func (e *evaluation) concrete(domain string, h map[string]PSD) []walkEntry {
 	var out []walkEntry
 	for _, en := range e.walk(domain) {
 		if en.failed != nil {
@@ -350,7 +350,7 @@ func (e *evaluation) concrete(domain string, h map[string]byte) []walkEntry {
 			en = walkEntry{domain: en.domain, unknown: true, hypoPSD: st}
 		}
 		out = append(out, en)
-		if p := en.psd(); p == 'y' || p == 'n' {
+		if p := en.psd(); p == PSDYes || p == PSDNo {
 			break
 		}
 	}
@@ -372,7 +372,7 @@ type decision struct {
 // decide computes the outcome with the failed names in the states h, the
 // temperror identifiers counted as passing if tempPass, and the Author
 // Domain's existence ex (nil: as found, or assumed existing).
-func (e *evaluation) decide(h map[string]byte, cands []candidate, tempPass bool, ex *bool) (outcome, decision) {
+func (e *evaluation) decide(h map[string]PSD, cands []candidate, tempPass bool, ex *bool) (outcome, decision) {
 	var d decision
 	var rec *Record
 	unknownRec := false
@@ -381,7 +381,7 @@ func (e *evaluation) decide(h map[string]byte, cands []candidate, tempPass bool,
 		if e.own.err != nil {
 			// A malformed record (Section 9.2).
 			d.err = e.own.err
-			return outcome{StatusPermError, PolicyNone}, d
+			return outcome{PermError, PolicyNone}, d
 		}
 		rec = e.own.rec
 	} else {
@@ -390,7 +390,7 @@ func (e *evaluation) decide(h map[string]byte, cands []candidate, tempPass bool,
 		chosen := chooseRecord(e.from, d.orgDomain, entries)
 		if chosen == nil {
 			d.err = ErrNoRecord
-			return outcome{StatusNone, PolicyNone}, d
+			return outcome{None, PolicyNone}, d
 		}
 		d.policyDomain = chosen.domain
 		switch {
@@ -398,7 +398,7 @@ func (e *evaluation) decide(h map[string]byte, cands []candidate, tempPass bool,
 			unknownRec = true
 		case chosen.err != nil:
 			d.err = chosen.err
-			return outcome{StatusPermError, PolicyNone}, d
+			return outcome{PermError, PolicyNone}, d
 		default:
 			rec = chosen.rec
 		}
@@ -430,9 +430,9 @@ func (e *evaluation) decide(h map[string]byte, cands []candidate, tempPass bool,
 	}
 	if unknownRec {
 		if pass {
-			return outcome{StatusPass, PolicyNone}, d
+			return outcome{Pass, PolicyNone}, d
 		}
-		return outcome{StatusFail, ""}, d
+		return outcome{Fail, ""}, d
 	}
 	d.rec = rec
 
@@ -447,19 +447,15 @@ func (e *evaluation) decide(h map[string]byte, cands []candidate, tempPass bool,
 		d.applied = policy.downgrade()
 	}
 	if pass {
-		return outcome{StatusPass, PolicyNone}, d
+		return outcome{Pass, PolicyNone}, d
 	}
-	return outcome{StatusFail, d.applied}, d
+	return outcome{Fail, d.applied}, d
 }
 
 // aligned reports whether the identifier c is aligned with the Author
-// Domain (Section 4.4) under the possibility h: identical names in either
-// mode; in relaxed mode, the same Organizational Domain, which is looked up
-// only for an identifier that shares a parent with the Author Domain.
-func (e *evaluation) aligned(c candidate, rec *Record, unknownRec bool, h map[string]byte, d *decision) bool {
-	if c.domain == e.from {
-		return true
-	}
+// Domain (Section 4.4, Aligned) under the possibility h. The Author
+// Domain's Organizational Domain, if it was needed, is kept in d.
+func (e *evaluation) aligned(c candidate, rec *Record, unknownRec bool, h map[string]PSD, d *decision) bool {
 	mode := AlignRelaxed
 	if !unknownRec {
 		mode = rec.ADKIM
@@ -467,26 +463,13 @@ func (e *evaluation) aligned(c candidate, rec *Record, unknownRec bool, h map[st
 			mode = rec.ASPF
 		}
 	}
-	if mode == AlignStrict || !shareParent(c.domain, e.from) {
-		return false
-	}
-	org := selectOrgDomain(e.from, e.concrete(e.from, h))
-	if d.orgDomain == "" {
-		d.orgDomain = org
-	}
-	// An Organizational Domain is the name itself or a parent of it, so
-	// the identifier can only share org if it is org or below it.
-	if c.domain != org && !strings.HasSuffix(c.domain, "."+org) {
-		return false
-	}
-	return selectOrgDomain(c.domain, e.concrete(c.domain, h)) == org
-}
-
-// shareParent reports whether two distinct names have a common parent
-// other than the root, the least they need to share an Organizational
-// Domain.
-func shareParent(a, b string) bool {
-	return a[strings.LastIndexByte(a, '.')+1:] == b[strings.LastIndexByte(b, '.')+1:]
+	return Aligned(c.domain, e.from, mode, func(name string) string {
+		org := selectOrgDomain(name, e.concrete(name, h))
+		if name == e.from && d.orgDomain == "" {
+			d.orgDomain = org
+		}
+		return org
+	})
 }
 
 // choosePolicy picks the policy for the Author Domain from the record found
@@ -531,7 +514,7 @@ func chooseRecord(from, org string, entries []walkEntry) *walkEntry {
 		}
 	}
 	for i, en := range entries {
-		if en.psd() == 'y' && en.domain != from {
+		if en.psd() == PSDYes && en.domain != from {
 			return &entries[i]
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"net/mail"
 	"slices"
 	"strings"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
 )
 
 // Errors from ParseFrom. They are wrapped with detail; test with errors.Is.
@@ -95,7 +97,7 @@ func ParseFrom(fromHeaderValues []string) (Author, error) {
 		if strings.HasPrefix(domain, "[") {
 			return Author{}, fmt.Errorf("%w: domain literal %q", ErrUnparseableFrom, domain)
 		}
-		d, err := normalizeDomain(domain)
+		d, err := NormalizeDomain(domain)
 		if err != nil {
 			return Author{}, fmt.Errorf("%w: %v", ErrUnparseableFrom, err)
 		}
@@ -104,13 +106,6 @@ func ParseFrom(fromHeaderValues []string) (Author, error) {
 		}
 	}
 	return a, nil
-}
-
-// AuthorDomains returns the Author Domains of the From field values, or
-// none if they do not parse (see ParseFrom).
-func AuthorDomains(fromHeaderValues []string) []string {
-	a, _ := ParseFrom(fromHeaderValues)
-	return a.Domains
 }
 
 // stripObsRoute removes the obsolete source route of angle addresses
@@ -181,6 +176,10 @@ func unfold(s string) (string, error) {
 // comment before an addr-spec, space before ">"). Removing it cannot change
 // the address; it only lets valid headers parse.
 func stripCFWS(s string) (string, error) {
+	s, err := rfc5322.StripComments(s)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrUnparseableFrom, err)
+	}
 	var b strings.Builder
 	inQuote, inLiteral := false, false
 	for i := 0; i < len(s); i++ {
@@ -198,27 +197,6 @@ func stripCFWS(s string) (string, error) {
 			inQuote = true
 		case c == '[':
 			inLiteral = true
-		case c == '(':
-			depth, j := 0, i
-			for ; j < len(s); j++ {
-				if s[j] == '\\' {
-					j++
-					continue
-				}
-				if s[j] == '(' {
-					depth++
-				} else if s[j] == ')' {
-					depth--
-					if depth == 0 {
-						break
-					}
-				}
-			}
-			if j >= len(s) {
-				return "", fmt.Errorf("%w: unterminated comment", ErrUnparseableFrom)
-			}
-			i = j
-			c = ' '
 		case c == '<':
 			b.WriteByte(c)
 			for i+1 < len(s) && (s[i+1] == ' ' || s[i+1] == '\t') {

@@ -51,7 +51,7 @@ func ParseRecord(txt string) (*Record, error) {
 		PSD:            'u',
 		ADKIM:          AlignRelaxed,
 		ASPF:           AlignRelaxed,
-		FailureOptions: []string{"0"},
+		FailureOptions: FailureAll,
 		Pct:            -1,
 	}
 	warn := func(format string, args ...any) {
@@ -118,7 +118,7 @@ func ParseRecord(txt string) (*Record, error) {
 			}
 		case "psd":
 			if valid && (lvalue == "y" || lvalue == "n" || lvalue == "u") {
-				r.PSD = lvalue[0]
+				r.PSD = PSD(lvalue[0])
 			} else {
 				warn("invalid psd value %q ignored", value)
 			}
@@ -241,22 +241,18 @@ func parsePolicy(s string) (Policy, bool) {
 // parseFailureOptions parses a colon-separated list of "0", "1", "d" and "s"
 // (dmarc-fo, RFC 9989 Section 4.8). Duplicates are dropped. "0" together
 // with "1" is accepted: "1" asks for a superset of what "0" asks for.
-func parseFailureOptions(s string) ([]string, bool) {
-	var fo []string
+func parseFailureOptions(s string) (FailureOptions, bool) {
+	var fo FailureOptions
+next:
 	for _, o := range strings.Split(s, ":") {
 		o = trimWSP(o)
-		switch o {
-		case "0", "1", "d", "s":
-		default:
-			return nil, false
+		for _, n := range failureOptionNames {
+			if o == n.name {
+				fo |= n.o
+				continue next
+			}
 		}
-		dup := false
-		for _, x := range fo {
-			dup = dup || x == o
-		}
-		if !dup {
-			fo = append(fo, o)
-		}
+		return 0, false
 	}
 	return fo, true
 }

@@ -8,7 +8,7 @@ import (
 
 func TestParseRecord(t *testing.T) {
 	def := func(mod func(r *Record)) *Record {
-		r := &Record{Policy: PolicyNone, PSD: 'u', ADKIM: AlignRelaxed, ASPF: AlignRelaxed, FailureOptions: []string{"0"}, Pct: -1}
+		r := &Record{Policy: PolicyNone, PSD: 'u', ADKIM: AlignRelaxed, ASPF: AlignRelaxed, FailureOptions: FailureAll, Pct: -1}
 		if mod != nil {
 			mod(r)
 		}
@@ -31,7 +31,7 @@ func TestParseRecord(t *testing.T) {
 			r.PSD, r.Testing, r.ADKIM = 'n', true, AlignStrict
 			r.RUA = []URI{{Address: "mailto:a@example.com"}, {Address: "mailto:b@example.net", MaxSize: 10 << 20}}
 			r.RUF = []URI{{Address: "mailto:f@example.com"}}
-			r.FailureOptions = []string{"1", "d", "s"}
+			r.FailureOptions = FailureAny | FailureDKIM | FailureSPF
 		}), "", 0},
 		{"case and whitespace", "V = DMARC1 ;\tP = REJECT ; Sp=Quarantine;  PSD = Y ; T=N; ADKIM=S", def(func(r *Record) {
 			r.Policy, r.SubdomainPolicy, r.PSD, r.ADKIM = PolicyReject, PolicyQuarantine, 'y', AlignStrict

@@ -1,0 +1,121 @@
+// Package rfc5322 holds the pieces of Internet Message Format (RFC 5322)
+// handling that the session, policy, reports and the load generator share:
+// line ends, a header field rebuilt as received, and comments. Each is
+// written once, here.
+package rfc5322
+
+import (
+	"errors"
+	"strings"
+)
+
+// CRLF returns b with every bare LF line end turned into CRLF (RFC 5322
+// Section 2.1); CRLF pairs are left alone. b itself is returned when it has
+// no bare LF.
+func CRLF(b []byte) []byte {
+	bare := 0
+	for i, c := range b {
+		if c == '\n' && (i == 0 || b[i-1] != '\r') {
+			bare++
+		}
+	}
+	if bare == 0 {
+		return b
+	}
+	out := make([]byte, 0, len(b)+bare)
+	for i, c := range b {
+		if c == '\n' && (i == 0 || b[i-1] != '\r') {
+			out = append(out, '\r')
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// RebuildField returns the header field as it appeared in the message, with
+// CRLF line ends: name, ":", the value with its bare-LF folding turned into
+// CRLF, and a final CRLF. When leadingSpace is false the MTA removed the
+// space after the colon, and a single space is put back; the original bytes
+// are then unknown and only relaxed DKIM header canonicalization is sure to
+// verify.
+//
+// Postfix delivers header values to milters with "\n" between the lines of
+// a folded field, and with SMFIP_HDR_LEADSPC keeps the leading whitespace
+// byte-exactly, so the field is rebuilt exactly as signed, which simple
+// header canonicalization (RFC 6376 Section 3.4.1) needs.
+func RebuildField(name, value string, leadingSpace bool) string {
+	var b strings.Builder
+	b.Grow(len(name) + len(value) + 4 + strings.Count(value, "\n"))
+	b.WriteString(name)
+	if leadingSpace {
+		b.WriteByte(':')
+	} else {
+		b.WriteString(": ")
+	}
+	for i := 0; i < len(value); i++ {
+		c := value[i]
+		if c == '\n' && (i == 0 || value[i-1] != '\r') {
+			b.WriteByte('\r')
+		}
+		b.WriteByte(c)
+	}
+	b.WriteString("\r\n")
+	return b.String()
+}
+
+// ErrUnterminatedComment is returned by StripComments for a "(" without
+// its ")".
+var ErrUnterminatedComment = errors.New("unterminated comment")
+
+// StripComments replaces each comment of a header field value (RFC 5322
+// Section 3.2.2: parentheses, nested, with quoted-pairs) by one space, as
+// CFWS separates what surrounds it. Quoted strings and domain literals are
+// kept as they are, parentheses and all. For an unterminated comment it
+// returns what precedes the comment and ErrUnterminatedComment.
+func StripComments(s string) (string, error) {
+	if strings.IndexByte(s, '(') < 0 {
+		return s, nil
+	}
+	var b strings.Builder
+	inQuote, inLiteral := false, false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case (inQuote || inLiteral) && c == '\\' && i+1 < len(s):
+			b.WriteByte(c)
+			i++
+			c = s[i]
+		case inQuote:
+			inQuote = c != '"'
+		case inLiteral:
+			inLiteral = c != ']'
+		case c == '"':
+			inQuote = true
+		case c == '[':
+			inLiteral = true
+		case c == '(':
+			depth, j := 0, i
+			for ; j < len(s); j++ {
+				if s[j] == '\\' {
+					j++
+					continue
+				}
+				if s[j] == '(' {
+					depth++
+				} else if s[j] == ')' {
+					depth--
+					if depth == 0 {
+						break
+					}
+				}
+			}
+			if j >= len(s) {
+				return b.String(), ErrUnterminatedComment
+			}
+			i = j
+			c = ' '
+		}
+		b.WriteByte(c)
+	}
+	return b.String(), nil
+}

@@ -1,0 +1,63 @@
+package rfc5322
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestCRLF(t *testing.T) {
+	for _, tt := range []struct {
+		name, in, want string
+	}{
+		{name: "bare LF", in: "a\nb\n", want: "a\r\nb\r\n"},
+		{name: "CRLF kept", in: "a\r\nb\r\n", want: "a\r\nb\r\n"},
+		{name: "mixed", in: "a\r\nb\nc", want: "a\r\nb\r\nc"},
+		{name: "leading LF", in: "\nx", want: "\r\nx"},
+		{name: "lone CR kept", in: "a\rb\n", want: "a\rb\r\n"},
+		{name: "none", in: "abc", want: "abc"},
+	} {
+		if got := string(CRLF([]byte(tt.in))); got != tt.want {
+			t.Errorf("%s: CRLF(%q) = %q, want %q", tt.name, tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestRebuildField(t *testing.T) {
+	tests := []struct {
+		name, value  string
+		leadingSpace bool
+		want         string
+	}{
+		{"Subject", " hi", true, "Subject: hi\r\n"},
+		{"To", "bob@example.net", true, "To:bob@example.net\r\n"},
+		{"Subject", "  Folded\n\t subject ", true, "Subject:  Folded\r\n\t subject \r\n"},
+		{"Subject", "hi", false, "Subject: hi\r\n"},
+		{"X", "a\n b\r\n c", false, "X: a\r\n b\r\n c\r\n"},
+		{"X", "", true, "X:\r\n"},
+	}
+	for _, tt := range tests {
+		if got := RebuildField(tt.name, tt.value, tt.leadingSpace); got != tt.want {
+			t.Errorf("RebuildField(%q, %q, %v) = %q, want %q", tt.name, tt.value, tt.leadingSpace, got, tt.want)
+		}
+	}
+}
+
+func TestStripComments(t *testing.T) {
+	for _, tt := range []struct {
+		name, in, want string
+		err            error
+	}{
+		{name: "none", in: "multipart/report; a=b", want: "multipart/report; a=b"},
+		{name: "one", in: "auto-generated (robot)", want: "auto-generated  "},
+		{name: "nested", in: "a(b(c)d)e", want: "a e"},
+		{name: "quoted pair", in: `a(b\)c)d`, want: "a d"},
+		{name: "in quoted string kept", in: `"a (b)" c`, want: `"a (b)" c`},
+		{name: "in domain literal kept", in: "x@[1.2(3)]", want: "x@[1.2(3)]"},
+		{name: "unterminated", in: "mx.example (open", want: "mx.example ", err: ErrUnterminatedComment},
+	} {
+		got, err := StripComments(tt.in)
+		if got != tt.want || !errors.Is(err, tt.err) {
+			t.Errorf("%s: StripComments(%q) = %q, %v; want %q, %v", tt.name, tt.in, got, err, tt.want, tt.err)
+		}
+	}
+}
