@@ -11,15 +11,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dmarc-milter/dmarc-milter/resolver"
-	"github.com/dmarc-milter/dmarc-milter/session"
-
 	"github.com/pelletier/go-toml/v2"
 )
 
 // Config is the daemon's configuration: built-in defaults, then the TOML
-// file (--config), then command-line flags. Every key is listed, commented,
-// with its default in packaging/dmarc-milter.toml and in README.md.
+// file (--config), then command-line flags. Each field is one setting,
+// declared (default, meaning, flag, reload) in settings.go; its toml tag is
+// the key.
 type Config struct {
 	// Listen is where Postfix connects: "unix:/path", "inet:host:port" or
 	// sendmail's "inet:port@host".
@@ -109,49 +107,6 @@ type Config struct {
 	// LogFormat: "json" or "text"; LogLevel: debug, info, warn, error.
 	LogFormat Choice `toml:"log_format"`
 	LogLevel  Choice `toml:"log_level"`
-}
-
-// defaultConfig returns the built-in defaults; hostname fills the
-// authserv-id and the report address.
-func defaultConfig(hostname string) Config {
-	return Config{
-		Listen:                            ListenSpec{Network: "tcp", Address: "127.0.0.1:8893"},
-		SocketMode:                        0o660,
-		DNSTimeout:                        Duration(2 * time.Second),
-		DNSCacheSize:                      50000,
-		DNSFailureTTL:                     Duration(resolver.DefaultFailureTTL),
-		CheckTimeout:                      Duration(20 * time.Second),
-		AuthservID:                        hostname,
-		Quarantine:                        Choice{Value: "hold", allowed: []string{"hold", "mark"}},
-		TempError:                         Choice{Value: "tempfail", allowed: []string{"tempfail", "accept"}},
-		RejectBadFrom:                     true,
-		RejectText:                        "Message rejected: DMARC policy of {domain} says reject",
-		TrustedNetworks:                   []Prefix{{netip.MustParsePrefix("127.0.0.0/8")}, {netip.MustParsePrefix("::1/128")}},
-		MaxDKIMSignatures:                 5,
-		MaxHeaderSize:                     session.DefaultMaxHeaderBytes,
-		MaxHeaderFields:                   session.DefaultMaxHeaderFields,
-		IdleTimeout:                       Duration(5 * time.Minute),
-		ReadTimeout:                       Duration(30 * time.Second),
-		WriteTimeout:                      Duration(30 * time.Second),
-		ShutdownTimeout:                   Duration(30 * time.Second),
-		StateDir:                          "/var/lib/dmarc-milter",
-		ReportSMTP:                        "127.0.0.1:25",
-		ReportFrom:                        "postmaster@" + hostname,
-		ReportStartTLS:                    Choice{Value: "opportunistic", allowed: []string{"opportunistic", "required", "off"}},
-		ReportMaxAttempts:                 10,
-		ReportMinBackoff:                  Duration(time.Minute),
-		ReportMaxBackoff:                  Duration(time.Hour),
-		FailureReports:                    true,
-		FailureReportInclude:              Choice{Value: "headers", allowed: []string{"headers", "message"}},
-		FailureReportMaxMessageSize:       64 << 10,
-		FailureReportPerDestination:       10,
-		FailureReportPerDestinationWindow: Duration(time.Hour),
-		FailureReportGlobal:               300,
-		FailureReportGlobalWindow:         Duration(time.Hour),
-		FailureReportDedupWindow:          Duration(time.Hour),
-		LogFormat:                         Choice{Value: "json", allowed: []string{"json", "text"}},
-		LogLevel:                          Choice{Value: "info", allowed: []string{"debug", "info", "warn", "error"}},
-	}
 }
 
 // ConfigError is a configuration problem; it formats as one line naming the
@@ -396,56 +351,6 @@ func (a *LoopbackAddr) String() string {
 		return ""
 	}
 	return a.Addr
-}
-
-// validate checks the values no type can: ranges, and the reject text. It
-// returns the key of the first bad value and why.
-func (c *Config) validate() (key string, err error) {
-	positive := []struct {
-		key string
-		d   Duration
-	}{
-		{"dns_timeout", c.DNSTimeout}, {"check_timeout", c.CheckTimeout},
-		{"idle_timeout", c.IdleTimeout}, {"read_timeout", c.ReadTimeout}, {"write_timeout", c.WriteTimeout},
-		{"shutdown_timeout", c.ShutdownTimeout},
-		{"report_min_backoff", c.ReportMinBackoff}, {"report_max_backoff", c.ReportMaxBackoff},
-		{"failure_report_per_destination_window", c.FailureReportPerDestinationWindow},
-		{"failure_report_global_window", c.FailureReportGlobalWindow},
-		{"failure_report_dedup_window", c.FailureReportDedupWindow},
-	}
-	for _, p := range positive {
-		if p.d <= 0 {
-			return p.key, fmt.Errorf("must be longer than 0, not %q", p.d)
-		}
-	}
-	if c.DNSFailureTTL < 0 {
-		return "dns_failure_ttl", fmt.Errorf("must be 0 (off) or longer, not %q", c.DNSFailureTTL)
-	}
-	if c.ReportMaxBackoff < c.ReportMinBackoff {
-		return "report_max_backoff", fmt.Errorf("%q is shorter than report_min_backoff %q", c.ReportMaxBackoff, c.ReportMinBackoff)
-	}
-	atLeastOne := []struct {
-		key string
-		n   int
-	}{
-		{"dns_cache_size", c.DNSCacheSize}, {"max_dkim_signatures", c.MaxDKIMSignatures},
-		{"max_header_size", c.MaxHeaderSize}, {"max_header_fields", c.MaxHeaderFields},
-		{"report_max_attempts", c.ReportMaxAttempts},
-		{"failure_report_per_destination", c.FailureReportPerDestination},
-		{"failure_report_global", c.FailureReportGlobal},
-	}
-	for _, a := range atLeastOne {
-		if a.n < 1 {
-			return a.key, fmt.Errorf("must be at least 1, not %d (failure_reports = false turns reports off)", a.n)
-		}
-	}
-	if c.FailureReportMaxMessageSize < 0 {
-		return "failure_report_max_message_size", fmt.Errorf("must not be negative, not %d", c.FailureReportMaxMessageSize)
-	}
-	if err := checkRejectText(c.RejectText); err != nil {
-		return "reject_text", err
-	}
-	return "", nil
 }
 
 // checkRejectText accepts printable ASCII (it goes into an SMTP reply line)

@@ -19,11 +19,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"net/mail"
 	"os"
 	"os/signal"
 	"runtime/debug"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -103,28 +101,12 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	if hostname == "" {
 		hostname = "localhost"
 	}
-	cfg := defaultConfig(hostname)
+	cfg := newConfig(hostname)
 
 	fs := flag.NewFlagSet("dmarc-milter serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "TOML configuration `file`")
-	var f Config
-	f.Listen = cfg.Listen
-	fs.Var(&f.Listen, "listen", "milter socket: unix:PATH, inet:HOST:PORT or inet:PORT@HOST")
-	dns := fs.String("dns", "", "upstream DNS resolvers, HOST:PORT[,HOST:PORT...] (default: /etc/resolv.conf)")
-	authserv := fs.String("authserv-id", "", "authserv-id of Authentication-Results (default: host name)")
-	stateDir := fs.String("state-dir", "", "`dir`ectory for the report spool and database")
-	reportSMTP := fs.String("report-smtp", "", "SMTP relay `HOST:PORT` for outgoing reports")
-	reportFrom := fs.String("report-from", "", "From `address` of outgoing reports")
-	f.TempError = cfg.TempError
-	fs.Var(&f.TempError, "temperror", "on a DNS temporary error: tempfail (451 4.7.5) or accept")
-	f.LogFormat = cfg.LogFormat
-	fs.Var(&f.LogFormat, "log-format", "log format: json or text")
-	f.LogLevel = cfg.LogLevel
-	fs.Var(&f.LogLevel, "log-level", "log level: debug, info, warn or error")
-	monitor := fs.Bool("monitor", false, "evaluate, stamp and log, but never enforce")
-	failureReports := fs.Bool("failure-reports", true, "send DMARC failure reports to the domains that ask for them")
-	fs.Var(&f.PprofListen, "pprof-listen", "serve pprof profiles on this loopback `HOST:PORT` (off by default)")
+	flags := bindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -140,41 +122,10 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 
 	var err error
 	fs.Visit(func(fl *flag.Flag) {
-		switch fl.Name {
-		case "listen":
-			cfg.Listen = f.Listen
-		case "dns":
-			cfg.DNS = nil
-			for _, s := range strings.Split(*dns, ",") {
-				s = strings.TrimSpace(s)
-				if s == "" {
-					continue
-				}
-				if _, _, e := net.SplitHostPort(s); e != nil {
-					err = fmt.Errorf("--dns: %q is not HOST:PORT", s)
-				}
-				cfg.DNS = append(cfg.DNS, s)
+		if v, ok := flags[fl.Name]; ok && err == nil {
+			if e := v.apply(&cfg); e != nil {
+				err = fmt.Errorf("--%s: %w", fl.Name, e)
 			}
-		case "authserv-id":
-			cfg.AuthservID = *authserv
-		case "state-dir":
-			cfg.StateDir = *stateDir
-		case "report-smtp":
-			cfg.ReportSMTP = *reportSMTP
-		case "report-from":
-			cfg.ReportFrom = *reportFrom
-		case "temperror":
-			cfg.TempError = f.TempError
-		case "log-format":
-			cfg.LogFormat = f.LogFormat
-		case "log-level":
-			cfg.LogLevel = f.LogLevel
-		case "monitor":
-			cfg.Monitor = *monitor
-		case "failure-reports":
-			cfg.FailureReports = *failureReports
-		case "pprof-listen":
-			cfg.PprofListen = f.PprofListen
 		}
 	})
 	if err != nil {
@@ -190,12 +141,6 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 			}
 		}
 		return cfg, fmt.Errorf("%s: %w", key, err)
-	}
-	if _, err := mail.ParseAddress(cfg.ReportFrom); err != nil {
-		return cfg, fmt.Errorf("report_from: %q is not an e-mail address", cfg.ReportFrom)
-	}
-	if strings.ContainsAny(cfg.AuthservID, " \t;()\"") || cfg.AuthservID == "" {
-		return cfg, fmt.Errorf("authserv-id %q is not a valid token", cfg.AuthservID)
 	}
 	return cfg, nil
 }
@@ -385,28 +330,7 @@ func reload(args []string, old, running Config, ev *policy.Evaluator, reporter *
 	}
 	ev.SetConfig(policyConfig(cfg))
 	levels.set(cfg.LogLevel.Value)
-	var restart []string
-	for _, c := range []struct {
-		name     string
-		old, new any
-	}{
-		{"listen", running.Listen, cfg.Listen}, {"socket_mode", running.SocketMode, cfg.SocketMode},
-		{"dns", strings.Join(running.DNS, ","), strings.Join(cfg.DNS, ",")}, {"dns_timeout", running.DNSTimeout, cfg.DNSTimeout},
-		{"dns_cache_size", running.DNSCacheSize, cfg.DNSCacheSize}, {"check_timeout", running.CheckTimeout, cfg.CheckTimeout},
-		{"dns_failure_ttl", running.DNSFailureTTL, cfg.DNSFailureTTL},
-		{"max_dkim_signatures", running.MaxDKIMSignatures, cfg.MaxDKIMSignatures},
-		{"max_header_size", running.MaxHeaderSize, cfg.MaxHeaderSize}, {"max_header_fields", running.MaxHeaderFields, cfg.MaxHeaderFields},
-		{"idle_timeout", running.IdleTimeout, cfg.IdleTimeout}, {"read_timeout", running.ReadTimeout, cfg.ReadTimeout},
-		{"write_timeout", running.WriteTimeout, cfg.WriteTimeout}, {"log_format", running.LogFormat.Value, cfg.LogFormat.Value},
-		{"state_dir", running.StateDir, cfg.StateDir}, {"pprof_listen", running.PprofListen, cfg.PprofListen},
-		{"shutdown_timeout", running.ShutdownTimeout, cfg.ShutdownTimeout},
-		{"failure_report_include", running.FailureReportInclude.Value, cfg.FailureReportInclude.Value},
-		{"failure_report_max_message_size", running.FailureReportMaxMessageSize, cfg.FailureReportMaxMessageSize},
-	} {
-		if c.old != c.new {
-			restart = append(restart, c.name)
-		}
-	}
+	restart := needRestart(running, cfg)
 	e := logger.Info()
 	if len(restart) > 0 {
 		e = logger.Warn().Strs("need_restart", restart)

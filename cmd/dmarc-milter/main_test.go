@@ -185,11 +185,11 @@ func TestPackagedConfigMatchesDefaults(t *testing.T) {
 		}
 	}
 	uncommented := writeFile(t, b.String())
-	cfg := defaultConfig("HOST")
+	cfg := newConfig("HOST")
 	if err := loadConfigFile(uncommented, &cfg); err != nil {
 		t.Fatalf("packaged config does not load: %v", err)
 	}
-	def := defaultConfig("HOST")
+	def := newConfig("HOST")
 	if fmt.Sprintf("%+v", stripChoices(cfg)) != fmt.Sprintf("%+v", stripChoices(def)) {
 		t.Errorf("packaged config defaults differ from built-in ones:\nfile:    %+v\nbuiltin: %+v", cfg, def)
 	}

@@ -1,0 +1,364 @@
+package main
+
+import (
+	"encoding"
+	"flag"
+	"fmt"
+	"net"
+	"net/mail"
+	"reflect"
+	"strconv"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// A setting is one key of the configuration, declared once: everything
+// else is derived from it. The built-in defaults are its Default decoded
+// like the file; a command-line flag (--key-with-dashes) exists when Flag is
+// set; a reload names it in need_restart when Restart is set; its range is
+// checked by Min or Check. The README table and the manual page's list are
+// generated from these declarations, and a test checks the packaged TOML
+// file against them (settings_test.go).
+type setting struct {
+	// Key is the TOML key, the toml tag of its Config field.
+	Key string
+	// Flag: also a command-line flag, --Key with "-" for "_". A list flag
+	// takes comma-separated values.
+	Flag bool
+	// Default is the built-in default as a TOML value; hostToken in it
+	// stands for this machine's host name.
+	Default string
+	// Choices are the allowed values of a Choice setting.
+	Choices []string
+	// Usage says what the setting does, for --help, the README and the
+	// manual page.
+	Usage string
+	// Restart: a reload does not apply a change; it needs a restart.
+	Restart bool
+	// Min bounds a count (at least Min) or a duration (longer than 0 when
+	// Min is 1, else 0 or longer).
+	Min int
+	// Check, if set, checks the value in the whole configuration (ranges
+	// that involve another key, formats no type can check).
+	Check func(c *Config) error
+	// FlagElem, if set, checks each element of a list flag.
+	FlagElem func(s string) error
+}
+
+// hostToken in a Default stands for the host name.
+const hostToken = "<host name>"
+
+// settings are the configuration keys, in the order of the documentation.
+var settings = []setting{
+	// Milter socket.
+	{Key: "listen", Flag: true, Default: `"inet:127.0.0.1:8893"`, Restart: true,
+		Usage: "milter socket Postfix connects to: unix:PATH, inet:HOST:PORT or inet:PORT@HOST"},
+	{Key: "socket_mode", Default: `"0660"`, Restart: true,
+		Usage: "permission of a unix socket (octal)"},
+	{Key: "idle_timeout", Default: `"5m0s"`, Restart: true, Min: 1,
+		Usage: "how long a milter connection may wait between commands"},
+	{Key: "read_timeout", Default: `"30s"`, Restart: true, Min: 1,
+		Usage: "how long one milter command may take to arrive"},
+	{Key: "write_timeout", Default: `"30s"`, Restart: true, Min: 1,
+		Usage: "how long writing one reply to the MTA may take"},
+	{Key: "shutdown_timeout", Default: `"30s"`, Restart: true, Min: 1,
+		Usage: "how long SIGTERM waits for open sessions"},
+	// DNS.
+	{Key: "dns", Flag: true, Default: `[]`, Restart: true, FlagElem: checkHostPort,
+		Usage: "upstream DNS resolvers, HOST:PORT; empty: the nameservers of /etc/resolv.conf"},
+	{Key: "dns_timeout", Default: `"2s"`, Restart: true, Min: 1,
+		Usage: "timeout of one DNS query attempt"},
+	{Key: "dns_cache_size", Default: `50000`, Restart: true, Min: 1,
+		Usage: "DNS answers cached"},
+	{Key: "dns_failure_ttl", Default: `"30s"`, Restart: true, Min: 0,
+		Usage: `how long a DNS temporary failure is remembered ("0s": not at all)`},
+	{Key: "check_timeout", Default: `"20s"`, Restart: true, Min: 1,
+		Usage: "DNS time of each check of a message (SPF, each DKIM key, DMARC), from when it starts"},
+	// Policy.
+	{Key: "authserv_id", Flag: true, Default: `"` + hostToken + `"`, Check: checkAuthservID,
+		Usage: "authserv-id of Authentication-Results; incoming fields carrying it are removed"},
+	{Key: "monitor", Flag: true, Default: `false`,
+		Usage: "evaluate, stamp and log, but never reject, quarantine or defer"},
+	{Key: "quarantine", Default: `"hold"`, Choices: []string{"hold", "mark"},
+		Usage: "how p=quarantine is applied: hold (Postfix hold queue) or mark (Authentication-Results only)"},
+	{Key: "temperror", Flag: true, Default: `"tempfail"`, Choices: []string{"tempfail", "accept"},
+		Usage: "when a DNS temporary error leaves the outcome unknown: tempfail (451 4.7.5) or accept"},
+	{Key: "reject_bad_from", Default: `true`,
+		Usage: "reject mail without exactly one parseable From field (or with over 5 domains in it)"},
+	{Key: "reject_multi_author", Default: `false`,
+		Usage: "reject mail whose From holds several addresses (off: the strictest result of its domains applies)"},
+	{Key: "reject_text", Default: `"Message rejected: DMARC policy of {domain} says reject"`, Check: func(c *Config) error { return checkRejectText(c.RejectText) },
+		Usage: "text of the 550 5.7.1 reply to a DMARC reject; {domain} is the From domain"},
+	{Key: "trusted_networks", Default: `["127.0.0.0/8", "::1/128"]`,
+		Usage: "client networks whose mail is stamped but never enforced"},
+	{Key: "exempt_domains", Default: `[]`,
+		Usage: "From domains (and subdomains) whose mail is stamped but never enforced"},
+	// Limits.
+	{Key: "max_dkim_signatures", Default: `5`, Restart: true, Min: 1,
+		Usage: "DKIM signatures verified per message"},
+	{Key: "max_header_size", Default: `1048576`, Restart: true, Min: 1,
+		Usage: "header bytes kept per message (see Limits)"},
+	{Key: "max_header_fields", Default: `1000`, Restart: true, Min: 1,
+		Usage: "header fields kept per message (see Limits)"},
+	// Reports.
+	{Key: "state_dir", Flag: true, Default: `"/var/lib/dmarc-milter"`, Restart: true,
+		Usage: "directory of the report spool and database"},
+	{Key: "report_smtp", Flag: true, Default: `"127.0.0.1:25"`,
+		Usage: "SMTP relay outgoing reports are handed to, HOST:PORT"},
+	{Key: "report_from", Flag: true, Default: `"postmaster@` + hostToken + `"`, Check: checkReportFrom,
+		Usage: "From address (and envelope sender) of outgoing reports"},
+	{Key: "report_smtp_user", Default: `""`,
+		Usage: "AUTH PLAIN user at the relay (sent only over TLS or to a loopback relay)"},
+	{Key: "report_smtp_password", Default: `""`,
+		Usage: "AUTH PLAIN password at the relay"},
+	{Key: "report_starttls", Default: `"opportunistic"`, Choices: []string{"opportunistic", "required", "off"},
+		Usage: "STARTTLS to the relay: opportunistic (certificate not verified), required (verified) or off"},
+	{Key: "report_max_attempts", Default: `10`, Min: 1,
+		Usage: "delivery attempts of a report before it is dropped (a 5xx is final at once)"},
+	{Key: "report_min_backoff", Default: `"1m0s"`, Min: 1,
+		Usage: "first retry delay, doubling per attempt"},
+	{Key: "report_max_backoff", Default: `"1h0m0s"`, Min: 1, Check: checkBackoffs,
+		Usage: "longest retry delay"},
+	{Key: "failure_reports", Flag: true, Default: `true`,
+		Usage: "send DMARC failure reports (RFC 9991) to the ruf= addresses of domains whose fo= matches"},
+	{Key: "failure_report_include", Default: `"headers"`, Choices: []string{"headers", "message"}, Restart: true,
+		Usage: "what of the message a report attaches: headers, or the whole message up to failure_report_max_message_size"},
+	{Key: "failure_report_max_message_size", Default: `65536`, Restart: true, Min: 0,
+		Usage: "largest body attached with failure_report_include = \"message\" (bytes)"},
+	{Key: "failure_report_redact", Default: `false`,
+		Usage: "replace the local part of every address in reports by \"redacted\" (the body is then never attached)"},
+	{Key: "failure_report_allow_domains", Default: `[]`,
+		Usage: "policy domains (and subdomains) reported on; empty: all"},
+	{Key: "failure_report_deny_domains", Default: `[]`,
+		Usage: "policy domains (and subdomains) never reported on"},
+	{Key: "failure_report_exclude_networks", Default: `[]`,
+		Usage: "client networks never reported on"},
+	{Key: "failure_report_per_destination", Default: `10`, Min: 1,
+		Usage: "reports per destination address per failure_report_per_destination_window"},
+	{Key: "failure_report_per_destination_window", Default: `"1h0m0s"`, Min: 1,
+		Usage: "window of the per-destination limit"},
+	{Key: "failure_report_global", Default: `300`, Min: 1,
+		Usage: "reports in all per failure_report_global_window"},
+	{Key: "failure_report_global_window", Default: `"1h0m0s"`, Min: 1,
+		Usage: "window of the global limit"},
+	{Key: "failure_report_dedup_window", Default: `"1h0m0s"`, Min: 1,
+		Usage: "identical failures (source IP, domain, failure, destination) are reported once per window"},
+	// Logging and diagnostics.
+	{Key: "log_format", Flag: true, Default: `"json"`, Choices: []string{"json", "text"}, Restart: true,
+		Usage: "log format: json or text"},
+	{Key: "log_level", Flag: true, Default: `"info"`, Choices: []string{"debug", "info", "warn", "error"},
+		Usage: "log level: debug, info, warn or error"},
+	{Key: "pprof_listen", Flag: true, Default: `""`, Restart: true,
+		Usage: "serve Go's pprof profiles on this loopback HOST:PORT (empty: off)"},
+}
+
+// flagName is the command-line flag of a setting.
+func (s *setting) flagName() string { return strings.ReplaceAll(s.Key, "_", "-") }
+
+// field returns the Config field of the setting, addressable.
+func (s *setting) field(c *Config) reflect.Value {
+	v := reflect.ValueOf(c).Elem()
+	t := v.Type()
+	for i := range t.NumField() {
+		if t.Field(i).Tag.Get("toml") == s.Key {
+			return v.Field(i)
+		}
+	}
+	panic("dmarc-milter: setting " + s.Key + " has no Config field") // caught by TestSettingsDeclared
+}
+
+// newConfig returns a Config with every setting at its default; hostname
+// fills hostToken.
+func newConfig(hostname string) Config {
+	var c Config
+	var doc strings.Builder
+	for i := range settings {
+		s := &settings[i]
+		if s.Choices != nil {
+			s.field(&c).Addr().Interface().(*Choice).allowed = s.Choices
+		}
+		fmt.Fprintf(&doc, "%s = %s\n", s.Key, strings.ReplaceAll(s.Default, hostToken, hostname))
+	}
+	if err := toml.Unmarshal([]byte(doc.String()), &c); err != nil {
+		panic("dmarc-milter: bad built-in default: " + err.Error()) // caught by TestSettingsDeclared
+	}
+	return c
+}
+
+// set parses text (as on the command line) into the setting's field of c.
+func (s *setting) set(c *Config, text string) error {
+	f := s.field(c)
+	if f.Kind() == reflect.Slice {
+		list := reflect.MakeSlice(f.Type(), 0, 0)
+		for _, e := range strings.Split(text, ",") {
+			if e = strings.TrimSpace(e); e == "" {
+				continue
+			}
+			if s.FlagElem != nil {
+				if err := s.FlagElem(e); err != nil {
+					return err
+				}
+			}
+			v := reflect.New(f.Type().Elem())
+			if err := setValue(v.Elem(), e); err != nil {
+				return err
+			}
+			list = reflect.Append(list, v.Elem())
+		}
+		f.Set(list)
+		return nil
+	}
+	return setValue(f, text)
+}
+
+func setValue(f reflect.Value, text string) error {
+	if u, ok := f.Addr().Interface().(encoding.TextUnmarshaler); ok {
+		return u.UnmarshalText([]byte(text))
+	}
+	switch f.Kind() {
+	case reflect.String:
+		f.SetString(text)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(text)
+		if err != nil {
+			return fmt.Errorf("invalid boolean %q", text)
+		}
+		f.SetBool(b)
+	case reflect.Int:
+		n, err := strconv.Atoi(text)
+		if err != nil {
+			return fmt.Errorf("invalid number %q", text)
+		}
+		f.SetInt(int64(n))
+	default:
+		return fmt.Errorf("cannot set a %s from text", f.Type())
+	}
+	return nil
+}
+
+// check applies Min and Check to c.
+func (s *setting) check(c *Config) error {
+	switch v := s.field(c).Interface().(type) {
+	case Duration:
+		if s.Min > 0 && v <= 0 {
+			return fmt.Errorf("must be longer than 0, not %q", v)
+		}
+		if v < 0 {
+			return fmt.Errorf("must be 0 (off) or longer, not %q", v)
+		}
+	case int:
+		switch {
+		case v < s.Min && s.Min == 1:
+			return fmt.Errorf("must be at least 1, not %d (failure_reports = false turns reports off)", v)
+		case v < s.Min:
+			return fmt.Errorf("must be at least %d, not %d", s.Min, v)
+		case v < 0:
+			return fmt.Errorf("must not be negative, not %d", v)
+		}
+	}
+	if s.Check != nil {
+		return s.Check(c)
+	}
+	return nil
+}
+
+// validate checks every value; it returns the key of the first bad one and
+// why.
+func (c *Config) validate() (key string, err error) {
+	for i := range settings {
+		if err := settings[i].check(c); err != nil {
+			return settings[i].Key, err
+		}
+	}
+	return "", nil
+}
+
+// needRestart lists the settings that differ between running and cfg and
+// that a reload cannot apply.
+func needRestart(running, cfg Config) []string {
+	var keys []string
+	for i := range settings {
+		s := &settings[i]
+		if s.Restart && fmt.Sprint(s.field(&running).Interface()) != fmt.Sprint(s.field(&cfg).Interface()) {
+			keys = append(keys, s.Key)
+		}
+	}
+	return keys
+}
+
+// flagValue binds a setting to a command-line flag. Set checks the text
+// at once; apply puts it into the configuration once the file is read
+// (flags override the file).
+type flagValue struct {
+	s    *setting
+	text string
+}
+
+func (v *flagValue) Set(text string) error {
+	scratch := newConfig("localhost")
+	if err := v.s.set(&scratch, text); err != nil {
+		return err
+	}
+	v.text = text
+	return nil
+}
+
+// String is the default, for --help.
+func (v *flagValue) String() string {
+	if v == nil || v.s == nil {
+		return ""
+	}
+	return v.s.Default
+}
+
+// IsBoolFlag lets a boolean flag stand alone (--monitor).
+func (v *flagValue) IsBoolFlag() bool {
+	return v != nil && v.s != nil && v.s.field(&Config{}).Kind() == reflect.Bool
+}
+
+func (v *flagValue) apply(c *Config) error { return v.s.set(c, v.text) }
+
+// bindFlags declares a flag for every setting with Flag and returns them by
+// name.
+func bindFlags(fs *flag.FlagSet) map[string]*flagValue {
+	vals := map[string]*flagValue{}
+	for i := range settings {
+		s := &settings[i]
+		if !s.Flag {
+			continue
+		}
+		v := &flagValue{s: s}
+		fs.Var(v, s.flagName(), s.Usage)
+		vals[s.flagName()] = v
+	}
+	return vals
+}
+
+func checkHostPort(s string) error {
+	if _, _, err := net.SplitHostPort(s); err != nil {
+		return fmt.Errorf("%q is not HOST:PORT", s)
+	}
+	return nil
+}
+
+func checkAuthservID(c *Config) error {
+	if c.AuthservID == "" || strings.ContainsAny(c.AuthservID, " \t;()\"") {
+		return fmt.Errorf("%q is not a valid token", c.AuthservID)
+	}
+	return nil
+}
+
+func checkReportFrom(c *Config) error {
+	if _, err := mail.ParseAddress(c.ReportFrom); err != nil {
+		return fmt.Errorf("%q is not an e-mail address", c.ReportFrom)
+	}
+	return nil
+}
+
+func checkBackoffs(c *Config) error {
+	if c.ReportMaxBackoff < c.ReportMinBackoff {
+		return fmt.Errorf("%q is shorter than report_min_backoff %q", c.ReportMaxBackoff, c.ReportMinBackoff)
+	}
+	return nil
+}
