@@ -232,24 +232,24 @@ func TestDestinations(t *testing.T) {
 	}
 	// The authorization is cached.
 	q := "example.com._report._dmarc.reports.example.net."
-	n := res.count(q)
+	n := res.Count(q)
 	f2 := failure(t, "v=DMARC1; p=reject; fo=1; ruf=mailto:x@reports.example.net")
 	f2.ClientIP = net.ParseIP("192.0.2.99")
 	if got := processed(t, r, f2); !slices.Equal(got, []string{"x@reports.example.net"}) {
 		t.Errorf("second report spooled for %v", got)
 	}
-	if res.count(q) != n {
+	if res.Count(q) != n {
 		t.Errorf("authorization queried again")
 	}
 
 	// A temporary DNS error leaves the destination out and is not cached.
-	res.fail = map[string]error{"example.com._report._dmarc.tmp.example.": &net.DNSError{Err: "timeout", IsTimeout: true}}
+	res.Fail = map[string]error{"example.com._report._dmarc.tmp.example.": &net.DNSError{Err: "timeout", IsTimeout: true}}
 	f3 := failure(t, "v=DMARC1; p=reject; fo=1; ruf=mailto:x@tmp.example")
 	if got := processed(t, r, f3); len(got) != 0 {
 		t.Errorf("spooled despite DNS error: %v", got)
 	}
-	res.fail = nil
-	res.txt["example.com._report._dmarc.tmp.example."] = []string{"v=DMARC1"}
+	res.Fail = nil
+	res.TXT["example.com._report._dmarc.tmp.example."] = []string{"v=DMARC1"}
 	f3.ClientIP = net.ParseIP("192.0.2.77")
 	if got := processed(t, r, f3); len(got) != 1 {
 		t.Errorf("not spooled after DNS recovered: %v", got)

@@ -2,7 +2,6 @@ package report
 
 import (
 	"bufio"
-	"context"
 	"io"
 	"net"
 	"path/filepath"
@@ -15,49 +14,15 @@ import (
 	"github.com/emersion/go-message/textproto"
 	"github.com/rs/zerolog"
 
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 )
 
-// fakeResolver answers TXT queries from a map (names lower-case, with the
-// trailing dot); anything else is NXDOMAIN.
-type fakeResolver struct {
-	mu      sync.Mutex
-	txt     map[string][]string
-	fail    map[string]error
-	queries []string
-}
-
-func (f *fakeResolver) LookupTXT(_ context.Context, name string) ([]string, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	k := strings.ToLower(name)
-	f.queries = append(f.queries, k)
-	if err, ok := f.fail[k]; ok {
-		return nil, err
-	}
-	if v, ok := f.txt[k]; ok {
-		return v, nil
-	}
-	return nil, &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
-}
-
-func (f *fakeResolver) count(name string) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	n := 0
-	for _, q := range f.queries {
-		if q == name {
-			n++
-		}
-	}
-	return n
-}
-
-func newResolver() *fakeResolver {
-	return &fakeResolver{txt: map[string][]string{
+func newResolver() *dnstest.Resolver {
+	return &dnstest.Resolver{TXT: map[string][]string{
 		"_dmarc.example.com.": {"v=DMARC1; p=reject"},
 		"bad.example.":        {"v=spf1 ip4:198.51.100.0/24 -all"},
 		"example.com.":        {"v=spf1 ip4:203.0.113.0/24 -all", "google-site-verification=x"},

@@ -1,6 +1,9 @@
-// Package dnstest runs a small authoritative DNS server (RFC 1034, RFC 1035)
-// on the loopback interface, for tests of code that sends real DNS queries.
+// Package dnstest holds the tests' DNS: Resolver, a map-based fake for
+// unit tests of code that takes a resolver (after mox's dns/mock.go), and
+// Server, a small authoritative DNS server (RFC 1034, RFC 1035) on the
+// loopback interface for tests of code that sends real DNS queries.
 //
+// The server:
 // Zones are given as RFC 1035 section 5 master-file text (with $ORIGIN and
 // $TTL). The server answers over UDP and TCP on the same port, follows
 // in-zone CNAME chains (RFC 1034 section 4.3.2), tells NXDOMAIN from NODATA

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
 	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
 
 	msgauth "github.com/emersion/go-msgauth/dkim"
@@ -73,7 +74,7 @@ func statuses(rs []Result) string {
 var quoted = regexp.MustCompile(`"([^"]*)"`)
 
 // rfc8463Zone serves the key records of RFC 8463 Appendix A.2.
-func rfc8463Zone(t *testing.T) zone {
+func rfc8463Zone(t *testing.T) *dnstest.Resolver {
 	t.Helper()
 	dir := filepath.Join(conformance.Dir(t, "dkim"), "rfc8463")
 	dns, err := os.ReadFile(filepath.Join(dir, "rfc8463-A2-dns.txt"))
@@ -81,7 +82,7 @@ func rfc8463Zone(t *testing.T) zone {
 		t.Fatal(err)
 	}
 	// name. IN TXT "string" ["string" ...]
-	z := zone{}
+	z := &dnstest.Resolver{TXT: map[string][]string{}, Fail: map[string]error{}}
 	for line := range strings.Lines(string(dns)) {
 		name, _, ok := strings.Cut(line, " ")
 		if !ok {
@@ -91,10 +92,10 @@ func rfc8463Zone(t *testing.T) zone {
 		for _, m := range quoted.FindAllStringSubmatch(line, -1) {
 			txt.WriteString(m[1])
 		}
-		z[strings.ToLower(strings.TrimSuffix(name, "."))] = record{txts: []string{txt.String()}}
+		z.TXT[strings.ToLower(strings.TrimSuffix(name, "."))] = []string{txt.String()}
 	}
-	if len(z) != 2 {
-		t.Fatalf("%d key records, want 2", len(z))
+	if len(z.TXT) != 2 {
+		t.Fatalf("%d key records, want 2", len(z.TXT))
 	}
 	return z
 }
@@ -106,7 +107,7 @@ func TestRFC8463(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := verifyAsMilter(t, msg, z.lookupTXT)
+	got := verifyAsMilter(t, msg, z.LookupTXT)
 	want := []Result{
 		{Status: Pass, Domain: "football.example.com", Selector: "brisbane", Identifier: "@football.example.com",
 			Algorithm: "ed25519-sha256", BPrefix: "/gCrinpc"},
@@ -143,12 +144,12 @@ func TestMailAuth(t *testing.T) {
 				t.Fatal(err)
 			}
 			records, msg, _ := bytes.Cut(data, []byte("\n\n"))
-			z := zone{}
+			z := &dnstest.Resolver{TXT: map[string][]string{}, Fail: map[string]error{}}
 			for line := range strings.Lines(string(records)) {
 				name, value, _ := strings.Cut(strings.TrimSpace(line), " ")
-				z[strings.ToLower(name)] = record{txts: []string{value}}
+				z.TXT[strings.ToLower(name)] = []string{value}
 			}
-			got := verifyAsMilterOpts(t, rfc5322.CRLF(msg), Options{LookupTXT: z.lookupTXT, Now: now})
+			got := verifyAsMilterOpts(t, rfc5322.CRLF(msg), Options{LookupTXT: z.LookupTXT, Now: now})
 			if len(got) == 0 {
 				t.Fatal("no signatures")
 			}
@@ -168,13 +169,13 @@ func TestMailAuth(t *testing.T) {
 
 // mailDKIMZone reads Mail::DKIM's FAKE_DNS.dat: "name value" lines, value
 // NXDOMAIN for no record and ~~text~~ for a DNS error.
-func mailDKIMZone(t *testing.T, path string) zone {
+func mailDKIMZone(t *testing.T, path string) *dnstest.Resolver {
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	z := zone{}
+	z := &dnstest.Resolver{TXT: map[string][]string{}, Fail: map[string]error{}}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
@@ -188,11 +189,11 @@ func mailDKIMZone(t *testing.T, path string) zone {
 		case value == "NXDOMAIN":
 			// Absent from the zone: NXDOMAIN.
 		case strings.HasPrefix(value, "~~"):
-			z[name] = record{err: &net.DNSError{Err: strings.Trim(value, "~"), Name: name, IsTemporary: true}}
+			z.Fail[name] = &net.DNSError{Err: strings.Trim(value, "~"), Name: name, IsTemporary: true}
 		case value == `""`:
-			z[name] = record{txts: []string{""}}
+			z.TXT[name] = []string{""}
 		default:
-			z[name] = record{txts: []string{value}}
+			z.TXT[name] = []string{value}
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -305,14 +306,14 @@ func TestMailDKIM(t *testing.T) {
 				}
 				// Mail::DKIM's corpus mixes LF and CRLF files; the body is
 				// fed as it is, exercising the lone-LF handling.
-				got := verifyAsMilterOpts(t, raw, Options{LookupTXT: z.lookupTXT, weak: mode == "legacy"})
+				got := verifyAsMilterOpts(t, raw, Options{LookupTXT: z.LookupTXT, weak: mode == "legacy"})
 				if statuses(got) != wantS {
 					t.Errorf("got %q %v, want %q (Mail::DKIM: %s)", statuses(got), errs(got), wantS, c.Expected)
 					return
 				}
 				counts[mode+": "+c.Expected+"->"+wantS]++
 				if mode == "strict" {
-					if ma := msgauthStatuses(raw, z.lookupTXT); ma != statuses(got) {
+					if ma := msgauthStatuses(raw, z.LookupTXT); ma != statuses(got) {
 						msgauthWrong[name] = fmt.Sprintf("go-msgauth %s, we %s", ma, statuses(got))
 					}
 				}
@@ -388,7 +389,7 @@ func TestDkimpy(t *testing.T) {
 			t.Fatal(err)
 		}
 		key := ed25519.NewKeyFromSeed(seed)
-		z := zone{"test._domainkey.example.com": {txts: []string{read("ed25519test.dns")}}}
+		z := &dnstest.Resolver{TXT: map[string][]string{"test._domainkey.example.com": []string{read("ed25519test.dns")}}}
 		pub, err := parseKey(read("ed25519test.dns"))
 		if err != nil || !pub.ed.Equal(key.Public()) {
 			t.Fatalf("ed25519test.dns does not hold the public key of ed25519test.key: %v", err)
@@ -399,19 +400,19 @@ func TestDkimpy(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if got := statuses(verifyAsMilter(t, signed.Bytes(), z.lookupTXT)); got != "pass" {
+		if got := statuses(verifyAsMilter(t, signed.Bytes(), z.LookupTXT)); got != "pass" {
 			t.Errorf("signed with dkimpy's key: %s, want pass", got)
 		}
 		tampered := bytes.Replace(signed.Bytes(), []byte("a test message"), []byte("a fake message"), 1)
-		if got := statuses(verifyAsMilter(t, tampered, z.lookupTXT)); got != "fail" {
+		if got := statuses(verifyAsMilter(t, tampered, z.LookupTXT)); got != "fail" {
 			t.Errorf("tampered body: %s, want fail", got)
 		}
 	})
 
 	t.Run("Exim ed25519 signature", func(t *testing.T) {
-		z := zone{"sed._domainkey.test.ex": {txts: []string{read("eximtest.dns")}}}
+		z := &dnstest.Resolver{TXT: map[string][]string{"sed._domainkey.test.ex": []string{read("eximtest.dns")}}}
 		msg := rfc5322.CRLF([]byte(read("ed25519test2.msg") + "\n"))
-		if got := verifyAsMilter(t, msg, z.lookupTXT); statuses(got) != "pass" {
+		if got := verifyAsMilter(t, msg, z.LookupTXT); statuses(got) != "pass" {
 			t.Errorf("got %s %v, want pass", statuses(got), errs(got))
 		}
 	})
@@ -419,7 +420,7 @@ func TestDkimpy(t *testing.T) {
 	t.Run("RFC 6376 example signed with the RFC 8463 keys", func(t *testing.T) {
 		z := rfc8463Zone(t)
 		msg := rfc5322.CRLF([]byte(read("rfc6376.signed.msg") + "\n"))
-		if got := verifyAsMilter(t, msg, z.lookupTXT); statuses(got) != "pass,pass" {
+		if got := verifyAsMilter(t, msg, z.LookupTXT); statuses(got) != "pass,pass" {
 			t.Errorf("got %s %v, want pass,pass", statuses(got), errs(got))
 		}
 	})

@@ -24,6 +24,8 @@ import (
 	"time"
 
 	msgauth "github.com/emersion/go-msgauth/dkim"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
 )
 
 // field is a header field as the MTA delivers it to a milter.
@@ -95,29 +97,6 @@ func write(t testing.TB, v *Verifier, fields []field, body []byte, sizes []int) 
 			buf[j] = 'X'
 		}
 	}
-}
-
-// zone is an in-memory TXT lookup.
-type zone map[string]record
-
-type record struct {
-	txts []string
-	err  error
-}
-
-func (z zone) lookupTXT(ctx context.Context, name string) ([]string, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	r, ok := z[strings.ToLower(strings.TrimSuffix(name, "."))]
-	if !ok {
-		return nil, &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
-	}
-	return r.txts, r.err
-}
-
-func servfail(name string) record {
-	return record{err: &net.DNSError{Err: "server misbehaving", Name: name, IsTemporary: true}}
 }
 
 var chunkSizes = [][]int{{1}, {2, 3, 5, 7}, {64 << 10}, {13, 1, 4096, 2}}
@@ -303,19 +282,23 @@ func TestSigned(t *testing.T) {
 	n.SetBit(n, 511, 1).SetBit(n, 0, 1)
 	shortPub := &rsa.PublicKey{N: n, E: 65537}
 
-	z := zone{
-		"rsa._domainkey.example.org":      {txts: []string{keyRecord(t, rsaKey.Public())}},
-		"ed._domainkey.example.org":       {txts: []string{keyRecord(t, edKey.Public())}},
-		"wrong._domainkey.example.org":    {txts: []string{keyRecord(t, otherKey.Public())}},
-		"short._domainkey.example.org":    {txts: []string{keyRecord(t, shortPub)}},
-		"servfail._domainkey.example.org": servfail("servfail._domainkey.example.org"),
-		"timeout._domainkey.example.org": {err: &net.DNSError{Err: "i/o timeout", Name: "timeout._domainkey.example.org",
-			IsTimeout: true}},
-		"wrapped._domainkey.example.org": {err: fmt.Errorf("resolver: %w",
-			&net.DNSError{Err: "no such host", Name: "wrapped._domainkey.example.org", IsNotFound: true})},
-		"other._domainkey.example.org":   {err: errors.New("connection refused")},
-		"two._domainkey.example.org":     {txts: []string{keyRecord(t, rsaKey.Public()), keyRecord(t, rsaKey.Public())}},
-		"revoked._domainkey.example.org": {txts: []string{"v=DKIM1; k=rsa; p="}},
+	z := &dnstest.Resolver{
+		TXT: map[string][]string{
+			"rsa._domainkey.example.org":     {keyRecord(t, rsaKey.Public())},
+			"ed._domainkey.example.org":      {keyRecord(t, edKey.Public())},
+			"wrong._domainkey.example.org":   {keyRecord(t, otherKey.Public())},
+			"short._domainkey.example.org":   {keyRecord(t, shortPub)},
+			"two._domainkey.example.org":     {keyRecord(t, rsaKey.Public()), keyRecord(t, rsaKey.Public())},
+			"revoked._domainkey.example.org": {"v=DKIM1; k=rsa; p="},
+		},
+		Fail: map[string]error{
+			"servfail._domainkey.example.org": dnstest.ServFail("servfail._domainkey.example.org"),
+			"timeout._domainkey.example.org": &net.DNSError{Err: "i/o timeout", Name: "timeout._domainkey.example.org",
+				IsTimeout: true},
+			"wrapped._domainkey.example.org": fmt.Errorf("resolver: %w",
+				&net.DNSError{Err: "no such host", Name: "wrapped._domainkey.example.org", IsNotFound: true}),
+			"other._domainkey.example.org": errors.New("connection refused"),
+		},
 	}
 
 	signOpts := func(signer crypto.Signer, sel, hc, bc string) *msgauth.SignOptions {
@@ -404,7 +387,7 @@ func TestSigned(t *testing.T) {
 		for _, sizes := range chunkSizes {
 			t.Run(fmt.Sprintf("%s/%v", tt.name, sizes), func(t *testing.T) {
 				fields, body := splitMessage(tt.msg, tt.leadingSpace)
-				v := NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: tt.leadingSpace,
+				v := NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: tt.leadingSpace,
 					MaxSignatures: tt.max, Now: tt.now})
 				got := feed(t, v, fields, body, sizes)
 				if len(got) != len(tt.want) {
@@ -440,9 +423,9 @@ func TestBPrefix(t *testing.T) {
 	sigValue, _, _ := strings.Cut(string(msg), "\r\nFrom:")
 	_, b, _ := strings.Cut(sigValue, " b=")
 	b = strings.NewReplacer("\r\n", "", " ", "").Replace(b)
-	z := zone{"ed._domainkey.example.org": {txts: []string{keyRecord(t, key.Public())}}}
+	z := &dnstest.Resolver{TXT: map[string][]string{"ed._domainkey.example.org": []string{keyRecord(t, key.Public())}}}
 	fields, body := splitMessage(msg, true)
-	got := feed(t, NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: true}), fields, body, []int{100})
+	got := feed(t, NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true}), fields, body, []int{100})
 	if len(got) != 1 || got[0].Status != Pass || got[0].BPrefix != b[:8] {
 		t.Fatalf("got %+v, want pass with BPrefix %q", got, b[:8])
 	}
@@ -454,10 +437,10 @@ func TestBPrefix(t *testing.T) {
 func TestChunkingAndPrefetch(t *testing.T) {
 	rsaKey := loadKey(t, "rsa2048.pem")
 	edKey := loadKey(t, "ed25519.pem")
-	z := zone{
-		"rsa._domainkey.example.org": {txts: []string{keyRecord(t, rsaKey.Public())}},
-		"ed._domainkey.example.org":  {txts: []string{keyRecord(t, edKey.Public())}},
-	}
+	z := &dnstest.Resolver{TXT: map[string][]string{
+		"rsa._domainkey.example.org": {keyRecord(t, rsaKey.Public())},
+		"ed._domainkey.example.org":  {keyRecord(t, edKey.Public())},
+	}}
 	signBoth := func(body string) []byte {
 		m := sign(t, body, &msgauth.SignOptions{Domain: "example.org", Selector: "rsa", Signer: rsaKey})
 		return sign(t, string(m), &msgauth.SignOptions{Domain: "example.org", Selector: "ed", Signer: edKey,
@@ -470,7 +453,7 @@ func TestChunkingAndPrefetch(t *testing.T) {
 		for _, sizes := range append(chunkSizes[1:], []int{len(body)}) {
 			t.Run(fmt.Sprintf("%d/%v", size, sizes[:min(len(sizes), 2)]), func(t *testing.T) {
 				var prefetched []string
-				v := NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: true,
+				v := NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true,
 					Prefetch: func(name string) { prefetched = append(prefetched, name) }})
 				write(t, v, fields, body, sizes)
 				if want := []string{"ed._domainkey.example.org", "rsa._domainkey.example.org"}; !slices.Equal(prefetched, want) {
@@ -498,7 +481,7 @@ func allStacks() string {
 }
 
 func TestNoSignatureNoGoroutine(t *testing.T) {
-	v := NewVerifier(context.Background(), Options{LookupTXT: zone{}.lookupTXT, LeadingSpace: true})
+	v := NewVerifier(context.Background(), Options{LookupTXT: (&dnstest.Resolver{}).LookupTXT, LeadingSpace: true})
 	fields, body := splitMessage([]byte(testMessage), true)
 	for _, f := range fields {
 		v.AddHeader(f.name, f.value)
@@ -535,7 +518,7 @@ func waitGoroutines(t *testing.T, n int) {
 
 func TestAbort(t *testing.T) {
 	key := loadKey(t, "rsa2048.pem")
-	z := zone{"rsa._domainkey.example.org": {txts: []string{keyRecord(t, key.Public())}}}
+	z := &dnstest.Resolver{TXT: map[string][]string{"rsa._domainkey.example.org": []string{keyRecord(t, key.Public())}}}
 	one := sign(t, testMessage+strings.Repeat("more body text\r\n", 10000),
 		&msgauth.SignOptions{Domain: "example.org", Selector: "rsa", Signer: key})
 	three := sign(t, string(sign(t, string(one), &msgauth.SignOptions{Domain: "example.org", Selector: "rsa", Signer: key})),
@@ -553,10 +536,10 @@ func TestAbort(t *testing.T) {
 		lookup    func(context.Context, string) ([]string, error)
 		bodyBytes int // fed before Abort; -1: abort before EndHeaders
 	}{
-		{"before EndHeaders", three, z.lookupTXT, -1},
-		{"one signature, after header", one, z.lookupTXT, 0},
-		{"one signature, mid-body", one, z.lookupTXT, 50000},
-		{"three signatures, mid-body", three, z.lookupTXT, 50000},
+		{"before EndHeaders", three, z.LookupTXT, -1},
+		{"one signature, after header", one, z.LookupTXT, 0},
+		{"one signature, mid-body", one, z.LookupTXT, 50000},
+		{"three signatures, mid-body", three, z.LookupTXT, 50000},
 		{"three signatures, blocked DNS", three, blocking, 0},
 		{"one signature, blocked DNS", one, blocking, 0},
 	}
@@ -598,7 +581,7 @@ func TestMemory(t *testing.T) {
 		t.Skip("50 MiB body")
 	}
 	key := loadKey(t, "rsa2048.pem")
-	z := zone{"rsa._domainkey.example.org": {txts: []string{keyRecord(t, key.Public())}}}
+	z := &dnstest.Resolver{TXT: map[string][]string{"rsa._domainkey.example.org": []string{keyRecord(t, key.Public())}}}
 	const chunkSize, chunks = 64 << 10, 800
 	chunk := make([]byte, 0, chunkSize)
 	for i := 0; len(chunk) < chunkSize-100; i++ {
@@ -630,7 +613,7 @@ func TestMemory(t *testing.T) {
 	runtime.ReadMemStats(&ms)
 	base, peak, allocStart := ms.HeapAlloc, ms.HeapAlloc, ms.TotalAlloc
 
-	v := NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: true})
+	v := NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true})
 	for _, f := range fields {
 		v.AddHeader(f.name, f.value)
 	}
@@ -661,7 +644,7 @@ func TestMemory(t *testing.T) {
 
 func BenchmarkVerify(b *testing.B) {
 	key := loadKey(b, "rsa2048.pem")
-	z := zone{"rsa._domainkey.example.org": {txts: []string{keyRecord(b, key.Public())}}}
+	z := &dnstest.Resolver{TXT: map[string][]string{"rsa._domainkey.example.org": []string{keyRecord(b, key.Public())}}}
 	body := strings.Repeat("A line of body text that goes on for a while, typical of mail.\r\n", 52)
 	msg := sign(b, testMessage+body, &msgauth.SignOptions{Domain: "example.org", Selector: "rsa", Signer: key})
 	if len(msg) < 3900 || len(msg) > 4300 {
@@ -669,7 +652,7 @@ func BenchmarkVerify(b *testing.B) {
 	}
 	fields, rawBody := splitMessage(msg, true)
 	// As the daemon runs: parsed keys kept across messages.
-	opts := Options{LookupTXT: z.lookupTXT, LeadingSpace: true, Keys: NewKeyCache(10)}
+	opts := Options{LookupTXT: z.LookupTXT, LeadingSpace: true, Keys: NewKeyCache(10)}
 	b.ReportAllocs()
 	for b.Loop() {
 		v := NewVerifier(context.Background(), opts)
@@ -707,7 +690,7 @@ func TestBlankRunBounded(t *testing.T) {
 		t.Skip("32 MiB body")
 	}
 	key := loadKey(t, "rsa2048.pem").(*rsa.PrivateKey)
-	z := zone{"rsa._domainkey.example.org": {txts: []string{keyRecord(t, key.Public())}}}
+	z := &dnstest.Resolver{TXT: map[string][]string{"rsa._domainkey.example.org": []string{keyRecord(t, key.Public())}}}
 	header := "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: blank\r\n"
 	const chunks = 512 // of 64 KiB: 32 MiB
 	for _, tc := range []struct {
@@ -742,7 +725,7 @@ func TestBlankRunBounded(t *testing.T) {
 		runtime.GC()
 		runtime.ReadMemStats(&ms)
 		base, peak := ms.HeapAlloc, ms.HeapAlloc
-		v := NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: true})
+		v := NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true})
 		for _, f := range fields {
 			v.AddHeader(f.name, f.value)
 		}
@@ -777,10 +760,10 @@ func TestBlankRunBounded(t *testing.T) {
 func TestIdentifierRules(t *testing.T) {
 	key := loadKey(t, "rsa2048.pem").(*rsa.PrivateKey)
 	rec := keyRecord(t, key.Public())
-	z := zone{
-		"rsa._domainkey.example.org":    {txts: []string{rec}},
-		"strict._domainkey.example.org": {txts: []string{strings.Replace(rec, "k=rsa;", "k=rsa; t=y:s;", 1)}},
-	}
+	z := &dnstest.Resolver{TXT: map[string][]string{
+		"rsa._domainkey.example.org":    {rec},
+		"strict._domainkey.example.org": {strings.Replace(rec, "k=rsa;", "k=rsa; t=y:s;", 1)},
+	}}
 	tests := []struct {
 		name, selector, i string
 		want, msgauth     Status
@@ -795,11 +778,11 @@ func TestIdentifierRules(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			msg := signManual(t, unfoldedMessage, key, crypto.SHA256, "rsa-sha256", "example.org", tt.selector, " i="+tt.i+";")
 			fields, body := splitMessage(msg, true)
-			got := feed(t, NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: true}), fields, body, []int{100})
+			got := feed(t, NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true}), fields, body, []int{100})
 			if len(got) != 1 || got[0].Status != tt.want {
 				t.Errorf("got %+v, want %s", got, tt.want)
 			}
-			if ma := msgauthStatuses(msg, z.lookupTXT); ma != string(tt.msgauth) {
+			if ma := msgauthStatuses(msg, z.LookupTXT); ma != string(tt.msgauth) {
 				t.Errorf("go-msgauth says %s, the test expects it to say %s", ma, tt.msgauth)
 			}
 		})
@@ -835,12 +818,12 @@ func TestKeyCache(t *testing.T) {
 // that lists From twice forbids a second From field being added.
 func TestOversigning(t *testing.T) {
 	key := loadKey(t, "ed25519.pem")
-	z := zone{"ed._domainkey.example.org": {txts: []string{keyRecord(t, key.Public())}}}
+	z := &dnstest.Resolver{TXT: map[string][]string{"ed._domainkey.example.org": []string{keyRecord(t, key.Public())}}}
 	msg := sign(t, testMessage, &msgauth.SignOptions{Domain: "example.org", Selector: "ed", Signer: key,
 		HeaderKeys: []string{"From", "From", "Subject", "Subject", "To", "Date", "Message-ID", "Reply-To"}})
 	verify := func(m []byte) Status {
 		fields, body := splitMessage(m, true)
-		got := feed(t, NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: true}), fields, body, []int{64})
+		got := feed(t, NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true}), fields, body, []int{64})
 		if len(got) != 1 {
 			t.Fatalf("results %+v", got)
 		}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
 )
 
 // FuzzVerify feeds hostile signatures, key records, headers and bodies
@@ -20,8 +22,8 @@ func FuzzVerify(f *testing.F) {
 		"v=DKIM1; k=ed25519; t=s:y; h=sha256; p=G99n/xBJrwrWBHRzSmdHlx6KbOdldB6dOMDbL5FNnxU=", "From: a@example.org\nTo: b", " \t\r\n\r\n\n \r", uint8(1))
 	f.Add("b=; b=", "v=DKIM2;", "X:\r\n\t", "\r", uint8(0))
 	f.Fuzz(func(t *testing.T, sig, key, header, body string, chunk uint8) {
-		z := zone{"s._domainkey.example.org": {txts: []string{key}}}
-		v := NewVerifier(context.Background(), Options{LookupTXT: z.lookupTXT, LeadingSpace: chunk%2 == 0,
+		z := &dnstest.Resolver{TXT: map[string][]string{"s._domainkey.example.org": {key}}}
+		v := NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: chunk%2 == 0,
 			Now: func() time.Time { return time.Unix(1700000000, 0) }})
 		v.AddHeader("DKIM-Signature", sig)
 		for _, line := range strings.Split(header, "\n") {

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/conformance"
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
 )
 
 // Conformance cases that do not pass, with the reason. Every case of an RFC
@@ -265,12 +266,12 @@ func newStubZone() *stubZone {
 	return &stubZone{txt: map[string][]string{}, other: map[string]bool{}, servfail: map[string]bool{}}
 }
 
-func (z *stubZone) resolver() *fakeResolver {
+func (z *stubZone) resolver() *dnstest.Resolver {
 	fail := map[string]error{}
 	for n := range z.servfail {
-		fail[n] = servfail(n)
+		fail[n] = dnstest.ServFail(n)
 	}
-	return &fakeResolver{txt: z.txt, fail: fail}
+	return &dnstest.Resolver{TXT: z.txt, Fail: fail}
 }
 
 // exists reports whether a name has records or names below it (an empty

@@ -3,35 +3,12 @@ package dmarc
 import (
 	"context"
 	"errors"
-	"net"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
 )
-
-// fakeResolver serves TXT records from a map keyed by fully-qualified
-// lower-case name and records the queries.
-type fakeResolver struct {
-	txt     map[string][]string
-	fail    map[string]error // Errors returned for a name.
-	queries []string
-}
-
-func (f *fakeResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
-	f.queries = append(f.queries, name)
-	k := strings.ToLower(name)
-	if err, ok := f.fail[k]; ok {
-		return nil, err
-	}
-	if v, ok := f.txt[k]; ok {
-		return v, nil
-	}
-	return nil, &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
-}
-
-func servfail(name string) error {
-	return &net.DNSError{Err: "server misbehaving", Name: name, IsTemporary: true}
-}
 
 func TestTreeWalkQueries(t *testing.T) {
 	tests := []struct {
@@ -60,22 +37,22 @@ func TestTreeWalkQueries(t *testing.T) {
 		}},
 	}
 	for _, tc := range tests {
-		r := &fakeResolver{}
+		r := &dnstest.Resolver{}
 		_, err := Discover(context.Background(), r, tc.domain)
 		if !errors.Is(err, ErrNoRecord) {
 			t.Errorf("%s: err %v, want ErrNoRecord", tc.domain, err)
 		}
-		if !reflect.DeepEqual(r.queries, tc.want) {
-			t.Errorf("%s: queries\n%q\nwant\n%q", tc.domain, r.queries, tc.want)
+		if !reflect.DeepEqual(r.Queries(), tc.want) {
+			t.Errorf("%s: queries\n%q\nwant\n%q", tc.domain, r.Queries(), tc.want)
 		}
 	}
 
 	// Very long names never take more than 8 queries.
 	long := strings.Repeat("x.", 100) + "example.com"
-	r := &fakeResolver{}
+	r := &dnstest.Resolver{}
 	d, _ := Discover(context.Background(), r, long)
-	if len(r.queries) != 8 || d.Queries != 8 {
-		t.Errorf("long name: %d queries (reported %d), want 8", len(r.queries), d.Queries)
+	if len(r.Queries()) != 8 || d.Queries != 8 {
+		t.Errorf("long name: %d queries (reported %d), want 8", len(r.Queries()), d.Queries)
 	}
 }
 
@@ -97,8 +74,8 @@ func TestDiscover(t *testing.T) {
 		"_dmarc.child.tempsub.example.": {"v=DMARC1; p=reject"},
 	}
 	fail := map[string]error{
-		"_dmarc.tempfail.example.": servfail("_dmarc.tempfail.example."),
-		"_dmarc.tempsub.example.":  servfail("_dmarc.tempsub.example."),
+		"_dmarc.tempfail.example.": dnstest.ServFail("_dmarc.tempfail.example."),
+		"_dmarc.tempsub.example.":  dnstest.ServFail("_dmarc.tempsub.example."),
 	}
 	tests := []struct {
 		domain       string
@@ -138,7 +115,7 @@ func TestDiscover(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.domain, func(t *testing.T) {
-			r := &fakeResolver{txt: zone, fail: fail}
+			r := &dnstest.Resolver{TXT: zone, Fail: fail}
 			d, err := Discover(context.Background(), r, tc.domain)
 			switch tc.err {
 			case "":
@@ -165,8 +142,8 @@ func TestDiscover(t *testing.T) {
 			if tc.err != "temp" && (d.Domain != tc.policyDomain || d.OrgDomain != tc.org) {
 				t.Errorf("policy domain %q org %q, want %q %q", d.Domain, d.OrgDomain, tc.policyDomain, tc.org)
 			}
-			if d.Queries != tc.queries || len(r.queries) != tc.queries {
-				t.Errorf("queries %d (made %d: %q), want %d", d.Queries, len(r.queries), r.queries, tc.queries)
+			if d.Queries != tc.queries || len(r.Queries()) != tc.queries {
+				t.Errorf("queries %d (made %d: %q), want %d", d.Queries, len(r.Queries()), r.Queries(), tc.queries)
 			}
 		})
 	}
@@ -230,24 +207,24 @@ func TestOrganizationalDomain(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := OrganizationalDomain(context.Background(), &fakeResolver{txt: tc.zone}, tc.domain)
+			got, err := OrganizationalDomain(context.Background(), &dnstest.Resolver{TXT: tc.zone}, tc.domain)
 			if err != nil || got != tc.want {
 				t.Errorf("got %q, %v; want %q", got, err, tc.want)
 			}
 		})
 	}
 
-	r := &fakeResolver{fail: map[string]error{"_dmarc.example.com.": servfail("x")}}
+	r := &dnstest.Resolver{Fail: map[string]error{"_dmarc.example.com.": dnstest.ServFail("x")}}
 	if _, err := OrganizationalDomain(context.Background(), r, "a.example.com"); !IsTemporary(err) {
 		t.Errorf("temp failure: err %v, want temporary", err)
 	}
 	// A non-DNS error (e.g. context canceled) is temporary too.
-	r = &fakeResolver{fail: map[string]error{"_dmarc.example.com.": context.Canceled}}
+	r = &dnstest.Resolver{Fail: map[string]error{"_dmarc.example.com.": context.Canceled}}
 	if _, err := OrganizationalDomain(context.Background(), r, "example.com"); !IsTemporary(err) || !errors.Is(err, context.Canceled) {
 		t.Errorf("canceled: err %v, want temporary wrapping context.Canceled", err)
 	}
 	for _, bad := range []string{"", ".", "a..example", "-x-.example\x00"} {
-		if _, err := OrganizationalDomain(context.Background(), &fakeResolver{}, bad); !errors.Is(err, ErrInvalidDomain) {
+		if _, err := OrganizationalDomain(context.Background(), &dnstest.Resolver{}, bad); !errors.Is(err, ErrInvalidDomain) {
 			t.Errorf("%q: err %v, want ErrInvalidDomain", bad, err)
 		}
 	}

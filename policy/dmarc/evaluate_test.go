@@ -5,6 +5,8 @@ import (
 	"errors"
 	"reflect"
 	"testing"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
 )
 
 func TestEvaluate(t *testing.T) {
@@ -28,8 +30,8 @@ func TestEvaluate(t *testing.T) {
 		"_dmarc.sprua.example.":      {"v=DMARC1; sp=reject; rua=mailto:d@sprua.example"},
 	}
 	fail := map[string]error{
-		"_dmarc.temp.example.":        servfail("_dmarc.temp.example."),
-		"_dmarc.tempsig.example.com.": servfail("_dmarc.tempsig.example.com."),
+		"_dmarc.temp.example.":        dnstest.ServFail("_dmarc.temp.example."),
+		"_dmarc.tempsig.example.com.": dnstest.ServFail("_dmarc.tempsig.example.com."),
 	}
 	nonexistent := map[string]bool{"ghost.example.com": true, "ghost.np.example": true}
 	exists := func(ctx context.Context, d string) (bool, error) {
@@ -135,7 +137,7 @@ func TestEvaluate(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.in.Exists = exists
-			r := &fakeResolver{txt: zone, fail: fail}
+			r := &dnstest.Resolver{TXT: zone, Fail: fail}
 			res := Evaluate(context.Background(), r, tc.in)
 			got := want{res.Status, res.PolicyDomain, res.Policy, res.Applied, res.SPFAligned, res.DKIMAligned, res.AlignedDKIMDomain}
 			if got != tc.want {
@@ -149,9 +151,9 @@ func TestEvaluate(t *testing.T) {
 			}
 			// The per-evaluation cache means no name is queried twice.
 			seen := map[string]bool{}
-			for _, q := range r.queries {
+			for _, q := range r.Queries() {
 				if seen[q] {
-					t.Errorf("%s queried twice: %q", q, r.queries)
+					t.Errorf("%s queried twice: %q", q, r.Queries())
 				}
 				seen[q] = true
 			}
@@ -167,13 +169,13 @@ func TestEvaluateExistsNotCalled(t *testing.T) {
 		return false, nil
 	}}
 	// np falls back to sp: both quarantine, no existence check needed.
-	res := Evaluate(context.Background(), &fakeResolver{txt: zone}, in)
+	res := Evaluate(context.Background(), &dnstest.Resolver{TXT: zone}, in)
 	if called || res.Policy != PolicyQuarantine {
 		t.Errorf("called %v policy %s", called, res.Policy)
 	}
 	// Nil Exists: assume the domain exists.
 	zone["_dmarc.example.com."] = []string{"v=DMARC1; p=reject; sp=quarantine; np=reject"}
-	res = Evaluate(context.Background(), &fakeResolver{txt: zone}, Input{FromDomain: "sub.example.com"})
+	res = Evaluate(context.Background(), &dnstest.Resolver{TXT: zone}, Input{FromDomain: "sub.example.com"})
 	if res.Policy != PolicyQuarantine {
 		t.Errorf("nil Exists: policy %s, want quarantine", res.Policy)
 	}
@@ -193,10 +195,10 @@ func TestEvaluateLookupFailures(t *testing.T) {
 		"_dmarc.same.psd.example.": {"v=DMARC1; p=none"},
 	}
 	fail := map[string]error{
-		"_dmarc.com.":              servfail("_dmarc.com."),
-		"_dmarc.org.":              servfail("_dmarc.org."),
-		"_dmarc.example.":          servfail("_dmarc.example."),
-		"_dmarc.down.example.com.": servfail("_dmarc.down.example.com."),
+		"_dmarc.com.":              dnstest.ServFail("_dmarc.com."),
+		"_dmarc.org.":              dnstest.ServFail("_dmarc.org."),
+		"_dmarc.example.":          dnstest.ServFail("_dmarc.example."),
+		"_dmarc.down.example.com.": dnstest.ServFail("_dmarc.down.example.com."),
 	}
 	tests := []struct {
 		name        string
@@ -291,7 +293,7 @@ func TestEvaluateLookupFailures(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := &fakeResolver{txt: zone, fail: fail}
+			r := &dnstest.Resolver{TXT: zone, Fail: fail}
 			res := Evaluate(context.Background(), r, tc.in)
 			if res.Status != tc.status || res.Disposition != tc.disposition {
 				t.Errorf("status %s disposition %q, want %s %q (err %v)", res.Status, res.Disposition, tc.status, tc.disposition, res.Err)
@@ -299,8 +301,8 @@ func TestEvaluateLookupFailures(t *testing.T) {
 			if tc.ignored != (len(res.Ignored) > 0) {
 				t.Errorf("ignored failures %v, want some: %v", res.Ignored, tc.ignored)
 			}
-			if tc.queries != nil && !reflect.DeepEqual(r.queries, tc.queries) {
-				t.Errorf("queries %q, want %q", r.queries, tc.queries)
+			if tc.queries != nil && !reflect.DeepEqual(r.Queries(), tc.queries) {
+				t.Errorf("queries %q, want %q", r.Queries(), tc.queries)
 			}
 		})
 	}
