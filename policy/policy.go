@@ -5,8 +5,11 @@
 // and the local configuration into an action. It also writes the
 // Authentication-Results header field (RFC 8601).
 //
-// The sub-packages do one thing each: resolver (the caching DNS resolver all
-// checks share), spf, dkim and dmarc.
+// A message has one type from the session to the reports: the session
+// collects a Message, Decide judges it into a Verdict, and the Judged
+// message (Message, Verdict, Authentication-Results) goes to the consumers
+// of verdicts. The sub-packages do one thing each: spf, dkim and dmarc;
+// DNS comes through a Resolver (package resolver).
 package policy
 
 import (

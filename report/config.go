@@ -60,7 +60,7 @@ type Config struct {
 	// ReportingMTA is our host name: Reporting-MTA, Message-ID and EHLO.
 	// Required when Enabled.
 	ReportingMTA string
-	// AuthservID is the authserv-id used when a Failure has no
+	// AuthservID is the authserv-id used when a judged message has no
 	// Authentication-Results value of its own; ReportingMTA if empty.
 	AuthservID string
 	// UserAgent is the User-Agent field, e.g. "dmarc-milter/1.0".

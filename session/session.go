@@ -1,3 +1,10 @@
+// Package session is the DMARC session of one milter connection: it
+// collects each message from the MTA's events (package milter) into a
+// policy.Message, running SPF at MAIL FROM and DKIM while the header and
+// body stream; at end of message it has policy judge it, acts on the
+// verdict (reply, Authentication-Results, quarantine), writes one summary
+// log line, and hands the policy.Judged message to the Consumers (failure
+// reports; next, aggregate reports) before the MTA gets its answer.
 package session
 
 import (
@@ -53,6 +60,10 @@ type Settings struct {
 	MaxHeaderBytes, MaxHeaderFields int
 }
 
+// DefaultCheckTimeout bounds each check's DNS time when
+// Settings.CheckTimeout is not set.
+const DefaultCheckTimeout = 20 * time.Second
+
 // Header bounds by default: ten times Postfix's header_size_limit for one
 // field, and far more fields than any legitimate message has.
 const (
@@ -80,7 +91,7 @@ func NewHandler(s Settings) func() milter.Handler {
 		s.Now = time.Now
 	}
 	if s.CheckTimeout <= 0 {
-		s.CheckTimeout = 20 * time.Second
+		s.CheckTimeout = DefaultCheckTimeout
 	}
 	if s.MaxHeaderBytes <= 0 {
 		s.MaxHeaderBytes = DefaultMaxHeaderBytes

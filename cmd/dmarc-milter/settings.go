@@ -9,8 +9,16 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/dmarc-milter/dmarc-milter/milter"
+	"github.com/dmarc-milter/dmarc-milter/policy"
+	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
+	"github.com/dmarc-milter/dmarc-milter/report"
+	"github.com/dmarc-milter/dmarc-milter/resolver"
+	"github.com/dmarc-milter/dmarc-milter/session"
 )
 
 // A setting is one key of the configuration, declared once: everything
@@ -56,31 +64,31 @@ var settings = []setting{
 		Usage: "milter socket Postfix connects to: unix:PATH, inet:HOST:PORT or inet:PORT@HOST"},
 	{Key: "socket_mode", Default: `"0660"`, Restart: true,
 		Usage: "permission of a unix socket (octal)"},
-	{Key: "idle_timeout", Default: `"5m0s"`, Restart: true, Min: 1,
+	{Key: "idle_timeout", Default: dur(milter.DefaultTimeouts.Idle), Restart: true, Min: 1,
 		Usage: "how long a milter connection may wait between commands"},
-	{Key: "read_timeout", Default: `"30s"`, Restart: true, Min: 1,
+	{Key: "read_timeout", Default: dur(milter.DefaultTimeouts.Read), Restart: true, Min: 1,
 		Usage: "how long one milter command may take to arrive"},
-	{Key: "write_timeout", Default: `"30s"`, Restart: true, Min: 1,
+	{Key: "write_timeout", Default: dur(milter.DefaultTimeouts.Write), Restart: true, Min: 1,
 		Usage: "how long writing one reply to the MTA may take"},
 	{Key: "shutdown_timeout", Default: `"30s"`, Restart: true, Min: 1,
 		Usage: "how long SIGTERM waits for open sessions"},
 	// DNS.
 	{Key: "dns", Flag: true, Default: `[]`, Restart: true, FlagElem: checkHostPort,
 		Usage: "upstream DNS resolvers, HOST:PORT; empty: the nameservers of /etc/resolv.conf"},
-	{Key: "dns_timeout", Default: `"2s"`, Restart: true, Min: 1,
+	{Key: "dns_timeout", Default: dur(resolver.DefaultTimeout), Restart: true, Min: 1,
 		Usage: "timeout of one DNS query attempt"},
-	{Key: "dns_cache_size", Default: `50000`, Restart: true, Min: 1,
+	{Key: "dns_cache_size", Default: num(resolver.DefaultCacheSize), Restart: true, Min: 1,
 		Usage: "DNS answers cached"},
-	{Key: "dns_failure_ttl", Default: `"30s"`, Restart: true, Min: 0,
+	{Key: "dns_failure_ttl", Default: dur(resolver.DefaultFailureTTL), Restart: true, Min: 0,
 		Usage: `how long a DNS temporary failure is remembered ("0s": not at all)`},
-	{Key: "check_timeout", Default: `"20s"`, Restart: true, Min: 1,
+	{Key: "check_timeout", Default: dur(session.DefaultCheckTimeout), Restart: true, Min: 1,
 		Usage: "DNS time of each check of a message (SPF, each DKIM key, DMARC), from when it starts"},
 	// Policy.
 	{Key: "authserv_id", Flag: true, Default: `"` + hostToken + `"`, Check: checkAuthservID,
 		Usage: "authserv-id of Authentication-Results; incoming fields carrying it are removed"},
 	{Key: "monitor", Flag: true, Default: `false`,
 		Usage: "evaluate, stamp and log, but never reject, quarantine or defer"},
-	{Key: "quarantine", Default: `"hold"`, Choices: []string{"hold", "mark"},
+	{Key: "quarantine", Default: str(string(policy.QuarantineHold)), Choices: []string{string(policy.QuarantineHold), string(policy.QuarantineMark)},
 		Usage: "how p=quarantine is applied: hold (Postfix hold queue) or mark (Authentication-Results only)"},
 	{Key: "temperror", Flag: true, Default: `"tempfail"`, Choices: []string{"tempfail", "accept"},
 		Usage: "when a DNS temporary error leaves the outcome unknown: tempfail (451 4.7.5) or accept"},
@@ -88,23 +96,23 @@ var settings = []setting{
 		Usage: "reject mail without exactly one parseable From field (or with over 5 domains in it)"},
 	{Key: "reject_multi_author", Default: `false`,
 		Usage: "reject mail whose From holds several addresses (off: the strictest result of its domains applies)"},
-	{Key: "reject_text", Default: `"Message rejected: DMARC policy of {domain} says reject"`, Check: func(c *Config) error { return checkRejectText(c.RejectText) },
+	{Key: "reject_text", Default: str(policy.DefaultRejectText), Check: func(c *Config) error { return checkRejectText(c.RejectText) },
 		Usage: "text of the 550 5.7.1 reply to a DMARC reject; {domain} is the From domain"},
 	{Key: "trusted_networks", Default: `["127.0.0.0/8", "::1/128"]`,
 		Usage: "client networks whose mail is stamped but never enforced"},
 	{Key: "exempt_domains", Default: `[]`,
 		Usage: "From domains (and subdomains) whose mail is stamped but never enforced"},
 	// Limits.
-	{Key: "max_dkim_signatures", Default: `5`, Restart: true, Min: 1,
+	{Key: "max_dkim_signatures", Default: num(dkim.DefaultMaxSignatures), Restart: true, Min: 1,
 		Usage: "DKIM signatures verified per message"},
-	{Key: "max_header_size", Default: `1048576`, Restart: true, Min: 1,
+	{Key: "max_header_size", Default: num(session.DefaultMaxHeaderBytes), Restart: true, Min: 1,
 		Usage: "header bytes kept per message (see Limits)"},
-	{Key: "max_header_fields", Default: `1000`, Restart: true, Min: 1,
+	{Key: "max_header_fields", Default: num(session.DefaultMaxHeaderFields), Restart: true, Min: 1,
 		Usage: "header fields kept per message (see Limits)"},
 	// Reports.
 	{Key: "state_dir", Flag: true, Default: `"/var/lib/dmarc-milter"`, Restart: true,
 		Usage: "directory of the report spool and database"},
-	{Key: "report_smtp", Flag: true, Default: `"127.0.0.1:25"`,
+	{Key: "report_smtp", Flag: true, Default: str(report.DefaultSMTP),
 		Usage: "SMTP relay outgoing reports are handed to, HOST:PORT"},
 	{Key: "report_from", Flag: true, Default: `"postmaster@` + hostToken + `"`, Check: checkReportFrom,
 		Usage: "From address (and envelope sender) of outgoing reports"},
@@ -112,19 +120,19 @@ var settings = []setting{
 		Usage: "AUTH PLAIN user at the relay (sent only over TLS or to a loopback relay)"},
 	{Key: "report_smtp_password", Default: `""`,
 		Usage: "AUTH PLAIN password at the relay"},
-	{Key: "report_starttls", Default: `"opportunistic"`, Choices: []string{"opportunistic", "required", "off"},
+	{Key: "report_starttls", Default: str(report.StartTLSOpportunistic), Choices: []string{report.StartTLSOpportunistic, report.StartTLSRequired, report.StartTLSOff},
 		Usage: "STARTTLS to the relay: opportunistic (certificate not verified), required (verified) or off"},
-	{Key: "report_max_attempts", Default: `10`, Min: 1,
+	{Key: "report_max_attempts", Default: num(report.DefaultMaxAttempts), Min: 1,
 		Usage: "delivery attempts of a report before it is dropped (a 5xx is final at once)"},
-	{Key: "report_min_backoff", Default: `"1m0s"`, Min: 1,
+	{Key: "report_min_backoff", Default: dur(report.DefaultMinBackoff), Min: 1,
 		Usage: "first retry delay, doubling per attempt"},
-	{Key: "report_max_backoff", Default: `"1h0m0s"`, Min: 1, Check: checkBackoffs,
+	{Key: "report_max_backoff", Default: dur(report.DefaultMaxBackoff), Min: 1, Check: checkBackoffs,
 		Usage: "longest retry delay"},
 	{Key: "failure_reports", Flag: true, Default: `true`,
 		Usage: "send DMARC failure reports (RFC 9991) to the ruf= addresses of domains whose fo= matches"},
-	{Key: "failure_report_include", Default: `"headers"`, Choices: []string{"headers", "message"}, Restart: true,
+	{Key: "failure_report_include", Default: str(report.IncludeHeaders), Choices: []string{report.IncludeHeaders, report.IncludeMessage}, Restart: true,
 		Usage: "what of the message a report attaches: headers, or the whole message up to failure_report_max_message_size"},
-	{Key: "failure_report_max_message_size", Default: `65536`, Restart: true, Min: 0,
+	{Key: "failure_report_max_message_size", Default: num(report.DefaultMaxMessageSize), Restart: true, Min: 0,
 		Usage: "largest body attached with failure_report_include = \"message\" (bytes)"},
 	{Key: "failure_report_redact", Default: `false`,
 		Usage: "replace the local part of every address in reports by \"redacted\" (the body is then never attached)"},
@@ -134,15 +142,15 @@ var settings = []setting{
 		Usage: "policy domains (and subdomains) never reported on"},
 	{Key: "failure_report_exclude_networks", Default: `[]`,
 		Usage: "client networks never reported on"},
-	{Key: "failure_report_per_destination", Default: `10`, Min: 1,
+	{Key: "failure_report_per_destination", Default: num(report.DefaultPerDestinationLimit), Min: 1,
 		Usage: "reports per destination address per failure_report_per_destination_window"},
-	{Key: "failure_report_per_destination_window", Default: `"1h0m0s"`, Min: 1,
+	{Key: "failure_report_per_destination_window", Default: dur(report.DefaultPerDestinationWindow), Min: 1,
 		Usage: "window of the per-destination limit"},
-	{Key: "failure_report_global", Default: `300`, Min: 1,
+	{Key: "failure_report_global", Default: num(report.DefaultGlobalLimit), Min: 1,
 		Usage: "reports in all per failure_report_global_window"},
-	{Key: "failure_report_global_window", Default: `"1h0m0s"`, Min: 1,
+	{Key: "failure_report_global_window", Default: dur(report.DefaultGlobalWindow), Min: 1,
 		Usage: "window of the global limit"},
-	{Key: "failure_report_dedup_window", Default: `"1h0m0s"`, Min: 1,
+	{Key: "failure_report_dedup_window", Default: dur(report.DefaultDedupWindow), Min: 1,
 		Usage: "identical failures (source IP, domain, failure, destination) are reported once per window"},
 	// Logging and diagnostics.
 	{Key: "log_format", Flag: true, Default: `"json"`, Choices: []string{"json", "text"}, Restart: true,
@@ -152,6 +160,14 @@ var settings = []setting{
 	{Key: "pprof_listen", Flag: true, Default: `""`, Restart: true,
 		Usage: "serve Go's pprof profiles on this loopback HOST:PORT (empty: off)"},
 }
+
+// num, dur and str write a default as a TOML value: the defaults of the
+// packages that use a setting stay the one source of its value.
+func num(n int) string { return strconv.Itoa(n) }
+
+func dur(d time.Duration) string { return strconv.Quote(d.String()) }
+
+func str(s string) string { return strconv.Quote(s) }
 
 // flagName is the command-line flag of a setting.
 func (s *setting) flagName() string { return strings.ReplaceAll(s.Key, "_", "-") }
