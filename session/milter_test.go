@@ -2,9 +2,7 @@ package session_test
 
 import (
 	"context"
-	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -14,7 +12,6 @@ import (
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 	"github.com/miekg/dns"
 
-	"github.com/dmarc-milter/dmarc-milter/milter"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/session"
 )
@@ -472,42 +469,6 @@ func TestSummaryLog(t *testing.T) {
 	}
 }
 
-func TestGarbageConnection(t *testing.T) {
-	e := newEnv(t, envOptions{})
-	for _, junk := range [][]byte{
-		[]byte("GET / HTTP/1.0\r\n\r\n"),             // length 0x47455420: too large
-		{0, 0, 0, 0},                                 // zero length
-		{0, 0, 0, 5, 'Z', 1, 2, 3, 4},                // unknown command
-		{0, 0, 0, 3, 'O', 0, 0},                      // short negotiation
-		{0, 0, 0, 2, 'C', 'x'},                       // connect without family
-		{0, 0, 0, 9},                                 // truncated packet
-		{0, 0, 0, 6, 'C', 'h', 0, '4', 0, 0},         // connect with short port
-		{0, 0, 0, 2, 'D', 'C', 0, 0, 0, 2, 'L', 'x'}, // header without NUL
-	} {
-		c, err := net.Dial("unix", e.sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Write(junk)
-		c.(*net.UnixConn).CloseWrite()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		buf := make([]byte, 64)
-		if _, err := c.Read(buf); err == nil {
-			// Any reply is fine as long as the connection then ends.
-			if _, err := c.Read(buf); err == nil {
-				t.Errorf("junk %q: connection still open", junk)
-			}
-		}
-		c.Close()
-	}
-	// The daemon still serves.
-	check(t, e.run(goodIP, "mx.pass.example", msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "ok")}),
-		want{code: 250, ar: []string{"dmarc=pass"}})
-	if !strings.Contains(e.logs.String(), "bad milter command") && !strings.Contains(e.logs.String(), "milter connection failed") {
-		t.Errorf("garbage not logged:\n%s", e.logs.String())
-	}
-}
-
 func TestPanicEndsOnlyThatSession(t *testing.T) {
 	e := newEnv(t, envOptions{settings: func(s *session.Settings) {
 		s.Consumers = []session.Consumer{session.ConsumerFunc(func(j *policy.Judged) {
@@ -533,33 +494,6 @@ func TestPanicEndsOnlyThatSession(t *testing.T) {
 	check(t, send(t, other, msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "ok")}), want{code: 250})
 	if !strings.Contains(e.logs.String(), "panic in milter session") {
 		t.Errorf("panic not logged:\n%s", e.logs.String())
-	}
-}
-
-func TestIdleTimeout(t *testing.T) {
-	e := newEnv(t, envOptions{timeouts: milter.Timeouts{Idle: 100 * time.Millisecond}})
-	c, err := net.Dial("unix", e.sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
-		t.Errorf("idle connection not closed by the server: %v", err)
-	}
-}
-
-func TestReadTimeout(t *testing.T) {
-	e := newEnv(t, envOptions{timeouts: milter.Timeouts{Read: 100 * time.Millisecond}})
-	c, err := net.Dial("unix", e.sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.Write([]byte{0, 0, 0, 13, 'O'}) // a packet that never completes
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
-		t.Errorf("stalled command not timed out by the server: %v", err)
 	}
 }
 
