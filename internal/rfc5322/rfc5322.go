@@ -76,6 +76,18 @@ func StripComments(s string) (string, error) {
 	if strings.IndexByte(s, '(') < 0 {
 		return s, nil
 	}
+	return stripCFWS(s, false)
+}
+
+// StripAddressCFWS is StripComments for an address list that also removes
+// the white space just inside angle brackets, where RFC 5322 Section 3.4
+// allows CFWS around the addr-spec; it carries no meaning, and some parsers
+// (net/mail) reject it.
+func StripAddressCFWS(s string) (string, error) {
+	return stripCFWS(s, true)
+}
+
+func stripCFWS(s string, angles bool) (string, error) {
 	var b strings.Builder
 	inQuote, inLiteral := false, false
 	for i := 0; i < len(s); i++ {
@@ -114,6 +126,16 @@ func StripComments(s string) (string, error) {
 			}
 			i = j
 			c = ' '
+		case angles && c == '<':
+			b.WriteByte(c)
+			for i+1 < len(s) && (s[i+1] == ' ' || s[i+1] == '\t') {
+				i++
+			}
+			continue
+		case angles && c == '>':
+			t := strings.TrimRight(b.String(), " \t")
+			b.Reset()
+			b.WriteString(t)
 		}
 		b.WriteByte(c)
 	}

@@ -61,3 +61,15 @@ func TestStripComments(t *testing.T) {
 		}
 	}
 }
+
+func TestStripAddressCFWS(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{in: "Bob < bob@example.com >", want: "Bob <bob@example.com>"},
+		{in: "(c) <\tbob@example.com(x)>", want: "  <bob@example.com>"},
+		{in: `"a < b" <x@y>`, want: `"a < b" <x@y>`},
+	} {
+		if got, err := StripAddressCFWS(tt.in); got != tt.want || err != nil {
+			t.Errorf("StripAddressCFWS(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+}

@@ -176,41 +176,11 @@ func unfold(s string) (string, error) {
 // comment before an addr-spec, space before ">"). Removing it cannot change
 // the address; it only lets valid headers parse.
 func stripCFWS(s string) (string, error) {
-	s, err := rfc5322.StripComments(s)
+	s, err := rfc5322.StripAddressCFWS(s)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrUnparseableFrom, err)
 	}
-	var b strings.Builder
-	inQuote, inLiteral := false, false
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case (inQuote || inLiteral) && c == '\\' && i+1 < len(s):
-			b.WriteByte(c)
-			i++
-			c = s[i]
-		case inQuote:
-			inQuote = c != '"'
-		case inLiteral:
-			inLiteral = c != ']'
-		case c == '"':
-			inQuote = true
-		case c == '[':
-			inLiteral = true
-		case c == '<':
-			b.WriteByte(c)
-			for i+1 < len(s) && (s[i+1] == ' ' || s[i+1] == '\t') {
-				i++
-			}
-			continue
-		case c == '>':
-			t := strings.TrimRight(b.String(), " \t")
-			b.Reset()
-			b.WriteString(t)
-		}
-		b.WriteByte(c)
-	}
-	return b.String(), nil
+	return s, nil
 }
 
 // hasGroup reports whether an address list uses group syntax: a ":" outside
