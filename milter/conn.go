@@ -430,7 +430,13 @@ func (c *Conn) dispatch(h Handler, code gomilter.Code, data []byte) (Reply, bool
 		c.setIdle(false)
 		return h.MailFrom(c, args[0], args[1:]), !c.noReply(gomilter.OptNoMailReply), nil
 	case gomilter.CodeRcpt:
-		return Continue, !c.noReply(gomilter.OptNoRcptReply), nil
+		reply := Continue
+		if rh, ok := h.(RcptHandler); ok {
+			if args := splitArgs(data); len(args) > 0 {
+				reply = rh.RcptTo(c, args[0], args[1:])
+			}
+		}
+		return reply, !c.noReply(gomilter.OptNoRcptReply), nil
 	case gomilter.CodeData:
 		return Continue, !c.noReply(gomilter.OptNoDataReply), nil
 	case gomilter.Code('U'): // SMFIC_UNKNOWN
@@ -490,7 +496,11 @@ func (c *Conn) negotiate(data []byte) (Reply, bool, error) {
 	}
 	c.version = min(mtaVersion, protocolVersion)
 	c.actions = c.srv.Actions & mtaActions
-	c.protocol = wantProtocol & mtaProtocol
+	want := wantProtocol
+	if c.srv.Recipients {
+		want &^= gomilter.OptNoRcptTo
+	}
+	c.protocol = want & mtaProtocol
 	c.srv.Log.Debug().Uint32("mta_version", mtaVersion).Str("mta_actions", fmt.Sprintf("%#x", mtaActions)).
 		Str("mta_protocol", fmt.Sprintf("%#x", uint32(mtaProtocol))).Uint32("version", c.version).
 		Str("actions", fmt.Sprintf("%#x", c.actions)).Str("protocol", fmt.Sprintf("%#x", uint32(c.protocol))).

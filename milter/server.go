@@ -67,6 +67,15 @@ type Handler interface {
 	Close(c *Conn)
 }
 
+// RcptHandler is a Handler that also wants the envelope recipients
+// (Server.Recipients).
+type RcptHandler interface {
+	Handler
+	// RcptTo gives one RCPT TO argument as the MTA sent it (with its angle
+	// brackets) and its ESMTP parameters.
+	RcptTo(c *Conn, rcpt string, args []string) Reply
+}
+
 // Server accepts milter connections and runs one session per connection.
 type Server struct {
 	NewHandler func() Handler
@@ -74,6 +83,9 @@ type Server struct {
 	Timeouts   Timeouts
 	// Actions the milter may perform; negotiated down to what the MTA offers.
 	Actions uint32
+	// Recipients asks the MTA for the envelope recipients (RcptHandler);
+	// off, it is told to skip them, one event less per recipient.
+	Recipients bool
 
 	bufs sync.Pool // *[]byte of reuseMax bytes, for body chunks
 

@@ -75,7 +75,7 @@ func notEnforced(v Verdict) string {
 	}
 	switch {
 	case v.Exempt != "":
-		return "not enforced: " + v.Exempt.text()
+		return "not enforced: " + v.Exempt.Text()
 	case v.Unknown:
 		return "not enforced: temporary DNS failure, accepted by local policy"
 	case v.FromErr != nil:
@@ -86,8 +86,8 @@ func notEnforced(v Verdict) string {
 	return ""
 }
 
-// text is the exemption as said in a header comment.
-func (e Exemption) text() string {
+// Text is the exemption as said to people (a header comment, a report).
+func (e Exemption) Text() string {
 	switch e {
 	case ExemptMonitor:
 		return "monitor mode"

@@ -35,6 +35,10 @@ type Message struct {
 	MailFrom string
 	// AuthUser is the SASL login name ({auth_authen}), "" if none.
 	AuthUser string
+	// RcptDomain is the domain of the first envelope recipient, "" when
+	// the session does not ask the MTA for recipients (aggregate reports
+	// record it only with aggregate_envelope_to).
+	RcptDomain string
 	// From holds the values of every From header field, in order (also
 	// when the header outgrew what is kept in Header).
 	From []string

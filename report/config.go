@@ -54,6 +54,10 @@ const (
 type Config struct {
 	// Enabled switches failure reports on.
 	Enabled bool
+	// Aggregate says aggregate reports (package aggregate) go through this
+	// Reporter's spool and sender: the spool and the sender then work
+	// even with failure reports off.
+	Aggregate bool
 	// From is the report address: From field and envelope sender. Required
 	// when Enabled.
 	From string

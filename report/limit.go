@@ -1,8 +1,11 @@
 package report
 
 import (
+	"context"
 	"strings"
 	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/report/store"
 )
 
 // limiter holds the de-duplication and rate limit state. The caller holds
@@ -50,6 +53,41 @@ func (l *limiter) allow(cfg *Config, key, dest string, now time.Time) Reason {
 		}
 	}
 	return ""
+}
+
+// take decides whether a report for dest with dedup key key may be sent
+// now, and if so counts it: in the store when the Reporter has one (the
+// fleet's limits), else in memory. A store that cannot be reached falls
+// back to the limits in memory, logged.
+func (r *Reporter) take(ctx context.Context, cfg *Config, key, dest string, now time.Time) Reason {
+	if r.store != nil {
+		why, err := r.store.Take(ctx, key, dest, now, store.Limits{
+			Dedup:         cfg.DedupWindow,
+			PerDest:       cfg.PerDestinationLimit,
+			PerDestWindow: cfg.PerDestinationWindow,
+			Global:        cfg.GlobalLimit,
+			GlobalWindow:  cfg.GlobalWindow,
+		})
+		if err == nil {
+			switch why {
+			case store.LimitDuplicate:
+				return ReasonDuplicate
+			case store.LimitDestination:
+				return ReasonDestLimit
+			case store.LimitGlobal:
+				return ReasonGlobalLimit
+			}
+			return ""
+		}
+		r.log.Error().Err(err).Msg("cannot apply the shared failure-report limits; using this host's")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	reason := r.limits.allow(cfg, key, dest, now)
+	if reason == "" {
+		r.limits.record(cfg, key, dest, now)
+	}
+	return reason
 }
 
 // record notes a report sent (spooled) now.

@@ -32,6 +32,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmarc-milter/dmarc-milter/policy"
+	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
+	"github.com/dmarc-milter/dmarc-milter/report/store"
 )
 
 // Resolver is the DNS access reports need: the project's caching resolver.
@@ -93,6 +95,10 @@ type Reporter struct {
 	pending map[string]*entry // spooled reports by id
 	limits  limiter
 	authz   map[string]authzEntry
+
+	// store, if set, holds the limits and the aggregate report claims.
+	store *store.Store
+	owner string
 }
 
 // New returns a Reporter. With cfg.Enabled it checks the configuration and
@@ -118,10 +124,10 @@ func New(cfg Config, r Resolver, log zerolog.Logger, now func() time.Time) (*Rep
 		stats:     Stats{Suppressed: map[Reason]uint64{}},
 	}
 	rp.cfg.Store(&cfg)
-	if !cfg.Enabled {
+	if !cfg.spoolOn() {
 		return rp, nil
 	}
-	if cfg.Include == IncludeMessage {
+	if cfg.Enabled && cfg.Include == IncludeMessage {
 		rp.keepBody = cfg.MaxMessageSize
 	}
 	if err := cfg.check(); err != nil {
@@ -149,7 +155,7 @@ func (r *Reporter) SetConfig(cfg Config) error {
 	cfg = cfg.withDefaults()
 	old := r.cfg.Load()
 	cfg.SpoolDir = old.SpoolDir
-	if cfg.Enabled {
+	if cfg.spoolOn() {
 		if err := cfg.check(); err != nil {
 			return err
 		}
@@ -163,7 +169,7 @@ func (r *Reporter) SetConfig(cfg Config) error {
 	// Rate-limit and dedup history carries over: a reload is no way
 	// around the limits.
 	r.cfg.Store(&cfg)
-	if cfg.Enabled && !old.Enabled {
+	if cfg.spoolOn() && !old.spoolOn() {
 		r.loadSpool() // reports left from before reports were turned off
 	}
 	return nil
@@ -230,9 +236,84 @@ func (r *Reporter) KeepBody() int { return r.keepBody }
 func (r *Reporter) Run(ctx context.Context) error {
 	// The loop runs even while reports are off, so that a reload that
 	// turns them on (SetConfig) needs no restart.
-	if r.conf().Enabled {
+	if r.spoolOn() {
 		r.loadSpool()
 	}
 	r.sendLoop(ctx)
 	return nil
+}
+
+// spoolOn: the spool and sender work (failure or aggregate reports on).
+func (c *Config) spoolOn() bool { return c.Enabled || c.Aggregate }
+
+func (r *Reporter) spoolOn() bool { return r.conf().spoolOn() }
+
+// UseStore makes the Reporter share its failure-report limits and
+// de-duplication through st (with PostgreSQL, across the fleet), and
+// check, before it delivers a spooled aggregate report, that owner (this
+// host) still holds that report's claim. Call it before Run.
+func (r *Reporter) UseStore(st *store.Store, owner string) {
+	r.store, r.owner = st, owner
+}
+
+// stillOwner reports whether this host may deliver a spooled aggregate
+// report: it holds the report's claim in the store (marking it done if a
+// crash came between spooling and marking). Without a store, or when the
+// store cannot be reached (then the report is delivered: a duplicate is
+// better than a loss), it is true.
+func (r *Reporter) stillOwner(ctx context.Context, env envelope) bool {
+	if r.store == nil {
+		return true
+	}
+	ok, err := r.store.Done(ctx, store.Key{Period: env.Period, Domain: env.Domain}, r.owner, env.ReportID, r.now())
+	if err != nil {
+		r.log.Error().Err(err).Str("report_id", env.ReportID).Msg("cannot check the aggregate report's claim in the store; delivering it")
+		return true
+	}
+	return ok
+}
+
+// SpoolAggregate writes one aggregate report for one recipient to the
+// durable spool, to be delivered like failure reports (retries, backoff, a
+// 5xx final). k and reportID name the report's claim in the store; a zero
+// k.Period (a report resent by hand) is delivered without the check.
+func (r *Reporter) SpoolAggregate(k store.Key, reportID, to string, msg []byte) error {
+	now := r.now()
+	env := envelope{
+		ID:          newID(now),
+		From:        r.envelopeFrom(),
+		To:          to,
+		Domain:      k.Domain,
+		Created:     now,
+		NextAttempt: now,
+		Kind:        kindAggregate,
+		Period:      k.Period,
+		ReportID:    reportID,
+	}
+	return r.spoolEnvelope(env, msg)
+}
+
+// AggregateDestinations returns the addresses of the "mailto:" URIs of rua
+// (RFC 9990 Section 4.5; other schemes are ignored) that may receive
+// reports about policyDomain: all of its own organization's, and external
+// ones that authorize it (the check failure reports make), at most max.
+func (r *Reporter) AggregateDestinations(ctx context.Context, policyDomain string, rua []dmarc.URI, max int) []string {
+	var out []string
+	for _, d := range destinations(rua) {
+		if len(out) >= max {
+			r.log.Info().Str("domain", policyDomain).Str("to", d.addr).Int("max", max).Msg("more aggregate report destinations than allowed; left out")
+			continue
+		}
+		ok, err := r.authorized(ctx, policyDomain, d.domain)
+		if err != nil {
+			r.log.Warn().Err(err).Str("domain", policyDomain).Str("to", d.addr).Msg("cannot verify external aggregate report destination; left out")
+			continue
+		}
+		if !ok {
+			r.log.Info().Str("domain", policyDomain).Str("to", d.addr).Msg("external aggregate report destination has not authorized reports for this domain; left out")
+			continue
+		}
+		out = append(out, d.addr)
+	}
+	return out
 }

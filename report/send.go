@@ -46,6 +46,9 @@ func (r *Reporter) sendLoop(ctx context.Context) {
 			return
 		case <-r.wake:
 		case <-t.C:
+			if r.spoolOn() {
+				r.scanSpool(false)
+			}
 		}
 		t.Stop()
 	}
@@ -109,10 +112,19 @@ func (r *Reporter) attempt(ctx context.Context, e *entry) {
 		r.removeSpoolFile(e.path)
 		return
 	}
-	log := r.log.With().Str("id", env.ID).Str("to", env.To).Str("domain", env.Domain).Str("queue_id", env.QueueID).Logger()
+	log := r.log.With().Str("id", env.ID).Str("to", env.To).Str("domain", env.Domain).Str("queue_id", env.QueueID).
+		Str("kind", env.noun()).Logger()
+	if env.Kind == kindAggregate && env.Period != 0 && !r.stillOwner(ctx, env) {
+		// Another host took this report over while this one was down
+		// (its claim ran out): that host sends it.
+		r.forget(e)
+		r.removeSpoolFile(e.path)
+		log.Warn().Str("report_id", env.ReportID).Msg("aggregate report sent by another host of the fleet; this copy dropped")
+		return
+	}
 	err = r.deliver(ctx, cfg, env.From, env.To, msg)
 	if err != nil && ctx.Err() != nil {
-		log.Info().Err(err).Msg("shutting down during a delivery; the failure report stays spooled for the next start")
+		log.Info().Err(err).Msg("shutting down during a delivery; the report stays spooled for the next start")
 		return
 	}
 	env.Attempts++
@@ -120,7 +132,7 @@ func (r *Reporter) attempt(ctx context.Context, e *entry) {
 		r.forget(e)
 		r.count(func(s *Stats) { s.Sent++ })
 		r.removeSpoolFile(e.path)
-		log.Info().Int("attempts", env.Attempts).Msg("failure report sent")
+		log.Info().Int("attempts", env.Attempts).Msg(env.noun() + " sent")
 		return
 	}
 	var se *smtp.SMTPError
@@ -128,14 +140,14 @@ func (r *Reporter) attempt(ctx context.Context, e *entry) {
 		r.forget(e)
 		r.count(func(s *Stats) { s.Dropped++ })
 		r.removeSpoolFile(e.path)
-		log.Error().Err(err).Int("attempts", env.Attempts).Msg("failure report refused permanently by the relay; dropped")
+		log.Error().Err(err).Int("attempts", env.Attempts).Msg(env.noun() + " refused permanently by the relay; dropped")
 		return
 	}
 	if env.Attempts >= cfg.MaxAttempts {
 		r.forget(e)
 		r.count(func(s *Stats) { s.Dropped++ })
 		r.removeSpoolFile(e.path)
-		log.Error().Err(err).Int("attempts", env.Attempts).Msg("failure report not delivered after the last attempt; dropped")
+		log.Error().Err(err).Int("attempts", env.Attempts).Msg(env.noun() + " not delivered after the last attempt; dropped")
 		return
 	}
 	env.LastError = err.Error()
@@ -147,11 +159,11 @@ func (r *Reporter) attempt(ctx context.Context, e *entry) {
 		ev = log.Error()
 	}
 	ev.Err(err).Str("relay", cfg.SMTP).Int("attempts", env.Attempts).Time("next_attempt", env.NextAttempt).
-		Msg("failure report not delivered; will retry")
+		Msg(env.noun() + " not delivered; will retry")
 	if werr := writeSpoolFile(e.path, r.tmpPrefix, env, msg); werr != nil {
 		// The old file stays, with its old attempt count; the in-memory
 		// state below still paces the retries.
-		log.Error().Err(werr).Str("path", e.path).Msg("cannot update spooled failure report")
+		log.Error().Err(werr).Str("path", e.path).Msg("cannot update spooled " + env.noun())
 	}
 	r.mu.Lock()
 	e.env = env

@@ -40,6 +40,22 @@ type envelope struct {
 	Attempts    int       `json:"attempts"`
 	NextAttempt time.Time `json:"next_attempt"`
 	LastError   string    `json:"last_error,omitempty"`
+	// Kind is "" for a failure report, kindAggregate for an aggregate
+	// report; Period and ReportID then name the report (its claim in the
+	// store, with Domain).
+	Kind     string `json:"kind,omitempty"`
+	Period   int64  `json:"period,omitempty"`
+	ReportID string `json:"report_id,omitempty"`
+}
+
+const kindAggregate = "aggregate"
+
+// noun names the kind of report in logs.
+func (e envelope) noun() string {
+	if e.Kind == kindAggregate {
+		return "aggregate report"
+	}
+	return "failure report"
 }
 
 // entry is a spooled report known to the sender.
@@ -164,29 +180,42 @@ func (r *Reporter) spool(f *policy.Judged, to string, msg []byte) bool {
 		Created:     now,
 		NextAttempt: now,
 	}
-	path := filepath.Join(r.conf().SpoolDir, env.ID+spoolExt)
-	if err := writeSpoolFile(path, r.tmpPrefix, env, msg); err != nil {
+	if err := r.spoolEnvelope(env, msg); err != nil {
 		r.count(func(s *Stats) { s.SpoolErrors++ })
 		r.log.Error().Err(err).Str("path", r.conf().SpoolDir).Str("queue_id", f.QueueID).Str("to", to).
 			Msg("cannot write failure report to the spool; report dropped")
 		return false
 	}
+	r.log.Info().Str("queue_id", f.QueueID).Str("domain", env.Domain).Str("to", to).Str("id", env.ID).
+		Msg("failure report spooled")
+	return true
+}
+
+// spoolEnvelope writes one report to the spool and tells the sender.
+func (r *Reporter) spoolEnvelope(env envelope, msg []byte) error {
+	path := filepath.Join(r.conf().SpoolDir, env.ID+spoolExt)
+	if err := writeSpoolFile(path, r.tmpPrefix, env, msg); err != nil {
+		return err
+	}
 	r.mu.Lock()
 	r.pending[env.ID] = &entry{env: env, path: path}
 	r.stats.Spooled++
 	r.mu.Unlock()
-	r.log.Info().Str("queue_id", f.QueueID).Str("domain", env.Domain).Str("to", to).Str("id", env.ID).
-		Msg("failure report spooled")
 	select {
 	case r.wake <- struct{}{}:
 	default:
 	}
-	return true
+	return nil
 }
 
 // loadSpool removes stale temporary files and registers every spooled
 // report, due at once.
-func (r *Reporter) loadSpool() {
+func (r *Reporter) loadSpool() { r.scanSpool(true) }
+
+// scanSpool registers the spooled reports not known yet (reports spooled
+// by "dmarc-milter report aggregate --send" arrive that way); at start
+// (clean) it also removes the temporary files a crash left.
+func (r *Reporter) scanSpool(clean bool) {
 	des, err := os.ReadDir(r.conf().SpoolDir)
 	if err != nil {
 		r.log.Error().Err(err).Str("path", r.conf().SpoolDir).Msg("cannot read the failure report spool")
@@ -198,10 +227,16 @@ func (r *Reporter) loadSpool() {
 		name := de.Name()
 		path := filepath.Join(r.conf().SpoolDir, name)
 		switch {
-		case strings.HasPrefix(name, tmpPrefix) && !strings.HasPrefix(name, r.tmpPrefix):
+		case clean && strings.HasPrefix(name, tmpPrefix) && !strings.HasPrefix(name, r.tmpPrefix):
 			// Left by a crash before its rename: never complete.
 			os.Remove(path)
 		case strings.HasSuffix(name, spoolExt) && de.Type().IsRegular():
+			r.mu.Lock()
+			_, known := r.pending[strings.TrimSuffix(name, spoolExt)]
+			r.mu.Unlock()
+			if known {
+				continue
+			}
 			env, _, err := readSpoolFile(path)
 			if err != nil {
 				r.log.Error().Err(err).Str("path", path).Msg("unreadable spooled failure report; removed")
@@ -216,7 +251,7 @@ func (r *Reporter) loadSpool() {
 		}
 	}
 	if n > 0 {
-		r.log.Info().Int("count", n).Str("path", r.conf().SpoolDir).Msg("failure reports found in the spool")
+		r.log.Info().Int("count", n).Str("path", r.conf().SpoolDir).Msg("reports found in the spool")
 	}
 }
 
@@ -280,9 +315,7 @@ func (r *Reporter) process(ctx context.Context, f *policy.Judged) {
 		key := dedupBase + "|" + strings.ToLower(d.addr)
 		now := r.now()
 		cfg := r.conf()
-		r.mu.Lock()
-		reason := r.limits.allow(cfg, key, d.addr, now)
-		r.mu.Unlock()
+		reason := r.take(ctx, cfg, key, d.addr, now)
 		if reason != "" {
 			r.suppress(reason)
 			log.Debug().Str("to", d.addr).Str("reason", string(reason)).Msg("failure report not sent")
@@ -302,10 +335,6 @@ func (r *Reporter) process(ctx context.Context, f *policy.Judged) {
 			log.Error().Err(err).Msg("cannot build failure report")
 			return
 		}
-		if r.spool(f, d.addr, msg) {
-			r.mu.Lock()
-			r.limits.record(cfg, key, d.addr, now)
-			r.mu.Unlock()
-		}
+		r.spool(f, d.addr, msg)
 	}
 }

@@ -204,6 +204,20 @@ func (s *session) MailFrom(c *milter.Conn, reversePath string, args []string) mi
 	return milter.Continue
 }
 
+// RcptTo notes the domain of the first recipient (aggregate reports'
+// envelope_to; asked for only when they record it).
+func (s *session) RcptTo(c *milter.Conn, rcpt string, args []string) milter.Reply {
+	m := s.msg
+	if m == nil || m.msg.RcptDomain != "" {
+		return milter.Continue
+	}
+	addr := spf.ReversePath(rcpt)
+	if at := strings.LastIndexByte(addr, '@'); at >= 0 && at < len(addr)-1 {
+		m.msg.RcptDomain = strings.ToLower(strings.TrimSuffix(addr[at+1:], "."))
+	}
+	return milter.Continue
+}
+
 func (s *session) Header(c *milter.Conn, name, value string) milter.Reply {
 	m := s.msg
 	if m == nil {

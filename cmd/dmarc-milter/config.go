@@ -101,6 +101,18 @@ type Config struct {
 	FailureReportGlobal               int      `toml:"failure_report_global"`
 	FailureReportGlobalWindow         Duration `toml:"failure_report_global_window"`
 	FailureReportDedupWindow          Duration `toml:"failure_report_dedup_window"`
+	// Aggregate reports (RFC 9990) and the store.
+	AggregateReports         bool     `toml:"aggregate_reports"`
+	AggregateInterval        Duration `toml:"aggregate_interval"`
+	AggregateSendWindow      Duration `toml:"aggregate_send_window"`
+	AggregateFlushInterval   Duration `toml:"aggregate_flush_interval"`
+	AggregateMaxDestinations int      `toml:"aggregate_max_destinations"`
+	AggregateMaxSize         int      `toml:"aggregate_max_size"`
+	AggregateEnvelopeTo      bool     `toml:"aggregate_envelope_to"`
+	AggregateRetentionDays   int      `toml:"aggregate_retention_days"`
+	Store                    string   `toml:"store"`
+	ReportOrgName            string   `toml:"report_org_name"`
+	ReportContactInfo        string   `toml:"report_contact_info"`
 	// PprofListen, if set, serves Go's pprof profiles on this loopback
 	// "host:port" (off by default).
 	PprofListen LoopbackAddr `toml:"pprof_listen"`

@@ -33,6 +33,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/report"
+	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
 	"github.com/dmarc-milter/dmarc-milter/resolver"
 	"github.com/dmarc-milter/dmarc-milter/session"
 )
@@ -48,6 +49,7 @@ var (
 const dkimKeyCacheSize = 2000
 
 const usage = `usage: dmarc-milter serve [--config FILE] [flags]
+       dmarc-milter report aggregate [--config FILE] --from DATE --until DATE [--domain D] [--out DIR] [--send]
        dmarc-milter --version
 
 Run "dmarc-milter serve -h" for the flags.`
@@ -69,6 +71,12 @@ func run(args []string, stderr io.Writer) int {
 		return 0
 	case "serve":
 		return serve(args[1:], stderr)
+	case "report":
+		if len(args) > 1 && args[1] == "aggregate" {
+			return reportAggregate(args[2:], os.Stdout, stderr)
+		}
+		fmt.Fprintf(stderr, "dmarc-milter: report: unknown report kind (want: report aggregate)\n%s\n", usage)
+		return 2
 	case "-h", "--help", "help":
 		fmt.Fprintln(stderr, usage)
 		return 0
@@ -213,13 +221,26 @@ func serve(args []string, stderr io.Writer) int {
 
 	ev := policy.New(policyConfig(cfg), res)
 
-	// Failure reports are written to the spool and sent by a background
-	// worker, never in the milter's reply path. A reporter that cannot
-	// start (unwritable spool) is logged loudly and mail flows without it.
-	reporter, err := report.New(reportConfig(cfg), res, logger, nil)
+	// The store keeps aggregate report rows and claims, and (shared with
+	// PostgreSQL) the failure-report limits. One that cannot be opened is
+	// logged loudly and mail flows without aggregate reports.
+	st := openStore(cfg, logger)
+	if st != nil {
+		defer st.Close()
+	}
+
+	// Reports are written to the spool and sent by a background worker,
+	// never in the milter's reply path. A reporter that cannot start
+	// (unwritable spool) is logged loudly and mail flows without it.
+	rc := reportConfig(cfg)
+	rc.Aggregate = cfg.AggregateReports && st != nil
+	reporter, err := report.New(rc, res, logger, nil)
 	if err != nil {
-		logger.Error().Err(err).Str("state_dir", cfg.StateDir).Msg("FAILURE REPORTS DISABLED: cannot start the reporter; mail is still checked")
+		logger.Error().Err(err).Str("state_dir", cfg.StateDir).Msg("REPORTS DISABLED: cannot start the reporter; mail is still checked")
 		reporter = nil
+	}
+	if reporter != nil && st != nil {
+		reporter.UseStore(st, owner(cfg))
 	}
 	reportCtx, stopReports := context.WithCancel(context.Background())
 	defer stopReports()
@@ -242,6 +263,22 @@ func serve(args []string, stderr io.Writer) int {
 	} else {
 		close(reportsDone)
 	}
+	// Aggregate reports: every judged message is counted (in memory, then
+	// in the store in batches), and the reports of ended periods are sent.
+	recordCtx, stopRecording := context.WithCancel(context.Background())
+	defer stopRecording()
+	recordDone := make(chan struct{})
+	if reporter != nil && st != nil && cfg.AggregateReports {
+		rec := aggregate.NewRecorder(st, time.Duration(cfg.AggregateInterval), time.Duration(cfg.AggregateFlushInterval),
+			aggregate.Facts{EnvelopeTo: cfg.AggregateEnvelopeTo, OwnAddress: addressOf(cfg.ReportFrom)}, logger, nil)
+		settings.Consumers = append(settings.Consumers, rec)
+		go func() { rec.Run(recordCtx); close(recordDone) }()
+		snd := aggregate.NewSender(aggregateConfig(cfg), st, reporter, logger, nil)
+		go snd.Run(reportCtx)
+		logger.Info().Str("store", st.Where).Str("interval", time.Duration(cfg.AggregateInterval).String()).Msg("aggregate reports on")
+	} else {
+		close(recordDone)
+	}
 	srv := &milter.Server{
 		NewHandler: session.NewHandler(settings),
 		Log:        logger,
@@ -250,7 +287,8 @@ func serve(args []string, stderr io.Writer) int {
 			Read:  time.Duration(cfg.ReadTimeout),
 			Write: time.Duration(cfg.WriteTimeout),
 		},
-		Actions: milter.DefaultActions,
+		Actions:    milter.DefaultActions,
+		Recipients: cfg.AggregateReports && cfg.AggregateEnvelopeTo,
 	}
 
 	if cfg.PprofListen.Addr != "" {
@@ -300,7 +338,10 @@ wait:
 	if err := srv.Shutdown(ctx); err != nil {
 		logger.Warn().Err(err).Msg("shutdown timeout; closed remaining sessions")
 	}
-	// Reports already spooled stay there for the next start.
+	// Every session has ended: the last counts go to the store. Reports
+	// already spooled stay there for the next start.
+	stopRecording()
+	<-recordDone
 	stopReports()
 	<-reportsDone
 	if listening.Listen.Network == "unix" {

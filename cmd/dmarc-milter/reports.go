@@ -1,11 +1,18 @@
 package main
 
 import (
+	"context"
+	"net/mail"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/dmarc-milter/dmarc-milter/report"
+	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
+	"github.com/dmarc-milter/dmarc-milter/report/store"
 )
 
 // reportConfig maps the daemon's settings to the failure reporter's.
@@ -43,4 +50,64 @@ func reportConfig(cfg Config) report.Config {
 		rc.ExcludeNetworks = append(rc.ExcludeNetworks, p.Prefix)
 	}
 	return rc
+}
+
+// openStore opens the store when aggregate reports are on or a shared store
+// is configured for the failure-report limits; nil if it cannot be opened
+// (logged at error level).
+func openStore(cfg Config, logger zerolog.Logger) *store.Store {
+	if !cfg.AggregateReports && (cfg.Store == "" || !cfg.FailureReports) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := store.Open(ctx, cfg.Store, cfg.StateDir)
+	if err != nil {
+		logger.Error().Err(err).Str("state_dir", cfg.StateDir).Msg("AGGREGATE REPORTS DISABLED: cannot open the store; mail is still checked")
+		return nil
+	}
+	return st
+}
+
+// owner names this daemon in aggregate report claims: the host and its
+// state directory (two daemons on one host have two), the same after a
+// restart.
+func owner(cfg Config) string {
+	host, _ := os.Hostname()
+	return host + ":" + cfg.StateDir
+}
+
+// addressOf is the address of report_from, lower case.
+func addressOf(s string) string {
+	a, err := mail.ParseAddress(s)
+	if err != nil {
+		return ""
+	}
+	return strings.ToLower(a.Address)
+}
+
+// aggregateConfig maps the daemon's settings to the aggregate sender's.
+func aggregateConfig(cfg Config) aggregate.Config {
+	from := addressOf(cfg.ReportFrom)
+	submitter := from[strings.LastIndexByte(from, '@')+1:]
+	org := cfg.ReportOrgName
+	if org == "" {
+		org = submitter
+	}
+	return aggregate.Config{
+		Interval:        time.Duration(cfg.AggregateInterval),
+		SendWindow:      time.Duration(cfg.AggregateSendWindow),
+		MaxDestinations: cfg.AggregateMaxDestinations,
+		MaxSize:         cfg.AggregateMaxSize,
+		Retention:       time.Duration(cfg.AggregateRetentionDays) * 24 * time.Hour,
+		From:            cfg.ReportFrom,
+		Owner:           owner(cfg),
+		Meta: aggregate.Meta{
+			OrgName:          org,
+			Email:            from,
+			ExtraContactInfo: cfg.ReportContactInfo,
+			Generator:        "dmarc-milter " + version,
+			Submitter:        submitter,
+		},
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -152,6 +153,29 @@ var settings = []setting{
 		Usage: "window of the global limit"},
 	{Key: "failure_report_dedup_window", Default: dur(report.DefaultDedupWindow), Min: 1,
 		Usage: "identical failures (source IP, domain, failure, destination) are reported once per window"},
+	// Aggregate reports.
+	{Key: "aggregate_reports", Flag: true, Default: `true`, Restart: true,
+		Usage: "send DMARC aggregate reports (RFC 9990) to the rua= addresses of the domains whose mail was evaluated"},
+	{Key: "aggregate_interval", Flag: true, Default: dur(24 * time.Hour), Restart: true, Min: 1, Check: checkInterval,
+		Usage: "report period, aligned on 00:00 UTC (a whole number of seconds; shorter than a day only for tests)"},
+	{Key: "aggregate_send_window", Default: dur(time.Hour), Restart: true, Min: 0,
+		Usage: "after a period ends, reports are sent spread over this window (each domain at its own offset), so a fleet does not burst at midnight"},
+	{Key: "aggregate_flush_interval", Default: dur(time.Second), Restart: true, Min: 1,
+		Usage: "how often recorded rows are written to the store: what kill -9 can lose (SIGTERM loses nothing)"},
+	{Key: "aggregate_max_destinations", Default: num(2), Restart: true, Min: 1,
+		Usage: "rua addresses one report is sent to, at most (the others are left out, logged)"},
+	{Key: "aggregate_max_size", Default: num(10 << 20), Restart: true, Min: 0,
+		Usage: "largest compressed report in bytes (0: no bound); beyond, the records with the fewest messages are left out and the report says so"},
+	{Key: "aggregate_envelope_to", Default: `false`, Restart: true,
+		Usage: "record the envelope recipient domain (envelope_to); Postfix then also sends the recipients to the milter"},
+	{Key: "aggregate_retention_days", Default: num(30), Restart: true, Min: 1,
+		Usage: "days rows are kept after their report was sent"},
+	{Key: "store", Flag: true, Default: `""`, Restart: true, Check: checkStore,
+		Usage: "where report rows and claims are kept: empty for SQLite in state_dir, or a postgres:// URL shared by a fleet (then failure-report limits are the fleet's too)"},
+	{Key: "report_org_name", Default: `""`,
+		Usage: "org_name of aggregate reports (empty: the domain of report_from)"},
+	{Key: "report_contact_info", Default: `""`,
+		Usage: "extra_contact_info of aggregate reports (empty: none)"},
 	// Logging and diagnostics.
 	{Key: "log_format", Flag: true, Default: `"json"`, Choices: []string{"json", "text"}, Restart: true,
 		Usage: "log format: json or text"},
@@ -368,6 +392,20 @@ func checkAuthservID(c *Config) error {
 func checkReportFrom(c *Config) error {
 	if _, err := mail.ParseAddress(c.ReportFrom); err != nil {
 		return fmt.Errorf("%q is not an e-mail address", c.ReportFrom)
+	}
+	return nil
+}
+
+func checkInterval(c *Config) error {
+	if d := time.Duration(c.AggregateInterval); d%time.Second != 0 {
+		return fmt.Errorf("%q is not a whole number of seconds", c.AggregateInterval)
+	}
+	return nil
+}
+
+func checkStore(c *Config) error {
+	if c.Store != "" && !strings.HasPrefix(c.Store, "postgres://") && !strings.HasPrefix(c.Store, "postgresql://") {
+		return errors.New("must be empty (SQLite in state_dir) or a postgres:// URL")
 	}
 	return nil
 }

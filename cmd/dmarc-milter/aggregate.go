@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
+	"github.com/dmarc-milter/dmarc-milter/report"
+	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
+	"github.com/dmarc-milter/dmarc-milter/report/store"
+	"github.com/dmarc-milter/dmarc-milter/resolver"
+)
+
+// reportAggregate is "dmarc-milter report aggregate": it builds the
+// aggregate reports of the periods that start in [--from, --until) from the
+// store the configuration names, and writes each as XML and .xml.gz into
+// --out (to preview them, or to resend by hand); with --send it also
+// hands them to the daemon's spool (the running daemon picks them up
+// within a minute), to every authorized rua address. It claims nothing:
+// the daemon's own sends are not affected.
+func reportAggregate(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("dmarc-milter report aggregate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "TOML configuration `file` (the daemon's)")
+	fromText := fs.String("from", "", "first day or instant of the periods, `DATE` (YYYY-MM-DD or RFC 3339)")
+	untilText := fs.String("until", "", "end (exclusive) of the periods, `DATE` (YYYY-MM-DD or RFC 3339)")
+	domain := fs.String("domain", "", "only the reports of this policy `domain`")
+	out := fs.String("out", ".", "`dir`ectory the reports are written to")
+	send := fs.Bool("send", false, "also spool the reports for sending to their rua addresses")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	from, err1 := parseDate(*fromText)
+	until, err2 := parseDate(*untilText)
+	if err := errors.Join(err1, err2); err != nil || fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "dmarc-milter: report aggregate: --from and --until are required dates: %v\n", err)
+		return 2
+	}
+	cfg, err := loadConfig(*configPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+		return 2
+	}
+	ctx := context.Background()
+	st, err := store.Open(ctx, cfg.Store, cfg.StateDir)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+		return 1
+	}
+	defer st.Close()
+	logger := zerolog.New(stderr).With().Timestamp().Logger()
+	var reporter *report.Reporter
+	if *send {
+		if reporter, err = sendingReporter(cfg, logger); err != nil {
+			fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+			return 1
+		}
+	}
+	snd := aggregate.NewSender(aggregateConfig(cfg), st, reporter, logger, nil)
+	keys, err := st.Keys(ctx, from, until, strings.ToLower(*domain))
+	if err != nil {
+		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+		return 1
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+		return 1
+	}
+	status := 0
+	for _, k := range keys {
+		rep, err := snd.Build(ctx, k)
+		if err != nil {
+			fmt.Fprintf(stderr, "dmarc-milter: %s: %v\n", k, err)
+			status = 1
+			continue
+		}
+		name := filepath.Join(*out, rep.FileName(aggregateConfig(cfg).Meta.Submitter))
+		if err := os.WriteFile(strings.TrimSuffix(name, ".gz"), rep.XML, 0o644); err != nil {
+			fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+			return 1
+		}
+		if err := os.WriteFile(name, rep.Gzip, 0o644); err != nil {
+			fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s\t%s\t%d messages\t%d records\t%s\n", k.Domain, time.Unix(k.Period, 0).UTC().Format(time.RFC3339), rep.Messages, rep.Records, name)
+		if !*send {
+			continue
+		}
+		var rua []dmarc.URI
+		for _, u := range rep.Published.RUA {
+			rua = append(rua, dmarc.URI{Address: u})
+		}
+		for _, to := range reporter.AggregateDestinations(ctx, k.Domain, rua, cfg.AggregateMaxDestinations) {
+			msg, err := snd.Message(rep, to)
+			if err == nil {
+				err = reporter.SpoolAggregate(store.Key{Domain: k.Domain}, rep.ID(), to, msg)
+			}
+			if err != nil {
+				fmt.Fprintf(stderr, "dmarc-milter: %s to %s: %v\n", k, to, err)
+				status = 1
+				continue
+			}
+			fmt.Fprintf(stdout, "\tspooled to %s\n", to)
+		}
+	}
+	if len(keys) == 0 {
+		fmt.Fprintln(stderr, "dmarc-milter: no aggregate report rows in that time")
+	}
+	return status
+}
+
+// sendingReporter is a Reporter that only spools (its sender does not run
+// here: the daemon's does).
+func sendingReporter(cfg Config, logger zerolog.Logger) (*report.Reporter, error) {
+	servers := cfg.DNS
+	if len(servers) == 0 {
+		var err error
+		if servers, err = resolver.ServersFromResolvConf("/etc/resolv.conf"); err != nil {
+			return nil, err
+		}
+	}
+	res, err := resolver.New(resolver.Config{Servers: servers, Timeout: time.Duration(cfg.DNSTimeout)})
+	if err != nil {
+		return nil, err
+	}
+	rc := reportConfig(cfg)
+	rc.Aggregate = true
+	return report.New(rc, res, logger, nil)
+}
+
+// parseDate reads YYYY-MM-DD (00:00 UTC) or RFC 3339.
+func parseDate(s string) (time.Time, error) {
+	if t, err := time.Parse("2006-01-02", s); err == nil {
+		return t, nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither YYYY-MM-DD nor RFC 3339", s)
+	}
+	return t, nil
+}
+
+// loadConfig is the configuration serve would run with, without flags.
+func loadConfig(path string) (Config, error) {
+	var args []string
+	if path != "" {
+		args = []string{"--config", path}
+	}
+	return parseFlags(args, io.Discard)
+}
