@@ -240,7 +240,7 @@ func (s *Sender) Message(rep *Report, to string) ([]byte, error) {
 		"covering %s to %s UTC: %d messages in %d records.\r\n\r\n"+
 		"The report is the attached file %s (gzip-compressed XML).\r\n",
 		sub, rep.Key.Domain,
-		time.Unix(d.Begin, 0).UTC().Format("2006-01-02 15:04:05"), time.Unix(d.End+1, 0).UTC().Format("2006-01-02 15:04:05"),
+		time.Unix(int64(d.Begin), 0).UTC().Format("2006-01-02 15:04:05"), time.Unix(int64(d.End)+1, 0).UTC().Format("2006-01-02 15:04:05"),
 		rep.Messages-rep.OmittedMessages, rep.Records, rep.FileName(sub))
 	if rep.OmittedRecords > 0 {
 		text += "\r\n" + rep.Feedback.Metadata.Error + ".\r\n"
@@ -274,4 +274,3 @@ func (s *Sender) Message(rep *Report, to string) ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
-

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,12 +16,12 @@ import (
 // Namespace is RFC 9990's XML namespace.
 const Namespace = "urn:ietf:params:xml:ns:dmarc-2.0"
 
-// Feedback is an aggregate report (RFC 9990 Appendix A). The field order is
-// the schema's sequence order; omitempty leaves out optional elements. The
-// tags name no namespace, so that Parse reads reports of any version (most
-// in the wild use none); a built report is written in Namespace.
+// Feedback is an aggregate report (RFC 9990 Appendix A), the root element
+// "feedback". The field order is the schema's sequence order; omitempty
+// leaves out optional elements. The tags name no namespace, so that Parse
+// reads reports of any version (most in the wild use none); a built report
+// is written in Namespace.
 type Feedback struct {
-	XMLName         xml.Name        `xml:"feedback"`
 	Version         string          `xml:"version,omitempty"`
 	Metadata        Metadata        `xml:"report_metadata"`
 	PolicyPublished PolicyPublished `xml:"policy_published"`
@@ -41,8 +42,26 @@ type Metadata struct {
 // DateRange is the period, in seconds since the epoch, both ends
 // inclusive.
 type DateRange struct {
-	Begin int64 `xml:"begin"`
-	End   int64 `xml:"end"`
+	Begin Int `xml:"begin"`
+	End   Int `xml:"end"`
+}
+
+// Int is an xs:integer read tolerantly: reports in the wild write
+// "1337270400.0" or pad with spaces.
+type Int int64
+
+func (n *Int) UnmarshalText(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	if v, err := strconv.ParseInt(s, 10, 64); err == nil {
+		*n = Int(v)
+		return nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return fmt.Errorf("aggregate: %q is not a number", s)
+	}
+	*n = Int(f)
+	return nil
 }
 
 // PolicyPublished is policy_published.
@@ -68,7 +87,7 @@ type Record struct {
 // XMLRow is row.
 type XMLRow struct {
 	SourceIP        string          `xml:"source_ip"`
-	Count           int64           `xml:"count"`
+	Count           Int             `xml:"count"`
 	PolicyEvaluated PolicyEvaluated `xml:"policy_evaluated"`
 }
 
@@ -169,14 +188,13 @@ func build(k store.Key, interval time.Duration, rows []store.Row, policyData str
 	}
 	rep := &Report{Key: k, Published: pub}
 	rep.Feedback = Feedback{
-		XMLName: xml.Name{Space: Namespace, Local: "feedback"},
 		Version: "1.0",
 		Metadata: Metadata{
 			OrgName:          m.OrgName,
 			Email:            m.Email,
 			ExtraContactInfo: m.ExtraContactInfo,
 			ReportID:         fmt.Sprintf("%d.%s@%s", k.Period, k.Domain, m.Submitter),
-			DateRange:        DateRange{Begin: k.Period, End: k.Period + int64(interval/time.Second) - 1},
+			DateRange:        DateRange{Begin: Int(k.Period), End: Int(k.Period + int64(interval/time.Second) - 1)},
 			Generator:        m.Generator,
 		},
 		PolicyPublished: PolicyPublished{
@@ -190,7 +208,7 @@ func build(k store.Key, interval time.Duration, rows []store.Row, policyData str
 			return nil, fmt.Errorf("aggregate: row of %s: %w", k, err)
 		}
 		rec := Record{
-			Row: XMLRow{SourceIP: r.SourceIP, Count: sr.Count, PolicyEvaluated: PolicyEvaluated{
+			Row: XMLRow{SourceIP: r.SourceIP, Count: Int(sr.Count), PolicyEvaluated: PolicyEvaluated{
 				Disposition: r.Disposition, DKIM: r.DKIM, SPF: r.SPF,
 			}},
 			Identifiers: Identifiers{EnvelopeTo: r.EnvelopeTo, EnvelopeFrom: r.EnvelopeFrom, HeaderFrom: r.HeaderFrom},
@@ -227,7 +245,7 @@ func (rep *Report) encode(maxSize int) error {
 		rep.OmittedRecords = len(all) - n
 		rep.OmittedMessages = 0
 		for _, r := range all[n:] {
-			rep.OmittedMessages += r.Row.Count
+			rep.OmittedMessages += int64(r.Row.Count)
 		}
 		rep.Feedback.Metadata.Error = ""
 		if rep.OmittedRecords > 0 {
@@ -253,7 +271,7 @@ func (rep *Report) marshal() error {
 	b.WriteString(xml.Header)
 	enc := xml.NewEncoder(&b)
 	enc.Indent("", "  ")
-	if err := enc.Encode(rep.Feedback); err != nil {
+	if err := enc.EncodeElement(rep.Feedback, xml.StartElement{Name: xml.Name{Space: Namespace, Local: "feedback"}}); err != nil {
 		return fmt.Errorf("aggregate: xml: %w", err)
 	}
 	b.WriteString("\n")
