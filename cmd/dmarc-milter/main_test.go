@@ -309,6 +309,21 @@ func startDaemon(t *testing.T, bin string, args ...string) *runningDaemon {
 	return d
 }
 
+// logSoFar reads what the daemon has logged so far, without waiting.
+func (d *runningDaemon) logSoFar() []string {
+	for {
+		select {
+		case l, ok := <-d.lines:
+			if !ok {
+				return d.log
+			}
+			d.log = append(d.log, l)
+		default:
+			return d.log
+		}
+	}
+}
+
 // waitFor reads the log until a line contains substr.
 func (d *runningDaemon) waitFor(substr string) string {
 	d.t.Helper()

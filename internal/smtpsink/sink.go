@@ -159,6 +159,17 @@ func (s *Sink) HangData() {
 	s.hang = make(chan struct{})
 }
 
+// Release ends HangData: the hung DATA commands fail (as with a relay
+// that drops the connection) and later ones are answered again.
+func (s *Sink) Release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hang != nil {
+		close(s.hang)
+		s.hang = nil
+	}
+}
+
 // InData returns how many DATA commands have reached the sink.
 func (s *Sink) InData() int {
 	s.mu.Lock()

@@ -1,0 +1,254 @@
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"fmt"
+	"io"
+	"mime"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-message/mail"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/pgtest"
+	"github.com/dmarc-milter/dmarc-milter/internal/smtpsink"
+	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
+	"github.com/dmarc-milter/dmarc-milter/report/store"
+)
+
+// recorded sums the aggregate rows of pass.example in the store.
+func recorded(t *testing.T, dsn, stateDir string) int64 {
+	t.Helper()
+	st, err := store.Open(context.Background(), dsn, stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	keys, err := st.Keys(context.Background(), time.Unix(0, 0), time.Now().Add(time.Hour), "pass.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, k := range keys {
+		rows, err := st.Rows(context.Background(), k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			n += r.Count
+		}
+	}
+	return n
+}
+
+// SIGTERM loses no recorded message; kill -9 loses at most the messages of
+// the last aggregate_flush_interval.
+func TestAggregateDurability(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the daemon")
+	}
+	dnsSrv, bin := daemonPrereqs(t)
+	state := t.TempDir()
+	sock := filepath.Join(t.TempDir(), "m.sock")
+	args := []string{"serve", "--listen", "unix:" + sock, "--dns", dnsSrv.Addr, "--state-dir", state,
+		"--failure-reports=false", "--authserv-id", "mx.cli.example"}
+
+	d := startDaemon(t, bin, args...)
+	d.waitFor("dmarc-milter ready")
+	for range 20 {
+		if code := spoof(t, "unix", sock); code != 550 {
+			t.Fatalf("spoof: %d", code)
+		}
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if err := d.cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+	if n := recorded(t, "", state); n != 20 {
+		t.Fatalf("after SIGTERM %d messages recorded, want 20", n)
+	}
+
+	d = startDaemon(t, bin, args...)
+	d.waitFor("dmarc-milter ready")
+	for range 10 {
+		spoof(t, "unix", sock)
+	}
+	time.Sleep(2500 * time.Millisecond) // two flushes (aggregate_flush_interval 1s)
+	for range 5 {
+		spoof(t, "unix", sock)
+	}
+	d.cmd.Process.Kill()
+	d.cmd.Wait()
+	n := recorded(t, "", state)
+	if n < 30 || n > 35 {
+		t.Errorf("after kill -9 %d messages recorded, want 30 (flushed) to 35", n)
+	}
+	t.Logf("kill -9 within the flush interval: %d of the last 5 messages lost", 35-n)
+
+	// report aggregate writes the reports of a period from the store.
+	out := t.TempDir()
+	conf := writeFile(t, fmt.Sprintf("state_dir = %q\nreport_from = \"dmarc-reports@mx.cli.example\"\n", state))
+	var stdout, stderr bytes.Buffer
+	today := time.Now().UTC().Format("2006-01-02")
+	tomorrow := time.Now().UTC().Add(24 * time.Hour).Format("2006-01-02")
+	cmd := exec.Command(bin, "report", "aggregate", "--config", conf, "--from", today, "--until", tomorrow, "--domain", "pass.example", "--out", out)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("report aggregate: %v\n%s", err, stderr.String())
+	}
+	gz, _ := filepath.Glob(filepath.Join(out, "*!pass.example!*.xml.gz"))
+	xmls, _ := filepath.Glob(filepath.Join(out, "*!pass.example!*.xml"))
+	if len(gz) != 1 || len(xmls) != 1 {
+		t.Fatalf("files %v %v; output %s %s", gz, xmls, stdout.String(), stderr.String())
+	}
+	data, _ := os.ReadFile(xmls[0])
+	f, err := aggregate.Parse(data)
+	if err != nil || len(f.Records) == 0 || int64(f.Records[0].Row.Count) != n {
+		t.Errorf("written report: %+v %v, want %d messages", f, err, n)
+	}
+	cmd = exec.Command(bin, "report", "aggregate", "--config", conf, "--from", "yesterday", "--until", tomorrow)
+	if err := cmd.Run(); err == nil {
+		t.Error("a bad date was accepted")
+	}
+}
+
+// The report of a period goes out once it ended: one gzip report to the
+// domain's rua address, holding the messages of the period.
+func TestAggregateSent(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the daemon")
+	}
+	dnsSrv, bin := daemonPrereqs(t)
+	sink := smtpsink.Start(t)
+	sock := filepath.Join(t.TempDir(), "m.sock")
+	conf := writeFile(t, "aggregate_interval = \"3s\"\naggregate_send_window = \"0s\"\nfailure_reports = false\n")
+	d := startDaemon(t, bin, "serve", "--config", conf, "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--state-dir", t.TempDir(),
+		"--report-smtp", sink.Addr, "--report-from", "dmarc-reports@mx.cli.example", "--authserv-id", "mx.cli.example")
+	d.waitFor("dmarc-milter ready")
+	// Within one 3 s period.
+	for time.Now().Unix()%3 == 2 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	for range 4 {
+		spoof(t, "unix", sock)
+	}
+	msgs := sink.Wait(t, 1, 20*time.Second)
+	time.Sleep(4 * time.Second) // no second report for that period
+	var got int64
+	for _, m := range sink.Messages() {
+		if len(m.To) != 1 || m.To[0] != "dmarc@pass.example" {
+			t.Errorf("report to %v", m.To)
+		}
+		f := reportOf(t, m.Data)
+		for _, r := range f.Records {
+			got += int64(r.Row.Count)
+		}
+	}
+	if got != 4 || len(msgs) == 0 {
+		t.Errorf("%d messages reported in %d reports, want 4", got, len(sink.Messages()))
+	}
+}
+
+// reportOf returns the aggregate report attached to a message.
+func reportOf(t *testing.T, data []byte) *aggregate.Feedback {
+	t.Helper()
+	mr, err := mail.CreateReader(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		p, err := mr.NextPart()
+		if err != nil {
+			break
+		}
+		if ct, _, _ := mime.ParseMediaType(p.Header.Get("Content-Type")); ct != "application/gzip" {
+			continue
+		}
+		zr, err := gzip.NewReader(p.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x, _ := io.ReadAll(zr)
+		f, err := aggregate.Parse(x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	t.Fatalf("no gzip report in:\n%s", data)
+	return nil
+}
+
+// A fleet of two daemons on one PostgreSQL store: one report per domain and
+// period with both hosts' messages; the host that sends it killed in the
+// middle of the delivery and restarted, still exactly one report.
+func TestAggregateFleet(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the daemon")
+	}
+	dsn := pgtest.Start(t)
+	dnsSrv, bin := daemonPrereqs(t)
+	sink := smtpsink.Start(t)
+	sink.HangData()
+	conf := writeFile(t, fmt.Sprintf("aggregate_interval = \"4s\"\naggregate_send_window = \"0s\"\nfailure_reports = false\nstore = %q\n", dsn))
+	var socks, states []string
+	start := func(i int) *runningDaemon {
+		d := startDaemon(t, bin, "serve", "--config", conf, "--listen", "unix:"+socks[i], "--dns", dnsSrv.Addr, "--state-dir", states[i],
+			"--report-smtp", sink.Addr, "--report-from", "dmarc-reports@mx.cli.example", "--authserv-id", "mx.cli.example")
+		d.waitFor("dmarc-milter ready")
+		return d
+	}
+	var ds []*runningDaemon
+	for i := range 2 {
+		socks = append(socks, filepath.Join(t.TempDir(), "m.sock"))
+		states = append(states, t.TempDir())
+		ds = append(ds, start(i))
+	}
+	for time.Now().Unix()%4 >= 2 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := range 5 {
+		spoof(t, "unix", socks[i%2]) // 3 to the first host, 2 to the second
+	}
+	// One host reaches DATA and hangs there: kill it mid-send.
+	for deadline := time.Now().Add(20 * time.Second); sink.InData() == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no report delivery started")
+		}
+	}
+	sender := -1
+	for i, d := range ds {
+		if strings.Contains(strings.Join(d.logSoFar(), "\n"), "aggregate report spooled") {
+			sender = i
+		}
+	}
+	if sender < 0 {
+		t.Fatal("no host logged spooling the report")
+	}
+	ds[sender].cmd.Process.Kill()
+	ds[sender].cmd.Wait()
+	sink.Release()
+	// Restarted, it delivers what it spooled.
+	ds[sender] = start(sender)
+	sink.Wait(t, 1, 30*time.Second)
+	time.Sleep(6 * time.Second) // a second copy would come now
+	msgs := sink.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("%d reports, want exactly one", len(msgs))
+	}
+	f := reportOf(t, msgs[0].Data)
+	var n int64
+	for _, r := range f.Records {
+		n += int64(r.Row.Count)
+	}
+	if n != 5 {
+		t.Errorf("the report holds %d messages, want both hosts' 5", n)
+	}
+}
