@@ -1,8 +1,17 @@
 package session_test
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/pgtest"
+	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
+	"github.com/dmarc-milter/dmarc-milter/report/store"
+	"github.com/dmarc-milter/dmarc-milter/session"
 
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 )
@@ -11,8 +20,47 @@ import (
 // unix socket with a warm DNS cache: SPF, one RSA-2048 DKIM signature and
 // DMARC, as Postfix would send it (connection reused across messages).
 // Allocations include the go-milter client's.
-func BenchmarkMessage(b *testing.B) {
-	e := newEnv(b, envOptions{})
+func BenchmarkMessage(b *testing.B) { benchMessage(b, nil) }
+
+// BenchmarkRecording is BenchmarkMessage with aggregate report recording
+// off and on, in each store (the message's domain publishes rua=, so every
+// message is recorded; the recorder writes to the store every second, as
+// the daemon does). Recording must keep at least 0.95 of the throughput.
+func BenchmarkRecording(b *testing.B) {
+	b.Run("off", func(b *testing.B) { benchMessage(b, nil) })
+	for _, engine := range []string{"sqlite", "postgres"} {
+		b.Run(engine, func(b *testing.B) {
+			dsn := ""
+			if engine == "postgres" {
+				dsn = pgtest.Start(b)
+			}
+			st, err := store.Open(context.Background(), dsn, b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { st.Close() })
+			rec := aggregate.NewRecorder(st, 24*time.Hour, time.Second, aggregate.Facts{}, zerolog.Nop(), nil)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { rec.Run(ctx); close(done) }()
+			b.Cleanup(func() { cancel(); <-done })
+			benchMessage(b, rec)
+			b.StopTimer()
+			cancel()
+			<-done
+			if got := rec.Stats().Recorded; got < uint64(b.N) {
+				b.Errorf("%d messages recorded, want %d", got, b.N)
+			}
+		})
+	}
+}
+
+func benchMessage(b *testing.B, c session.Consumer) {
+	e := newEnv(b, envOptions{settings: func(s *session.Settings) {
+		if c != nil {
+			s.Consumers = append(s.Consumers, c)
+		}
+	}})
 	body := strings.Repeat("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\n", 52) // ~4 KiB
 	raw := sign(b, message([]string{
 		"From: Bob <bob@pass.example>",
