@@ -57,7 +57,7 @@ func TestAggregateReports(t *testing.T) {
 	first := time.Now().Unix() / period
 	type send struct {
 		ip, helo, mailFrom, from string
-		want                 string // SMTP outcome: "accepted" or "rejected"
+		want                     string // SMTP outcome: "accepted" or "rejected"
 	}
 	mix := []send{
 		{legitIP, legitHelo, "alice@pass.example", "pass.example", "accepted"},

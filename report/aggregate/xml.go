@@ -217,10 +217,10 @@ func build(k store.Key, interval time.Duration, rows []store.Row, policyData str
 			rec.Row.SourceIP = "0.0.0.0" // a local client without an address
 		}
 		for _, re := range r.Reasons {
-			rec.Row.PolicyEvaluated.Reasons = append(rec.Row.PolicyEvaluated.Reasons, XMLReason{Type: re.Type, Comment: re.Comment})
+			rec.Row.PolicyEvaluated.Reasons = append(rec.Row.PolicyEvaluated.Reasons, XMLReason(re))
 		}
 		for _, d := range r.AuthDKIM {
-			rec.AuthResults.DKIM = append(rec.AuthResults.DKIM, XMLDKIM{Domain: d.Domain, Selector: d.Selector, Result: d.Result})
+			rec.AuthResults.DKIM = append(rec.AuthResults.DKIM, XMLDKIM(d))
 		}
 		if r.AuthSPF != nil {
 			rec.AuthResults.SPF = &XMLSPF{Domain: r.AuthSPF.Domain, Scope: r.AuthSPF.Scope, Result: r.AuthSPF.Result}
