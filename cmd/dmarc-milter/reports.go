@@ -20,6 +20,7 @@ func reportConfig(cfg Config) report.Config {
 	host, _ := os.Hostname()
 	rc := report.Config{
 		Enabled:              cfg.FailureReports,
+		Aggregate:            cfg.AggregateReports,
 		From:                 cfg.ReportFrom,
 		ReportingMTA:         host,
 		AuthservID:           cfg.AuthservID,
