@@ -161,7 +161,7 @@ func (m *milterProc) verdictFor(t testing.TB, queueID string) verdict {
 	ok := poll(10*time.Second, func() bool {
 		for _, line := range m.log.lines() {
 			var v verdict
-			if json.Unmarshal([]byte(line), &v) == nil && v.Message == "message" && v.QueueID == queueID {
+			if json.Unmarshal([]byte(line), &v) == nil && v.Message == "verdict" && v.QueueID == queueID {
 				found = v
 				return true
 			}

@@ -1,11 +1,14 @@
 package report
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +16,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
+	"github.com/rs/zerolog"
 )
 
 func TestWantedMatrix(t *testing.T) {
@@ -303,7 +307,8 @@ func TestRateLimitsAndDedup(t *testing.T) {
 	cfg.PerDestinationLimit, cfg.PerDestinationWindow = 3, time.Hour
 	cfg.GlobalLimit, cfg.GlobalWindow = 5, time.Hour
 	cfg.DedupWindow = 10 * time.Minute
-	r, err := New(cfg, newResolver(), testLogger(t), clk.now)
+	var logs syncBuffer
+	r, err := New(cfg, newResolver(), zerolog.New(io.MultiWriter(&logs, zerolog.TestWriter{T: t})).Level(zerolog.InfoLevel), clk.now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,6 +327,10 @@ func TestRateLimitsAndDedup(t *testing.T) {
 	}
 	if r.Stats().Suppressed[ReasonDuplicate] != 1 {
 		t.Errorf("duplicate not counted")
+	}
+	// A suppressed report leaves a line at info level, saying why.
+	if !strings.Contains(logs.String(), `"reason":"duplicate"`) || !strings.Contains(logs.String(), `"level":"info"`) {
+		t.Errorf("no info line for the duplicate:\n%s", logs.String())
 	}
 	// A different kind of failure from the same IP is not a duplicate.
 	g := from("192.0.2.1", "mailto:a@example.com")
@@ -384,4 +393,22 @@ func TestAlignmentNeedsOrgDomain(t *testing.T) {
 	if got := parseReport(t, msg).feedback.Get("Identity-Alignment"); got != "dkim" {
 		t.Errorf("Identity-Alignment %q, want dkim (mail.example.com is aligned with example.com in relaxed mode)", got)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the Reporter's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

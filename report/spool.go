@@ -318,7 +318,7 @@ func (r *Reporter) process(ctx context.Context, f *policy.Judged) {
 		reason := r.take(ctx, cfg, key, d.addr, now)
 		if reason != "" {
 			r.suppress(reason)
-			log.Debug().Str("to", d.addr).Str("reason", string(reason)).Msg("failure report not sent")
+			log.Info().Str("to", d.addr).Str("reason", string(reason)).Msg("failure report not sent: suppressed by a limit or de-duplication")
 			continue
 		}
 		msg, err := build(f, a, []string{d.addr}, *cfg, now, false)

@@ -459,12 +459,12 @@ func TestSummaryLog(t *testing.T) {
 	e.run(badIP, "x.example", msg{mailFrom: "bob@pass.example", queueID: "QID123", raw: plainMessage("bob@pass.example", "log")})
 	line := e.logs.String()
 	for _, s := range []string{`"queue_id":"QID123"`, `"client_ip":"203.0.113.66"`, `"from_domain":"pass.example"`,
-		`"spf":"fail"`, `"dkim":[]`, `"dmarc":"fail"`, `"policy":"reject"`, `"action":"reject"`, `"message":"message"`} {
+		`"spf":"fail"`, `"dkim":[]`, `"dmarc":"fail"`, `"policy":"reject"`, `"action":"reject"`, `"message":"verdict"`, `"elapsed_ms":`} {
 		if !strings.Contains(line, s) {
 			t.Errorf("summary log lacks %s:\n%s", s, line)
 		}
 	}
-	if n := strings.Count(line, `"message":"message"`); n != 1 {
+	if n := strings.Count(line, `"message":"verdict"`); n != 1 {
 		t.Errorf("%d summary lines, want 1", n)
 	}
 }

@@ -369,7 +369,7 @@ func (s *session) logSummary(m *message, v policy.Verdict) {
 		Str("disposition", string(v.Disposition)).
 		Str("action", v.Action.String()).
 		Int("removed_forged_ar", len(m.forged)).
-		Dur("elapsed", s.set.Now().Sub(msg.Arrival))
+		Float64("elapsed_ms", float64(s.set.Now().Sub(msg.Arrival).Microseconds())/1000)
 	if v.Exempt != "" {
 		e = e.Str("exempt", string(v.Exempt))
 	}
@@ -379,7 +379,7 @@ func (s *session) logSummary(m *message, v policy.Verdict) {
 	if v.DMARC.Err != nil {
 		e = e.Str("dmarc_error", v.DMARC.Err.Error())
 	}
-	e.Msg("message")
+	e.Msg("verdict")
 	for _, err := range v.DMARC.Ignored {
 		s.set.Log.Debug().Str("queue_id", msg.QueueID).Err(err).Msg("dmarc: lookup failure ignored: its answer could not change the verdict")
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -168,11 +169,35 @@ func loadConfigFile(path string, cfg *Config) error {
 			if key == "" {
 				key = keyOnLine(data, line)
 			}
-			return &ConfigError{File: path, Line: line, Key: key, Err: errors.New(strings.TrimPrefix(de.Error(), "toml: "))}
+			return &ConfigError{File: path, Line: line, Key: key, Err: errors.New(plainDecodeError(strings.TrimPrefix(de.Error(), "toml: ")))}
 		}
 		return &ConfigError{File: path, Err: err}
 	}
 	return nil
+}
+
+// typeErrorRE matches go-toml's message for a value of the wrong TOML
+// type, which names Go types.
+var typeErrorRE = regexp.MustCompile(`^cannot decode TOML (\w+) into (?:struct field \S+ of type|a Go value of type) (\S+)$`)
+
+// plainDecodeError says a type mismatch in the file's terms: what was
+// written and what the key wants, with no Go type names.
+func plainDecodeError(msg string) string {
+	m := typeErrorRE.FindStringSubmatch(msg)
+	if m == nil {
+		return msg
+	}
+	want := map[string]string{
+		"bool":          "true or false, without quotes",
+		"int":           "a whole number, without quotes",
+		"string":        "a string in double quotes",
+		"[]string":      `a list of strings, e.g. ["a", "b"]`,
+		"[]main.Prefix": `a list of networks, e.g. ["192.0.2.0/24"]`,
+	}[m[2]]
+	if want == "" {
+		want = "a string in double quotes"
+	}
+	return fmt.Sprintf("the value is a TOML %s; want %s", m[1], want)
 }
 
 // keyOnLine returns the key of a "key = value" line (1-based), or "".

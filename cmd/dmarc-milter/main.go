@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -55,30 +56,31 @@ const usage = `usage: dmarc-milter serve [--config FILE] [flags]
 Run "dmarc-milter serve -h" for the flags.`
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // run is main without the exit, for tests. Exit status: 0 after a clean
 // shutdown, 2 for usage and configuration errors, 1 for runtime failures.
-func run(args []string, stderr io.Writer) int {
+func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, usage)
 		return 2
 	}
 	switch args[0] {
 	case "--version", "-version", "version":
-		fmt.Fprintf(os.Stdout, "dmarc-milter %s\n", versionString())
+		fmt.Fprintf(stdout, "dmarc-milter %s\n", versionString())
 		return 0
 	case "serve":
-		return serve(args[1:], stderr)
+		return serve(args[1:], stdout, stderr)
 	case "report":
 		if len(args) > 1 && args[1] == "aggregate" {
-			return reportAggregate(args[2:], os.Stdout, stderr)
+			return reportAggregate(args[2:], stdout, stderr)
 		}
 		fmt.Fprintf(stderr, "dmarc-milter: report: unknown report kind (want: report aggregate)\n%s\n", usage)
 		return 2
-	case "-h", "--help", "help":
-		fmt.Fprintln(stderr, usage)
+	case "-h", "--help", "-help", "help":
+		// Asked for: the answer goes to stdout (dmarc-milter --help | less).
+		fmt.Fprintln(stdout, usage)
 		return 0
 	}
 	fmt.Fprintf(stderr, "dmarc-milter: unknown command %q\n%s\n", args[0], usage)
@@ -158,15 +160,60 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 type levelWriter struct {
 	w     io.Writer
 	level atomic.Int32
+	// journal: stderr is a journald stream. Each line then starts with
+	// its syslog priority ("<3>" for errors, sd-daemon(3)), which journald
+	// reads (SyslogLevelPrefix=yes, its default) and strips; the rest of
+	// the line stays JSON (or text). out is the stream the prefix goes to.
+	journal bool
+	out     io.Writer
+	mu      sync.Mutex
 }
 
-func (l *levelWriter) Write(p []byte) (int, error) { return l.w.Write(p) }
+func (l *levelWriter) Write(p []byte) (int, error) { return l.WriteLevel(zerolog.NoLevel, p) }
 
 func (l *levelWriter) WriteLevel(level zerolog.Level, p []byte) (int, error) {
-	if level < zerolog.Level(l.level.Load()) {
+	if level != zerolog.NoLevel && level < zerolog.Level(l.level.Load()) {
 		return len(p), nil
 	}
+	if !l.journal {
+		return l.w.Write(p)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, err := io.WriteString(l.out, syslogPrefix(level)); err != nil {
+		return 0, err
+	}
 	return l.w.Write(p)
+}
+
+// syslogPrefix is the sd-daemon(3) priority prefix of a level.
+func syslogPrefix(level zerolog.Level) string {
+	switch level {
+	case zerolog.TraceLevel, zerolog.DebugLevel:
+		return "<7>"
+	case zerolog.WarnLevel:
+		return "<4>"
+	case zerolog.ErrorLevel:
+		return "<3>"
+	case zerolog.FatalLevel, zerolog.PanicLevel:
+		return "<2>"
+	}
+	return "<6>"
+}
+
+// journalStream reports whether w is the stream systemd connected to
+// journald: $JOURNAL_STREAM names its device and inode (systemd.exec(5)).
+func journalStream(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	js := os.Getenv("JOURNAL_STREAM")
+	if !ok || js == "" {
+		return false
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return false
+	}
+	return js == fmt.Sprintf("%d:%d", st.Dev, st.Ino)
 }
 
 func (l *levelWriter) set(name string) {
@@ -178,15 +225,19 @@ func (l *levelWriter) set(name string) {
 }
 
 func newLogger(cfg Config, w io.Writer) (zerolog.Logger, *levelWriter) {
+	lw := &levelWriter{w: w, out: w, journal: journalStream(w)}
 	if cfg.LogFormat.Value == "text" {
-		w = zerolog.ConsoleWriter{Out: w, NoColor: true, TimeFormat: time.RFC3339}
+		lw.w = zerolog.ConsoleWriter{Out: w, NoColor: true, TimeFormat: time.RFC3339}
 	}
-	lw := &levelWriter{w: w}
 	lw.set(cfg.LogLevel.Value)
 	return zerolog.New(lw).With().Timestamp().Logger(), lw
 }
 
-func serve(args []string, stderr io.Writer) int {
+func serve(args []string, stdout, stderr io.Writer) int {
+	if wantsHelp(args) {
+		serveUsage(stdout)
+		return 0
+	}
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -75,7 +76,9 @@ func TestConfigErrors(t *testing.T) {
 		{"unknown key", "listen = \"inet:127.0.0.1:8893\"\n\nbogus_key = 1\n", `:3: bogus_key: unknown key$`},
 		{"bad choice", "monitor = false\ntemperror = \"sometimes\"\n", `:2: temperror: .*invalid value "sometimes" \(want tempfail or accept\)`},
 		{"bad duration", "dns_timeout = \"soon\"\n", `:1: dns_timeout: .*invalid duration`},
-		{"bad type", "monitor = \"yes\"\n", `:1: monitor: `},
+		{"bad type", "monitor = \"yes\"\n", `:1: monitor: the value is a TOML string; want true or false, without quotes$`},
+		{"list for a count", "max_dkim_signatures = [5]\n", `:1: max_dkim_signatures: the value is a TOML array; want a whole number, without quotes$`},
+		{"bad report_from", "report_from = \"not an address\"\n", `:1: report_from: "not an address" is not an e-mail address$`},
 		{"bad network", "trusted_networks = [\"10.0.0.0/8\", \"not-a-net\"]\n", `:1: trusted_networks: .*invalid network`},
 		{"bad listen", "listen = \"udp:1.2.3.4:5\"\n", `:1: listen: .*unknown type`},
 		{"syntax", "listen = \n", `:1`},
@@ -94,7 +97,7 @@ func TestConfigErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path := writeFile(t, tc.file)
 			var stderr bytes.Buffer
-			code := run([]string{"serve", "--config", path, "--dns", "127.0.0.1:1"}, &stderr)
+			code := run([]string{"serve", "--config", path, "--dns", "127.0.0.1:1"}, io.Discard, &stderr)
 			if code != 2 {
 				t.Errorf("exit %d, want 2 (stderr %q)", code, stderr.String())
 			}
@@ -110,7 +113,7 @@ func TestConfigErrors(t *testing.T) {
 
 	t.Run("unreadable file", func(t *testing.T) {
 		var stderr bytes.Buffer
-		if code := run([]string{"serve", "--config", "/nonexistent/dm.toml"}, &stderr); code != 2 {
+		if code := run([]string{"serve", "--config", "/nonexistent/dm.toml"}, io.Discard, &stderr); code != 2 {
 			t.Errorf("exit %d, want 2", code)
 		}
 		if !strings.Contains(stderr.String(), "/nonexistent/dm.toml") {
@@ -119,7 +122,7 @@ func TestConfigErrors(t *testing.T) {
 	})
 	t.Run("bad flag value", func(t *testing.T) {
 		var stderr bytes.Buffer
-		if code := run([]string{"serve", "--temperror", "maybe"}, &stderr); code != 2 {
+		if code := run([]string{"serve", "--temperror", "maybe"}, io.Discard, &stderr); code != 2 {
 			t.Errorf("exit %d, want 2", code)
 		}
 	})
@@ -429,10 +432,10 @@ func TestReload(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
-	if code := run([]string{"--version"}, os.Stderr); code != 0 {
+	if code := run([]string{"--version"}, io.Discard, os.Stderr); code != 0 {
 		t.Errorf("--version exit %d", code)
 	}
-	if code := run([]string{"frobnicate"}, &bytes.Buffer{}); code != 2 {
+	if code := run([]string{"frobnicate"}, io.Discard, &bytes.Buffer{}); code != 2 {
 		t.Errorf("unknown command exit %d, want 2", code)
 	}
 }

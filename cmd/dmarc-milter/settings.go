@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/mail"
 	"reflect"
@@ -51,8 +52,6 @@ type setting struct {
 	// Check, if set, checks the value in the whole configuration (ranges
 	// that involve another key, formats no type can check).
 	Check func(c *Config) error
-	// FlagElem, if set, checks each element of a list flag.
-	FlagElem func(s string) error
 }
 
 // hostToken in a Default stands for the host name.
@@ -74,8 +73,8 @@ var settings = []setting{
 	{Key: "shutdown_timeout", Default: `"30s"`, Restart: true, Min: 1,
 		Usage: "how long SIGTERM waits for open sessions"},
 	// DNS.
-	{Key: "dns", Flag: true, Default: `[]`, Restart: true, FlagElem: checkHostPort,
-		Usage: "upstream DNS resolvers, HOST:PORT; empty: the nameservers of /etc/resolv.conf"},
+	{Key: "dns", Flag: true, Default: `[]`, Restart: true, Check: defaultDNSPort,
+		Usage: "upstream DNS resolvers, HOST or HOST:PORT (port 53 if none); empty: the nameservers of /etc/resolv.conf"},
 	{Key: "dns_timeout", Default: dur(resolver.DefaultTimeout), Restart: true, Min: 1,
 		Usage: "timeout of one DNS query attempt"},
 	{Key: "dns_cache_size", Default: num(resolver.DefaultCacheSize), Restart: true, Min: 1,
@@ -235,11 +234,6 @@ func (s *setting) set(c *Config, text string) error {
 			if e = strings.TrimSpace(e); e == "" {
 				continue
 			}
-			if s.FlagElem != nil {
-				if err := s.FlagElem(e); err != nil {
-					return err
-				}
-			}
 			v := reflect.New(f.Type().Elem())
 			if err := setValue(v.Elem(), e); err != nil {
 				return err
@@ -375,9 +369,19 @@ func bindFlags(fs *flag.FlagSet) map[string]*flagValue {
 	return vals
 }
 
-func checkHostPort(s string) error {
-	if _, _, err := net.SplitHostPort(s); err != nil {
-		return fmt.Errorf("%q is not HOST:PORT", s)
+// defaultDNSPort gives port 53 to the resolvers written without one
+// ("192.0.2.53", "2001:db8::53", "[2001:db8::53]") and checks the others.
+func defaultDNSPort(c *Config) error {
+	for i, s := range c.DNS {
+		if _, _, err := net.SplitHostPort(s); err == nil {
+			continue
+		}
+		host := strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")
+		if ip := net.ParseIP(host); ip != nil || (host != "" && !strings.ContainsAny(host, ":[] ")) {
+			c.DNS[i] = net.JoinHostPort(host, "53")
+			continue
+		}
+		return fmt.Errorf("%q is not HOST or HOST:PORT", s)
 	}
 	return nil
 }
@@ -415,4 +419,42 @@ func checkBackoffs(c *Config) error {
 		return fmt.Errorf("%q is shorter than report_min_backoff %q", c.ReportMaxBackoff, c.ReportMinBackoff)
 	}
 	return nil
+}
+
+// wantsHelp reports whether args ask for help (-h, -help, --help).
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		if a == "-h" || a == "-help" || a == "--help" {
+			return true
+		}
+	}
+	return false
+}
+
+// serveUsage prints the options of serve and every setting of the
+// configuration file with its default.
+func serveUsage(w io.Writer) {
+	fs := flag.NewFlagSet("dmarc-milter serve", flag.ContinueOnError)
+	fs.SetOutput(w)
+	fs.String("config", "", "TOML configuration `file`")
+	bindFlags(fs)
+	fmt.Fprintln(w, "usage: dmarc-milter serve [--config FILE] [flags]")
+	fmt.Fprintln(w, "\nFlags (they override the file):")
+	fs.PrintDefaults()
+	fmt.Fprintln(w, "\nSettings of the configuration file, with their defaults (a flag of the")
+	fmt.Fprintln(w, "same name, dashes for underscores, exists where marked):")
+	for _, s := range settings {
+		mark := ""
+		if s.Flag {
+			mark = "  [--" + s.flagName() + "]"
+		}
+		restart := ""
+		if s.Restart {
+			restart = " (restart to change)"
+		}
+		fmt.Fprintf(w, "  %s = %s%s\n      %s%s\n", s.Key, s.Default, mark, s.Usage, restart)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -73,6 +74,10 @@ func TestSettingFlags(t *testing.T) {
 		{args: []string{"--failure-reports=false"}, check: func(c Config) bool { return !c.FailureReports }},
 		{args: []string{"--dns", "127.0.0.1:53, [::1]:53"}, check: func(c Config) bool { return slices.Equal(c.DNS, []string{"127.0.0.1:53", "[::1]:53"}) }},
 		{args: []string{"--log-level", "debug"}, check: func(c Config) bool { return c.LogLevel.Value == "debug" }},
+		// A resolver without a port gets 53.
+		{args: []string{"--dns", "192.0.2.53,2001:db8::53,[::1]:5353"}, check: func(c Config) bool {
+			return slices.Equal(c.DNS, []string{"192.0.2.53:53", "[2001:db8::53]:53", "[::1]:5353"})
+		}},
 		{args: []string{"--pprof-listen", "127.0.0.1:6061"}, check: func(c Config) bool { return c.PprofListen.Addr == "127.0.0.1:6061" }},
 		{args: []string{"--report-from", "dmarc@example.org"}, check: func(c Config) bool { return c.ReportFrom == "dmarc@example.org" }},
 	}
@@ -82,10 +87,23 @@ func TestSettingFlags(t *testing.T) {
 			t.Errorf("%v: err %v, config %+v", tt.args, err, cfg)
 		}
 	}
-	for _, bad := range [][]string{{"--dns", "127.0.0.1"}, {"--temperror", "maybe"}, {"--listen", "udp:1"}, {"--monitor=perhaps"}} {
+	for _, bad := range [][]string{{"--dns", "127.0.0.1:x:y"}, {"--temperror", "maybe"}, {"--listen", "udp:1"}, {"--monitor=perhaps"}} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Errorf("%v accepted", bad)
 		}
+	}
+}
+
+// Resolvers in the file get port 53 when they have none; a bad one is an
+// error naming the file, line and key.
+func TestDNSDefaultPort(t *testing.T) {
+	cfg, err := loadConfig(writeFile(t, "dns = [\"192.0.2.53\", \"[2001:db8::1]\", \"ns.example:5353\"]\n"))
+	if err != nil || !slices.Equal(cfg.DNS, []string{"192.0.2.53:53", "[2001:db8::1]:53", "ns.example:5353"}) {
+		t.Errorf("dns %v, %v", cfg.DNS, err)
+	}
+	path := writeFile(t, "monitor = true\ndns = [\"192.0.2.1\", \"a b\"]\n")
+	if _, err := loadConfig(path); err == nil || err.Error() != path+`:2: dns: "a b" is not HOST or HOST:PORT` {
+		t.Errorf("bad resolver: %v", err)
 	}
 }
 
@@ -225,4 +243,55 @@ func manList() string {
 		b.WriteString(text + "\n")
 	}
 	return b.String()
+}
+
+// Help goes to stdout with exit status 0; serve -h shows every setting's
+// default.
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"help"}, {"serve", "-h"}, {"serve", "--help"}} {
+		var stdout, stderr bytes.Buffer
+		if code := run(args, &stdout, &stderr); code != 0 || stdout.Len() == 0 || stderr.Len() != 0 {
+			t.Errorf("%v: exit %d, %d bytes on stdout, stderr %q", args, code, stdout.Len(), stderr.String())
+		}
+		if args[0] != "serve" {
+			continue
+		}
+		for _, s := range settings {
+			if !strings.Contains(stdout.String(), "  "+s.Key+" = "+s.Default) {
+				t.Errorf("%v does not show %s = %s", args, s.Key, s.Default)
+			}
+		}
+	}
+}
+
+// Under systemd (stderr is the journal stream) each log line starts with
+// its syslog priority, which journald reads; elsewhere lines are plain.
+func TestJournalPriority(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cfg := newConfig("mx")
+	if journalStream(f) {
+		t.Fatal("a plain file taken for the journal")
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("JOURNAL_STREAM", fmt.Sprintf("%d:%d", st.Dev, st.Ino))
+	if !journalStream(f) {
+		t.Fatal("the journal stream not recognized")
+	}
+	logger, _ := newLogger(cfg, f)
+	logger.Error().Msg("bad")
+	logger.Warn().Msg("careful")
+	logger.Info().Msg("fine")
+	logger.Debug().Msg("hidden at info")
+	data, _ := os.ReadFile(f.Name())
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], `<3>{"level":"error"`) || !strings.HasPrefix(lines[1], "<4>{") || !strings.HasPrefix(lines[2], "<6>{") {
+		t.Errorf("journal lines:\n%s", data)
+	}
 }
