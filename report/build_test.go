@@ -20,6 +20,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
+	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 )
 
 func TestBuildFields(t *testing.T) {
@@ -152,6 +153,20 @@ func TestBuildVariants(t *testing.T) {
 		if !strings.Contains(p.text, "no DKIM signature") || !strings.Contains(p.text, "marked as failing DMARC") {
 			t.Errorf("text:\n%s", p.text)
 		}
+	})
+	t.Run("fo=1, DMARC passed through SPF, the aligned signature failed", func(t *testing.T) {
+		// What happened: SPF passed for an aligned domain, so DMARC
+		// passed; the signature of the From domain failed (body hash).
+		// Not a DMARC failure, and both identifiers are aligned.
+		f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com; fo=1")
+		f.Verdict.SPF = spf.Result{Status: spf.Pass, Domain: "example.com", Identity: spf.IdentityMailFrom}
+		f.Verdict.DMARC.Status, f.Verdict.DMARC.SPFAligned = dmarc.Pass, true
+		f.Verdict.Action, f.Verdict.Disposition = 0, dmarc.PolicyNone
+		p := parseReport(t, mustBuild(t, f, cfg, now))
+		checkField(t, p, "Auth-Failure", "bodyhash")
+		checkField(t, p, "Identity-Alignment", "dkim, spf")
+		checkField(t, p, "DKIM-Domain", "example.com")
+		checkField(t, p, "Delivery-Result", "delivered")
 	})
 	t.Run("p=none, fo=d, unaligned signature", func(t *testing.T) {
 		f := failure(t, "v=DMARC1; p=none; ruf=mailto:ruf@example.com; fo=d")

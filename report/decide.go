@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/emersion/go-message/mail"
@@ -187,8 +188,10 @@ func firstFailedDKIM(rs []dkim.Result) int {
 type analysis struct {
 	matched     dmarc.FailureOptions
 	authFailure string // Auth-Failure value (RFC 6591 Section 3.1, RFC 9991 Section 4)
-	// alignment is the Identity-Alignment value: the mechanisms whose
-	// aligned identifier failed, or "none" (RFC 9991 Section 4).
+	// alignment is the Identity-Alignment value (RFC 9991 Section 4): the
+	// mechanisms whose identifier is aligned with the From domain, whatever
+	// their result ("dkim", "spf", both, or "none"), as in RFC 9991's
+	// example (a failing aligned signature gives "dkim").
 	alignment []string
 	// sig is the index in Verdict.DKIM of the signature the DKIM-* fields
 	// describe, -1 if none.
@@ -233,34 +236,45 @@ func analyze(j *policy.Judged, orgDomain func(name string) string) analysis {
 		}
 	}
 	if alignedFail >= 0 {
-		a.alignment = append(a.alignment, "dkim")
 		a.sig = alignedFail
 	} else {
 		a.sig = firstFailedDKIM(v.DKIM)
 	}
-	if a.spfAligned && v.SPF.Status != spf.Pass {
+	if slices.Contains(a.dkimAligned, true) {
+		a.alignment = append(a.alignment, "dkim")
+	}
+	if a.spfAligned {
 		a.alignment = append(a.alignment, "spf")
 	}
 	if len(a.alignment) == 0 {
 		a.alignment = []string{"none"}
 	}
 
-	switch {
-	case a.matched.Has(dmarc.FailureAll) || a.matched.Has(dmarc.FailureAny):
-		a.authFailure = "dmarc"
-	case a.matched.Has(dmarc.FailureDKIM):
-		a.authFailure = "signature"
-		if a.sig >= 0 {
-			switch err := v.DKIM[a.sig].Err; {
-			case errors.Is(err, dkim.ErrBodyHash):
-				a.authFailure = "bodyhash"
-			case errors.Is(err, dkim.ErrKeyRevoked):
-				a.authFailure = "revoked"
-			}
+	// Auth-Failure (RFC 6591 Section 3.1, RFC 9991 Section 4) names what
+	// the report is about: "dmarc" for a DMARC failure (fo=0, or fo=1 with
+	// DMARC failed); otherwise the mechanism that failed: the signature
+	// ("bodyhash", "revoked", "signature") for fo=d or for fo=1 with DMARC
+	// passed through SPF, SPF for fo=s.
+	sigFailure := func() string {
+		switch err := v.DKIM[a.sig].Err; {
+		case errors.Is(err, dkim.ErrBodyHash):
+			return "bodyhash"
+		case errors.Is(err, dkim.ErrKeyRevoked):
+			return "revoked"
 		}
-	case a.matched.Has(dmarc.FailureSPF):
+		return "signature"
+	}
+	dmarcFailed := v.DMARC.Status == dmarc.Fail
+	switch {
+	case dmarcFailed && (a.matched.Has(dmarc.FailureAll) || a.matched.Has(dmarc.FailureAny)):
+		a.authFailure = "dmarc"
+	case (a.matched.Has(dmarc.FailureDKIM) || a.matched.Has(dmarc.FailureAny)) && a.sig >= 0:
+		a.authFailure = sigFailure()
+	case (a.matched.Has(dmarc.FailureSPF) || a.matched.Has(dmarc.FailureAny)) && v.SPF.Status != spf.Pass:
 		a.authFailure = "spf"
 	default:
+		// DMARC passed and nothing failed outright: DKIM gave no aligned
+		// pass (fo=1), e.g. an unsigned message that passed SPF.
 		a.authFailure = "dmarc"
 	}
 	return a
