@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"mime"
 	"regexp"
 	"strings"
 	"time"
@@ -54,7 +56,13 @@ func build(f *policy.Judged, a analysis, to []string, cfg Config, now time.Time,
 	var h mail.Header
 	h.SetAddressList("From", []*mail.Address{from})
 	h.SetAddressList("To", rcpts)
-	h.SetSubject("DMARC failure report for " + v.FromDomain + " from " + ip)
+	subject := "DMARC failure report for " + v.FromDomain + " from " + ip
+	if orig := originalSubject(f, cfg.RedactLocalParts); orig != "" {
+		// What the domain owner recognizes the message by (the seed report
+		// 002 asks for it), in brackets.
+		subject += " [" + orig + "]"
+	}
+	h.SetSubject(subject)
 	h.SetDate(now)
 	if err := h.GenerateMessageIDWithHostname(cfg.ReportingMTA); err != nil {
 		return nil, fmt.Errorf("report: message id: %w", err)
@@ -77,7 +85,8 @@ func build(f *policy.Judged, a analysis, to []string, cfg Config, now time.Time,
 
 	// Part 1: for people.
 	text := humanText(f, a, cfg, attachMessage, cut, kept)
-	if err := writePart(w, "text/plain", map[string]string{"charset": "utf-8"}, []byte(text), true); err != nil {
+	if err := writePart(w, "text/plain", map[string]string{"charset": "utf-8"}, []byte(text), true,
+		"DMARC failure report: what failed and why", "report.txt"); err != nil {
 		return nil, err
 	}
 
@@ -86,18 +95,19 @@ func build(f *policy.Judged, a analysis, to []string, cfg Config, now time.Time,
 	if err != nil {
 		return nil, err
 	}
-	if err := writePart(w, "message/feedback-report", nil, fb, false); err != nil {
+	if err := writePart(w, "message/feedback-report", nil, fb, false,
+		"The same report for programs (Abuse Reporting Format, RFC 5965, RFC 6591)", "feedback-report.txt"); err != nil {
 		return nil, err
 	}
 
 	// Part 3: the original header, or message.
-	ctype := "text/rfc822-headers"
+	ctype, desc, name := "text/rfc822-headers", "The header of the reported message", "original-header.txt"
 	if attachMessage {
-		ctype = "message/rfc822"
+		ctype, desc, name = "message/rfc822", "The reported message", "original-message.eml"
 		orig = append(orig, "\r\n"...)
 		orig = append(orig, rfc5322.CRLF(f.Body)...)
 	}
-	if err := writePart(w, ctype, nil, orig, false); err != nil {
+	if err := writePart(w, ctype, nil, orig, false, desc, name); err != nil {
 		return nil, err
 	}
 	if err := w.Close(); err != nil {
@@ -106,12 +116,16 @@ func build(f *policy.Judged, a analysis, to []string, cfg Config, now time.Time,
 	return buf.Bytes(), nil
 }
 
-// writePart adds one part. Its transfer encoding is 7bit for ASCII content;
-// otherwise quoted-printable for text/plain (qp) and 8bit for the others
-// (message/* parts may not be encoded, RFC 2046 Section 5.2.1).
-func writePart(w *message.Writer, ctype string, params map[string]string, body []byte, qp bool) error {
+// writePart adds one part, with a description and a file name a mail
+// client shows instead of "no description" or "Untitled attachment.dat"
+// (names a reader is not afraid to open: .txt, .eml). Its transfer
+// encoding is 7bit for ASCII content; otherwise quoted-printable for
+// text/plain (qp) and 8bit for the others (message/* parts may not be
+// encoded, RFC 2046 Section 5.2.1).
+func writePart(w *message.Writer, ctype string, params map[string]string, body []byte, qp bool, desc, filename string) error {
 	var ph message.Header
 	ph.SetContentType(ctype, params)
+	ph.Set("Content-Description", desc)
 	cte := "7bit"
 	if !isASCII(body) {
 		cte = "8bit"
@@ -120,9 +134,7 @@ func writePart(w *message.Writer, ctype string, params map[string]string, body [
 		}
 	}
 	ph.Set("Content-Transfer-Encoding", cte)
-	if ctype == "text/plain" {
-		ph.Set("Content-Disposition", "inline")
-	}
+	ph.SetContentDisposition("inline", map[string]string{"filename": filename})
 	pw, err := w.CreatePart(ph)
 	if err != nil {
 		return fmt.Errorf("report: %s part: %w", ctype, err)
@@ -295,4 +307,34 @@ func orUnknown(s string) string {
 		return "unknown"
 	}
 	return s
+}
+
+// maxSubjectRunes bounds the original subject carried in a report's
+// Subject.
+const maxSubjectRunes = 60
+
+// originalSubject is the reported message's Subject for the report's own:
+// decoded (RFC 2047), on one line, without control characters, cut to
+// maxSubjectRunes with an ellipsis, its addresses redacted if asked; "" if
+// the message has none.
+func originalSubject(f *policy.Judged, redact bool) string {
+	var raw string
+	for _, h := range f.Header {
+		if strings.EqualFold(strings.TrimSpace(h.Name), "Subject") {
+			raw = h.Value
+			break
+		}
+	}
+	dec := mime.WordDecoder{CharsetReader: func(charset string, input io.Reader) (io.Reader, error) {
+		return input, nil // an unknown charset: shown as it came
+	}}
+	s, err := dec.DecodeHeader(raw)
+	if err != nil {
+		s = raw
+	}
+	s = strings.Join(strings.Fields(strings.ToValidUTF8(oneLine(s), "\uFFFD")), " ")
+	if r := []rune(s); len(r) > maxSubjectRunes {
+		s = strings.TrimSpace(string(r[:maxSubjectRunes-1])) + "…"
+	}
+	return redactIf(redact, s)
 }

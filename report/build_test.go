@@ -2,8 +2,10 @@ package report
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
+	"mime"
 	"os"
 	"path/filepath"
 	"slices"
@@ -43,7 +45,7 @@ func TestBuildFields(t *testing.T) {
 		t.Errorf("Content-Type = %s %v", ct, params)
 	}
 	mh := mail.Header{Header: p.header}
-	if s, _ := mh.Subject(); s != "DMARC failure report for example.com from 192.0.2.1" {
+	if s, _ := mh.Subject(); s != "DMARC failure report for example.com from 192.0.2.1 [Your account]" {
 		t.Errorf("Subject = %q", s)
 	}
 	from, err := mh.AddressList("From")
@@ -427,5 +429,60 @@ func TestReportHeaderBound(t *testing.T) {
 				t.Errorf("third part %s, want %s", p.types[2], wantType)
 			}
 		})
+	}
+}
+
+// The report's Subject carries the original one: decoded, on one line,
+// shortened, redacted when addresses are; each part has a description and
+// a file name.
+func TestOriginalSubjectAndParts(t *testing.T) {
+	for _, tt := range []struct {
+		name, subject string
+		redact        bool
+		want          string
+	}{
+		{name: "plain", subject: " Your account", want: "Your account"},
+		{name: "encoded word", subject: " =?UTF-8?B?w5xiZXJ3ZWlzdW5n?= heute", want: "Überweisung heute"},
+		{name: "folded, control characters", subject: " Hello\n\tthere\x07 now", want: "Hello there now"},
+		{name: "long", subject: " " + strings.Repeat("abcdefghij", 10), want: strings.Repeat("abcdefghij", 5) + "abcdefghi…"},
+		{name: "redacted", subject: " mail for alice@example.net", redact: true, want: "mail for redacted@example.net"},
+		{name: "unknown charset", subject: " =?x-unknown?Q?hi?=", want: "hi"},
+		{name: "none", subject: "", want: ""},
+	} {
+		f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com")
+		var hdr []policy.Field
+		for _, h := range f.Header {
+			if h.Name != "Subject" {
+				hdr = append(hdr, h)
+			}
+		}
+		if tt.subject != "" {
+			hdr = append(hdr, policy.Field{Name: "Subject", Value: tt.subject})
+		}
+		f.Header = hdr
+		if got := originalSubject(f, tt.redact); got != tt.want {
+			t.Errorf("%s: %q, want %q", tt.name, got, tt.want)
+		}
+	}
+
+	raw := mustBuild(t, failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"), testConfig(t), time.Now())
+	mr, err := mail.CreateReader(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for {
+		p, err := mr.NextPart()
+		if err != nil {
+			break
+		}
+		_, params, _ := mime.ParseMediaType(p.Header.Get("Content-Disposition"))
+		if p.Header.Get("Content-Description") == "" {
+			t.Errorf("part %s has no description", p.Header.Get("Content-Type"))
+		}
+		names = append(names, params["filename"])
+	}
+	if strings.Join(names, ",") != "report.txt,feedback-report.txt,original-header.txt" {
+		t.Errorf("file names %v", names)
 	}
 }
