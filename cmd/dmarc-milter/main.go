@@ -107,11 +107,7 @@ func versionString() string {
 // parseFlags builds the configuration: defaults, then the file named by
 // --config, then the flags that were given.
 func parseFlags(args []string, stderr io.Writer) (Config, error) {
-	hostname, _ := os.Hostname()
-	if hostname == "" {
-		hostname = "localhost"
-	}
-	cfg := newConfig(hostname)
+	cfg := newConfig(fqdn(hostName(), lookupCNAME))
 
 	fs := flag.NewFlagSet("dmarc-milter serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -353,6 +349,10 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		logger.Error().Err(err).Str("listen", cfg.Listen.String()).Msg("cannot listen")
 		return 1
+	}
+	if why := notARealDomain(addressOf(cfg.ReportFrom)); why != "" && reporter != nil {
+		logger.Warn().Str("report_from", cfg.ReportFrom).Str("why", why).
+			Msg("report_from is not an address of a real domain: report receivers cannot reply to it or verify it; set report_from")
 	}
 	logger.Info().Str("listen", cfg.Listen.String()).Strs("dns", servers).
 		Str("authserv_id", cfg.AuthservID).Str("version", versionString()).

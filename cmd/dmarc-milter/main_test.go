@@ -158,7 +158,7 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	host, _ := os.Hostname()
+	host := fqdn(hostName(), lookupCNAME)
 	if cfg.AuthservID != host || cfg.TempError.Value != "tempfail" || cfg.Listen.String() != "inet:127.0.0.1:8893" ||
 		len(cfg.TrustedNetworks) != 2 || !cfg.RejectBadFrom || cfg.Quarantine.Value != "hold" {
 		t.Errorf("defaults: %+v", cfg)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net"
 	"net/mail"
 	"os"
 	"path/filepath"
@@ -111,4 +112,54 @@ func aggregateConfig(cfg Config) aggregate.Config {
 			Submitter:        submitter,
 		},
 	}
+}
+
+// hostName is the system's host name, "localhost" if it has none.
+func hostName() string {
+	h, _ := os.Hostname()
+	if h == "" {
+		return "localhost"
+	}
+	return h
+}
+
+// lookupCNAME asks the system resolver (with its search domains) for a
+// name's canonical name, within two seconds.
+func lookupCNAME(name string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return net.DefaultResolver.LookupCNAME(ctx, name)
+}
+
+// fqdn is the fully qualified form of a host name without a dot (as
+// "hostname -f" finds it, through the resolver and its search domains),
+// the name itself when it has a dot or cannot be qualified. It fills the
+// default authserv-id and report_from.
+func fqdn(host string, lookup func(string) (string, error)) string {
+	if strings.Contains(host, ".") {
+		return host
+	}
+	if cname, err := lookup(host); err == nil {
+		if c := strings.TrimSuffix(cname, "."); strings.Contains(c, ".") {
+			return strings.ToLower(c)
+		}
+	}
+	return host
+}
+
+// notARealDomain says why the domain of addr cannot receive replies or be
+// verified by a report's receiver, "" if it looks like a public domain.
+func notARealDomain(addr string) string {
+	d := strings.ToLower(addr[strings.LastIndexByte(addr, '@')+1:])
+	switch {
+	case d == "":
+		return "no domain"
+	case !strings.Contains(d, "."):
+		return "a host name without a domain"
+	case d == "localhost" || strings.HasSuffix(d, ".localhost"), strings.HasSuffix(d, ".localdomain"),
+		strings.HasSuffix(d, ".local"), strings.HasSuffix(d, ".internal"), strings.HasSuffix(d, ".lan"),
+		strings.HasSuffix(d, ".home.arpa"), strings.HasSuffix(d, ".invalid"):
+		return "a private or local domain"
+	}
+	return ""
 }

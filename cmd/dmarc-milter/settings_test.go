@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -293,5 +294,38 @@ func TestJournalPriority(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 	if len(lines) != 3 || !strings.HasPrefix(lines[0], `<3>{"level":"error"`) || !strings.HasPrefix(lines[1], "<4>{") || !strings.HasPrefix(lines[2], "<6>{") {
 		t.Errorf("journal lines:\n%s", data)
+	}
+}
+
+// The default report_from and authserv-id use the fully qualified host
+// name; an address of no real domain is named as such.
+func TestHostNameAndReportFrom(t *testing.T) {
+	lookup := func(name string) (string, error) {
+		if name == "vm" {
+			return "vm.mx.example.net.", nil
+		}
+		return "", errors.New("no such host")
+	}
+	for _, tt := range []struct{ host, want string }{
+		{"vm", "vm.mx.example.net"}, {"mx.example.org", "mx.example.org"}, {"lonely", "lonely"},
+	} {
+		if got := fqdn(tt.host, lookup); got != tt.want {
+			t.Errorf("fqdn(%q) = %q, want %q", tt.host, got, tt.want)
+		}
+	}
+	cfg := newConfig(fqdn("vm", lookup))
+	if cfg.ReportFrom != "postmaster@vm.mx.example.net" || cfg.AuthservID != "vm.mx.example.net" {
+		t.Errorf("defaults %q %q", cfg.ReportFrom, cfg.AuthservID)
+	}
+	for _, tt := range []struct {
+		addr string
+		real bool
+	}{
+		{"postmaster@vm", false}, {"dmarc@mx.example.net", true}, {"a@host.localdomain", false},
+		{"a@printer.local", false}, {"a@localhost", false}, {"a@corp.internal", false},
+	} {
+		if why := notARealDomain(tt.addr); (why == "") != tt.real {
+			t.Errorf("%s: %q", tt.addr, why)
+		}
 	}
 }
