@@ -70,6 +70,7 @@ func startMilter(t testing.TB, bin, pidFile string, a milterArgs) *milterProc {
 		"--state-dir", a.stateDir,
 		"--report-smtp", a.reportSMTP,
 		"--report-from", "dmarc-reports@"+authservID,
+		"--metrics-listen", "", // the packaged default port may be taken by another daemon
 	)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -175,6 +175,13 @@ func (r *Reporter) SetConfig(cfg Config) error {
 	return nil
 }
 
+// SpoolSize is how many reports wait in the spool.
+func (r *Reporter) SpoolSize() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.pending)
+}
+
 // Stats returns a copy of the counters.
 func (r *Reporter) Stats() Stats {
 	r.mu.Lock()

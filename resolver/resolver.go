@@ -98,7 +98,20 @@ type Stats struct {
 	Merged   int64 // misses that waited for an identical query already in flight
 	Failures int64 // lookups answered with a cached temporary failure (counted in Hits too)
 	Entries  int   // answers currently cached
+	// Errors counts the upstream attempts that failed, by kind: "timeout",
+	// "network" (refused, unreachable), "rcode" (SERVFAIL, REFUSED and
+	// other error codes) and "bogus" (an answer that does not answer the
+	// question).
+	Errors map[string]int64
 }
+
+// Upstream error kinds (Stats.Errors).
+const (
+	ErrorTimeout = "timeout"
+	ErrorNetwork = "network"
+	ErrorRcode   = "rcode"
+	ErrorBogus   = "bogus"
+)
 
 // Resolver is a caching DNS resolver. It is safe for concurrent use.
 type Resolver struct {
@@ -106,11 +119,12 @@ type Resolver struct {
 	udp *dns.Client
 	tcp *dns.Client
 
-	upstream atomic.Int64
-	hits     atomic.Int64
-	misses   atomic.Int64
-	merged   atomic.Int64
-	failures atomic.Int64
+	upstream                                   atomic.Int64
+	hits                                       atomic.Int64
+	misses                                     atomic.Int64
+	merged                                     atomic.Int64
+	failures                                   atomic.Int64
+	errTimeout, errNetwork, errRcode, errBogus atomic.Int64
 
 	mu       sync.Mutex
 	lru      *list.List // of *entry, most recently used first
@@ -227,6 +241,10 @@ func (r *Resolver) Stats() Stats {
 		Merged:   r.merged.Load(),
 		Failures: r.failures.Load(),
 		Entries:  n,
+		Errors: map[string]int64{
+			ErrorTimeout: r.errTimeout.Load(), ErrorNetwork: r.errNetwork.Load(),
+			ErrorRcode: r.errRcode.Load(), ErrorBogus: r.errBogus.Load(),
+		},
 	}
 }
 
@@ -585,10 +603,12 @@ func (r *Resolver) exchange(ctx context.Context, k key) (answer, time.Duration, 
 					return ans, ttl, nil
 				}
 				// An unusable answer: the next server may do better.
+				r.errBogus.Add(1)
 				last = derr
 			} else {
 				// SERVFAIL, REFUSED and the like: this server cannot
 				// answer now.
+				r.errRcode.Add(1)
 				last = &net.DNSError{
 					Err:         "server misbehaving: " + dns.RcodeToString[resp.Rcode],
 					IsTemporary: true,
@@ -623,6 +643,9 @@ func (r *Resolver) send(ctx context.Context, client *dns.Client, req *dns.Msg, s
 		msg := err.Error()
 		if timeout {
 			msg = "i/o timeout"
+			r.errTimeout.Add(1)
+		} else if ctx.Err() == nil {
+			r.errNetwork.Add(1)
 		}
 		return nil, &net.DNSError{
 			Err:         msg,

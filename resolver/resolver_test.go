@@ -610,3 +610,22 @@ func TestServersFromResolvConf(t *testing.T) {
 		t.Error("missing file: no error")
 	}
 }
+
+// Failed upstream attempts are counted by kind, for the metrics.
+func TestErrorKinds(t *testing.T) {
+	srv := dnstest.NewServer(t, testZone)
+	srv.SetServfail("mx1.example.test.", dns.TypeTXT)
+	srv.SetTimeout("alias1.example.test.", dns.TypeTXT)
+	srv.SetAnswerOwner("long.example.test.", dns.TypeTXT, "other.example.test.")
+	r := newResolver(t, Config{Timeout: 200 * time.Millisecond, Attempts: 1, FailureTTL: -1}, srv.Addr)
+	ctx := context.Background()
+	for _, name := range []string{"mx1.example.test.", "alias1.example.test.", "long.example.test."} {
+		if _, err := r.LookupTXT(ctx, name); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	got := r.Stats().Errors
+	if got[ErrorRcode] != 1 || got[ErrorTimeout] != 1 || got[ErrorBogus] != 1 || got[ErrorNetwork] != 0 {
+		t.Errorf("errors by kind: %v", got)
+	}
+}

@@ -46,6 +46,9 @@ type Settings struct {
 	// decided and before the MTA gets its answer (failure reports make
 	// theirs durable there). Each decides itself what it wants of it.
 	Consumers []Consumer
+	// Metrics, if set, is told each judged message's outcome and how long
+	// its stages took.
+	Metrics Metrics
 	// KeepBody is how many body bytes to keep for the consumers (failure
 	// reports that attach the whole message); 0 keeps none. At most
 	// KeepBody+1 bytes are kept, so a consumer can tell a cut body.
@@ -77,6 +80,19 @@ const (
 // not be changed.
 type Consumer interface {
 	Submit(j *policy.Judged)
+}
+
+// Metrics receives the outcome of each judged message (the daemon's
+// Prometheus metrics). Message must be cheap and not block.
+type Metrics interface {
+	Message(v *policy.Verdict, st Stages)
+}
+
+// Stages are how long a message's checks took: SPF (at MAIL FROM), DKIM
+// (what end of message waited for the signatures), DMARC (the evaluation
+// and the decision) and Total, from MAIL FROM to the reply.
+type Stages struct {
+	SPF, DKIM, DMARC, Total time.Duration
 }
 
 // ConsumerFunc makes a function a Consumer.
@@ -136,6 +152,8 @@ type message struct {
 	// tooManyForged: more Authentication-Results fields of ours than
 	// MaxHeaderFields, too many to remove.
 	tooManyForged bool
+	// spfTime is how long the SPF checks took.
+	spfTime time.Duration
 
 	dkim *dkim.Verifier
 }
@@ -189,7 +207,9 @@ func (s *session) MailFrom(c *milter.Conn, reversePath string, args []string) mi
 	// header and body, which queue in the socket meanwhile, so DNS time
 	// overlaps the transfer without a goroutine per message.
 	spfCtx, spfCancel := context.WithTimeout(ctx, s.set.CheckTimeout)
+	t0 := s.set.Now()
 	m.msg.SPF, m.msg.HeloSPF = s.checkSPF(spfCtx, from)
+	m.spfTime = s.set.Now().Sub(t0)
 	spfCancel()
 	m.dkim = dkim.NewVerifier(ctx, dkim.Options{
 		LookupTXT:     s.set.LookupTXT,
@@ -296,13 +316,16 @@ func (s *session) EndOfMessage(c *milter.Conn) milter.Reply {
 	defer s.reset()
 
 	msg := &m.msg
+	t0 := s.set.Now()
 	msg.DKIM = m.dkim.Close()
+	t1 := s.set.Now()
 	msg.QueueID = c.Macro("i")
 	msg.HeaderTruncated = m.tooLarge
 	ev := s.set.Evaluator
 	ctx, cancel := context.WithTimeout(m.ctx, s.set.CheckTimeout)
 	defer cancel()
 	v := ev.Decide(ctx, msg)
+	t2 := s.set.Now()
 
 	reply := milter.Continue
 	ar := policy.AuthenticationResults(ev.Config().AuthservID, v, msg.MailFrom, msg.Helo)
@@ -319,6 +342,9 @@ func (s *session) EndOfMessage(c *milter.Conn) milter.Reply {
 		s.stamp(c, m, ar, v)
 	}
 	s.logSummary(m, v)
+	if s.set.Metrics != nil {
+		s.set.Metrics.Message(&v, Stages{SPF: m.spfTime, DKIM: t1.Sub(t0), DMARC: t2.Sub(t1), Total: s.set.Now().Sub(msg.Arrival)})
+	}
 	j := &policy.Judged{Message: msg, Verdict: v, AuthResults: ar}
 	for _, c := range s.set.Consumers {
 		c.Submit(j)

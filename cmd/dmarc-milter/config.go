@@ -114,6 +114,8 @@ type Config struct {
 	Store                    string   `toml:"store"`
 	ReportOrgName            string   `toml:"report_org_name"`
 	ReportContactInfo        string   `toml:"report_contact_info"`
+	// MetricsListen serves Prometheus metrics ("" turns them off).
+	MetricsListen LoopbackAddr `toml:"metrics_listen"`
 	// PprofListen, if set, serves Go's pprof profiles on this loopback
 	// "host:port" (off by default).
 	PprofListen LoopbackAddr `toml:"pprof_listen"`

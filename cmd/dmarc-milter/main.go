@@ -303,6 +303,14 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		MaxHeaderBytes:    cfg.MaxHeaderSize,
 		MaxHeaderFields:   cfg.MaxHeaderFields,
 	}
+	// Prometheus metrics: the session reports each message; the rest is
+	// read from the parts at scrape time.
+	src := &sources{res: res}
+	if reporter != nil {
+		src.reporter = reporter
+	}
+	met := newMetrics(src)
+	settings.Metrics = met
 	if reporter != nil {
 		settings.Consumers = append(settings.Consumers, reporter)
 		settings.KeepBody = reporter.KeepBody()
@@ -319,6 +327,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		rec := aggregate.NewRecorder(st, time.Duration(cfg.AggregateInterval), time.Duration(cfg.AggregateFlushInterval),
 			aggregate.Facts{EnvelopeTo: cfg.AggregateEnvelopeTo, OwnAddress: addressOf(cfg.ReportFrom)}, logger, nil)
 		settings.Consumers = append(settings.Consumers, rec)
+		src.recorder = rec
 		go func() { rec.Run(recordCtx); close(recordDone) }()
 		snd := aggregate.NewSender(aggregateConfig(cfg), st, reporter, logger, nil)
 		go snd.Run(reportCtx)
@@ -338,6 +347,14 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		Recipients: cfg.AggregateReports && cfg.AggregateEnvelopeTo,
 	}
 
+	src.srv = srv
+	if cfg.MetricsListen.Addr != "" {
+		// Mail matters more than metrics: without the listener the
+		// daemon runs on, saying so.
+		if err := serveMetrics(cfg.MetricsListen.Addr, met, logger); err != nil {
+			logger.Error().Err(err).Str("metrics_listen", cfg.MetricsListen.Addr).Msg("cannot serve metrics; running without them")
+		}
+	}
 	if cfg.PprofListen.Addr != "" {
 		if err := servePprof(cfg.PprofListen.Addr, logger); err != nil {
 			logger.Error().Err(err).Str("pprof_listen", cfg.PprofListen.Addr).Msg("cannot serve pprof")

@@ -180,6 +180,8 @@ var settings = []setting{
 		Usage: "log format: json or text"},
 	{Key: "log_level", Flag: true, Default: `"info"`, Choices: []string{"debug", "info", "warn", "error"},
 		Usage: "log level: debug, info, warn or error"},
+	{Key: "metrics_listen", Flag: true, Default: `"127.0.0.1:9893"`, Restart: true,
+		Usage: "serve Prometheus metrics at http://HOST:PORT/metrics on this loopback address (empty: off)"},
 	{Key: "pprof_listen", Flag: true, Default: `""`, Restart: true,
 		Usage: "serve Go's pprof profiles on this loopback HOST:PORT (empty: off)"},
 }

@@ -130,7 +130,7 @@ func TestNeedRestart(t *testing.T) {
 			f.Set(reflect.Append(f, e))
 		default:
 			other := map[string]string{
-				"listen": "unix:/run/x.sock", "socket_mode": "0600", "pprof_listen": "127.0.0.1:1",
+				"listen": "unix:/run/x.sock", "socket_mode": "0600", "pprof_listen": "127.0.0.1:1", "metrics_listen": "127.0.0.1:2",
 				"quarantine": "mark", "temperror": "accept", "report_starttls": "off",
 				"failure_report_include": "message", "log_format": "text", "log_level": "debug",
 			}[s.Key]
