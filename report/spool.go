@@ -232,9 +232,17 @@ func (r *Reporter) scanSpool(clean bool) {
 			os.Remove(path)
 		case strings.HasSuffix(name, spoolExt) && de.Type().IsRegular():
 			r.mu.Lock()
-			_, known := r.pending[strings.TrimSuffix(name, spoolExt)]
+			known := r.pending[strings.TrimSuffix(name, spoolExt)]
 			r.mu.Unlock()
-			if known {
+			if known != nil {
+				// "dmarc-milter spool retry" may have made it due sooner.
+				if env, _, err := readSpoolFile(path); err == nil {
+					r.mu.Lock()
+					if env.NextAttempt.Before(known.env.NextAttempt) {
+						known.env.NextAttempt = env.NextAttempt
+					}
+					r.mu.Unlock()
+				}
 				continue
 			}
 			env, _, err := readSpoolFile(path)

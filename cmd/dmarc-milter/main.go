@@ -51,6 +51,7 @@ const dkimKeyCacheSize = 2000
 
 const usage = `usage: dmarc-milter serve [--config FILE] [flags]
        dmarc-milter report aggregate [--config FILE] --from DATE --until DATE [--domain D] [--out DIR] [--send]
+       dmarc-milter spool list | show ID | retry ID | drop ID [--config FILE] [--json]
        dmarc-milter --version
 
 Run "dmarc-milter serve -h" for the flags.`
@@ -72,6 +73,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "serve":
 		return serve(args[1:], stdout, stderr)
+	case "spool":
+		return spoolCommand(args[1:], stdout, stderr)
 	case "report":
 		if len(args) > 1 && args[1] == "aggregate" {
 			return reportAggregate(args[2:], stdout, stderr)
