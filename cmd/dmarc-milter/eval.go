@@ -1,0 +1,342 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/policy"
+	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
+	"github.com/dmarc-milter/dmarc-milter/policy/spf"
+	"github.com/dmarc-milter/dmarc-milter/report"
+	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
+	"github.com/dmarc-milter/dmarc-milter/resolver"
+)
+
+// Exit status of eval: what the daemon would answer.
+const (
+	evalAccept     = 0 // delivered (also quarantine by marking only)
+	evalQuarantine = 3 // held in the hold queue
+	evalReject     = 4 // 550 5.7.1
+	evalTempFail   = 5 // 451 4.7.5
+)
+
+// evalCommand is "dmarc-milter eval": the verdict the daemon would reach
+// for a message file, with the configuration in force, and a trace of
+// every DNS question and rule applied.
+func evalCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("dmarc-milter eval", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "TOML configuration `file` (the daemon's)")
+	ipText := fs.String("ip", "", "the SMTP client's `address` (default: from the message's last Received field)")
+	helo := fs.String("helo", "", "the client's HELO `name` (default: from the message's last Received field)")
+	mailFrom := fs.String("mail-from", "", "the MAIL FROM `address` (default: the message's Return-Path; <> for the null sender)")
+	asJSON := fs.Bool("json", false, "print the verdict and trace as JSON")
+	if wantsHelp(args) {
+		fs.SetOutput(stdout)
+		fmt.Fprintln(stdout, "usage: dmarc-milter eval [--config FILE] [--ip IP] [--helo NAME] [--mail-from ADDR] [--json] [FILE.eml | -]")
+		fs.PrintDefaults()
+		fmt.Fprintln(stdout, "\nExit status: 0 delivered, 3 quarantined, 4 rejected, 5 deferred (DNS), 1 error, 2 usage.")
+		return 0
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 1 {
+		fmt.Fprintln(stderr, "dmarc-milter: eval takes one message file (or -)")
+		return 2
+	}
+	var raw []byte
+	var err error
+	if name := fs.Arg(0); name == "" || name == "-" {
+		raw, err = io.ReadAll(os.Stdin)
+	} else {
+		raw, err = os.ReadFile(name)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "dmarc-milter: eval: %v\n", err)
+		return 1
+	}
+	cfg, err := loadConfig(*configPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+		return 2
+	}
+	ev, err := evaluate(cfg, raw, *ipText, *helo, *mailFrom)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmarc-milter: eval: %v\n", err)
+		return 1
+	}
+	if *asJSON {
+		writeJSON(stdout, ev)
+	} else {
+		for _, l := range ev.Trace {
+			fmt.Fprintln(stdout, l)
+		}
+		fmt.Fprintf(stdout, "\nAuthentication-Results: %s\n", ev.AuthenticationResults)
+		fmt.Fprintf(stdout, "verdict: %s\n", ev.Verdict)
+	}
+	switch ev.Action {
+	case policy.Quarantine.String():
+		return evalQuarantine
+	case policy.Reject.String():
+		return evalReject
+	case policy.TempFail.String():
+		return evalTempFail
+	}
+	return evalAccept
+}
+
+// evaluation is what eval found.
+type evaluation struct {
+	ClientIP              string   `json:"client_ip"`
+	Helo                  string   `json:"helo"`
+	MailFrom              string   `json:"mail_from"`
+	Action                string   `json:"action"`
+	Verdict               string   `json:"verdict"`
+	DMARC                 string   `json:"dmarc"`
+	AuthenticationResults string   `json:"authentication_results"`
+	Trace                 []string `json:"trace"`
+}
+
+// tracer records the DNS questions and answers of one evaluation.
+type tracer struct {
+	r  *resolver.Resolver
+	mu sync.Mutex
+	tr *[]string
+}
+
+func (t *tracer) note(q string, ans []string, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case err != nil:
+		*t.tr = append(*t.tr, fmt.Sprintf("  dns: %s -> %v", q, err))
+	case len(ans) == 0:
+		*t.tr = append(*t.tr, fmt.Sprintf("  dns: %s -> no records", q))
+	default:
+		*t.tr = append(*t.tr, fmt.Sprintf("  dns: %s -> %s", q, strings.Join(ans, " | ")))
+	}
+}
+
+func (t *tracer) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	txt, err := t.r.LookupTXT(ctx, name)
+	t.note("TXT "+name, txt, err)
+	return txt, err
+}
+
+func (t *tracer) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
+	mx, err := t.r.LookupMX(ctx, name)
+	var s []string
+	for _, m := range mx {
+		s = append(s, m.Host)
+	}
+	t.note("MX "+name, s, err)
+	return mx, err
+}
+
+func (t *tracer) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error) {
+	ips, err := t.r.LookupIPAddr(ctx, host)
+	var s []string
+	for _, ip := range ips {
+		s = append(s, ip.String())
+	}
+	t.note("A/AAAA "+host, s, err)
+	return ips, err
+}
+
+func (t *tracer) LookupAddr(ctx context.Context, addr string) ([]string, error) {
+	names, err := t.r.LookupAddr(ctx, addr)
+	t.note("PTR "+addr, names, err)
+	return names, err
+}
+
+func (t *tracer) Exists(ctx context.Context, name string) (bool, error) {
+	ok, err := t.r.Exists(ctx, name)
+	t.note("exists "+name, []string{fmt.Sprint(ok)}, err)
+	return ok, err
+}
+
+// receivedRE reads the client of a Received field written by an MTA:
+// "from HELO (host [IP])".
+var receivedRE = regexp.MustCompile(`(?is)^\s*from\s+(\S+)\s+\((?:[^)\[]*?)\[(?:IPv6:)?([0-9a-fA-F:.]+)\]`)
+
+// evaluate judges raw as the daemon would.
+func evaluate(cfg Config, raw []byte, ipText, helo, mailFrom string) (*evaluation, error) {
+	header, body, err := splitMessage(raw)
+	if err != nil {
+		return nil, err
+	}
+	var trace []string
+	say := func(format string, args ...any) { trace = append(trace, fmt.Sprintf(format, args...)) }
+
+	// Defaults from the message itself, said in the trace.
+	var received, returnPath string
+	for _, f := range header {
+		switch {
+		case received == "" && strings.EqualFold(f.Name, "Received"):
+			received = f.Value
+		case returnPath == "" && strings.EqualFold(f.Name, "Return-Path"):
+			returnPath = strings.TrimSpace(f.Value)
+		}
+	}
+	if m := receivedRE.FindStringSubmatch(received); m != nil {
+		if ipText == "" {
+			ipText = m[2]
+			say("client address %s: from the message's last Received field (--ip to say otherwise)", ipText)
+		}
+		if helo == "" {
+			helo = m[1]
+			say("HELO %s: from the message's last Received field (--helo to say otherwise)", helo)
+		}
+	}
+	if mailFrom == "" && returnPath != "" {
+		mailFrom = returnPath
+		say("MAIL FROM %s: from the message's Return-Path (--mail-from to say otherwise)", mailFrom)
+	}
+	ip := net.ParseIP(ipText)
+	if ip == nil {
+		return nil, fmt.Errorf("no client address: give --ip (the message has no Received field with one)")
+	}
+
+	servers := cfg.DNS
+	if len(servers) == 0 {
+		if servers, err = resolver.ServersFromResolvConf("/etc/resolv.conf"); err != nil {
+			return nil, err
+		}
+	}
+	res, err := resolver.New(resolver.Config{Servers: servers, Timeout: time.Duration(cfg.DNSTimeout), FailureTTL: -1})
+	if err != nil {
+		return nil, err
+	}
+	tr := &tracer{r: res, tr: &trace}
+	ev := policy.New(policyConfig(cfg), tr)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.CheckTimeout))
+	defer cancel()
+
+	msg := &policy.Message{ClientIP: ip, Helo: helo, MailFrom: spf.ReversePath(mailFrom), Arrival: time.Now(), LeadingSpace: true, Header: header}
+	say("SPF, MAIL FROM <%s> from %s:", msg.MailFrom, ipText)
+	msg.SPF, msg.HeloSPF = ev.SPF(ctx, ip, helo, msg.MailFrom)
+	say("  spf %s for %s (%s)%s", msg.SPF.Status, msg.SPF.Domain, msg.SPF.Identity, errText(msg.SPF.Err))
+	say("  spf %s for the HELO name %s", msg.HeloSPF.Status, helo)
+
+	say("DKIM:")
+	v := dkim.NewVerifier(ctx, dkim.Options{LookupTXT: tr.LookupTXT, LeadingSpace: true, MaxSignatures: cfg.MaxDKIMSignatures,
+		LookupTimeout: time.Duration(cfg.CheckTimeout)})
+	for _, f := range header {
+		v.AddHeader(f.Name, f.Value)
+		if strings.EqualFold(f.Name, "From") {
+			msg.From = append(msg.From, f.Value)
+		}
+	}
+	v.EndHeaders()
+	v.WriteBody(body)
+	msg.DKIM = v.Close()
+	if len(msg.DKIM) == 0 {
+		say("  no DKIM signature")
+	}
+	for _, d := range msg.DKIM {
+		say("  dkim %s for d=%s s=%s (%s)%s", d.Status, d.Domain, d.Selector, d.Algorithm, errText(d.Err))
+	}
+
+	say("DMARC:")
+	verdict := ev.Decide(ctx, msg)
+	d := verdict.DMARC
+	switch {
+	case verdict.FromErr != nil:
+		say("  the From field cannot be evaluated: %v", verdict.FromErr)
+	case d.Record == nil:
+		say("  %s has no DMARC policy (%s)%s", verdict.FromDomain, d.Status, errText(d.Err))
+	default:
+		say("  policy of %s found at %s: p=%s (applies %s%s)", verdict.FromDomain, d.PolicyDomain, d.Record.Policy, d.Policy,
+			map[bool]string{true: ", testing mode t=y: applied as " + string(d.Applied)}[d.Applied != d.Policy])
+		switch {
+		case d.SPFAligned && d.DKIMAligned:
+			say("  SPF and DKIM (%s) passed for identifiers aligned with %s", d.AlignedDKIMDomain, verdict.FromDomain)
+		case d.SPFAligned:
+			say("  SPF passed for %s, aligned with %s (aspf=%c)", msg.SPF.Domain, verdict.FromDomain, d.Record.ASPF)
+		case d.DKIMAligned:
+			say("  DKIM passed for %s, aligned with %s (adkim=%c)", d.AlignedDKIMDomain, verdict.FromDomain, d.Record.ADKIM)
+		default:
+			say("  no identifier that passed is aligned with %s", verdict.FromDomain)
+		}
+		say("  dmarc %s%s, disposition %s", d.Status, errText(d.Err), verdict.Disposition)
+	}
+	if verdict.Exempt != "" {
+		say("local policy: %s: evaluated and stamped, not enforced", verdict.Exempt.Text())
+	}
+	reply := "250: delivered"
+	switch verdict.Action {
+	case policy.Quarantine:
+		reply = "250: delivered to the hold queue (quarantine)"
+	case policy.Reject, policy.TempFail:
+		reply = fmt.Sprintf("%d %s %s", verdict.Code, verdict.Enhanced, verdict.Text)
+	}
+	say("what the daemon would do: %s", reply)
+
+	j := &policy.Judged{Message: msg, Verdict: verdict}
+	if fo, ok := report.Wanted(j); ok && cfg.FailureReports {
+		var to []string
+		for _, u := range d.Record.RUF {
+			to = append(to, u.Address)
+		}
+		say("failure report: wanted (fo=%s matches); to %s, if they authorize it and the limits allow", fo, strings.Join(to, ", "))
+	} else {
+		say("failure report: none (fo not matched, no ruf, or no policy)")
+	}
+	if _, pub, ok := aggregate.RowOf(j, aggregate.Facts{}); ok && cfg.AggregateReports {
+		say("aggregate report: counted for %s, reported to %s", pub.Domain, strings.Join(pub.RUA, ", "))
+	} else {
+		say("aggregate report: not counted")
+	}
+	return &evaluation{
+		ClientIP: ipText, Helo: helo, MailFrom: msg.MailFrom, Action: verdict.Action.String(), Verdict: reply,
+		DMARC:                 string(d.Status),
+		AuthenticationResults: policy.AuthenticationResults(cfg.AuthservID, verdict, msg.MailFrom, helo),
+		Trace:                 trace,
+	}, nil
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return ": " + err.Error()
+}
+
+// splitMessage returns the header fields as Postfix hands them to a milter
+// (the value keeps its leading space; folds become LF) and the body with
+// CRLF line ends.
+func splitMessage(raw []byte) ([]policy.Field, []byte, error) {
+	raw = bytes.ReplaceAll(raw, []byte("\r\n"), []byte("\n"))
+	head, body, _ := bytes.Cut(raw, []byte("\n\n"))
+	var fields []policy.Field
+	sc := bufio.NewScanner(bytes.NewReader(head))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if (strings.HasPrefix(line, " ") || strings.HasPrefix(line, "\t")) && len(fields) > 0 {
+			fields[len(fields)-1].Value += "\n" + line
+			continue
+		}
+		name, value, ok := strings.Cut(line, ":")
+		if !ok {
+			return nil, nil, fmt.Errorf("not a message: header line %q has no colon", line)
+		}
+		fields = append(fields, policy.Field{Name: name, Value: value})
+	}
+	if len(fields) == 0 {
+		return nil, nil, errors.New("not a message: no header")
+	}
+	return fields, bytes.ReplaceAll(body, []byte("\n"), []byte("\r\n")), nil
+}
