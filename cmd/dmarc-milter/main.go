@@ -52,6 +52,7 @@ const dkimKeyCacheSize = 2000
 const usage = `usage: dmarc-milter serve [--config FILE] [flags]
        dmarc-milter report aggregate [--config FILE] --from DATE --until DATE [--domain D] [--out DIR] [--send]
        dmarc-milter spool list | show ID | retry ID | drop ID [--config FILE] [--json]
+       dmarc-milter check DOMAIN [--selector S ...] [--config FILE] [--json]
        dmarc-milter eval [--config FILE] [--ip IP] [--helo NAME] [--mail-from ADDR] [--json] [FILE.eml | -]
        dmarc-milter --version
 
@@ -74,6 +75,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "serve":
 		return serve(args[1:], stdout, stderr)
+	case "check":
+		return checkCommand(args[1:], stdout, stderr)
 	case "eval":
 		return evalCommand(args[1:], stdout, stderr)
 	case "spool":

@@ -145,3 +145,56 @@ func (c *KeyCache) parse(txt string) (*publicKey, error) {
 	c.mu.Unlock()
 	return k, err
 }
+
+// MinRSABits is the shortest RSA key verified (RFC 8301 Section 3.2);
+// RFC 8301 asks signers for 2048 bits.
+const MinRSABits = 1024
+
+// KeyInfo is what a key record holds, as a person checking a domain wants
+// to see it.
+type KeyInfo struct {
+	Type    string   `json:"type"`             // k=: rsa or ed25519
+	Bits    int      `json:"bits"`             // RSA modulus; 256 for ed25519
+	Hashes  []string `json:"hashes,omitempty"` // h=, nil for any
+	Strict  bool     `json:"strict"`           // t=s
+	Testing bool     `json:"testing"`          // t=y
+	// Verdict is how this verifier treats signatures with the key (RFC
+	// 8301): "good", "acceptable (RFC 8301 asks for 2048 bits)" or
+	// "refused: ..." (then Err says why).
+	Verdict string `json:"verdict"`
+}
+
+// DescribeKey parses a key record as verification does and says what it
+// holds. err is why signatures with it cannot verify (ErrKeyRevoked for an
+// empty p=, a malformed record); KeyInfo is filled as far as the record
+// could be read.
+func DescribeKey(txt string) (KeyInfo, error) {
+	var ki KeyInfo
+	if tags, _, err := tagList(txt); err == nil {
+		for f := range strings.SplitSeq(tags["t"], ":") {
+			ki.Testing = ki.Testing || trimFWS(f) == "y"
+		}
+	}
+	k, err := parseKey(txt)
+	if err != nil {
+		ki.Verdict = "refused: " + err.Error()
+		return ki, err
+	}
+	ki.Type, ki.Hashes, ki.Strict = k.keyType, k.hashes, k.strict
+	switch {
+	case k.rsa != nil:
+		ki.Bits = k.rsa.N.BitLen()
+		switch {
+		case ki.Bits < MinRSABits:
+			ki.Verdict = fmt.Sprintf("refused: RSA key of %d bits, shorter than %d (RFC 8301)", ki.Bits, MinRSABits)
+			return ki, errKeyTooWeak
+		case ki.Bits < 2048:
+			ki.Verdict = "acceptable (RFC 8301 asks signers for 2048 bits)"
+		default:
+			ki.Verdict = "good"
+		}
+	case k.ed != nil:
+		ki.Bits, ki.Verdict = 256, "good"
+	}
+	return ki, nil
+}
