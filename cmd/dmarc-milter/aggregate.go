@@ -125,6 +125,19 @@ func reportAggregate(args []string, stdout, stderr io.Writer) int {
 // sendingReporter is a Reporter that only spools (its sender does not run
 // here: the daemon's does).
 func sendingReporter(cfg Config, logger zerolog.Logger) (*report.Reporter, error) {
+	res, err := commandResolver(cfg)
+	if err != nil {
+		return nil, err
+	}
+	rc := reportConfig(cfg)
+	rc.Aggregate = true
+	return report.New(rc, res, logger, nil)
+}
+
+// commandResolver is the resolver of a one-off command (report aggregate,
+// check, eval): the configuration's upstream servers and timeout, without
+// remembering failures (a command asks each name once).
+func commandResolver(cfg Config) (*resolver.Resolver, error) {
 	servers := cfg.DNS
 	if len(servers) == 0 {
 		var err error
@@ -132,13 +145,7 @@ func sendingReporter(cfg Config, logger zerolog.Logger) (*report.Reporter, error
 			return nil, err
 		}
 	}
-	res, err := resolver.New(resolver.Config{Servers: servers, Timeout: time.Duration(cfg.DNSTimeout)})
-	if err != nil {
-		return nil, err
-	}
-	rc := reportConfig(cfg)
-	rc.Aggregate = true
-	return report.New(rc, res, logger, nil)
+	return resolver.New(resolver.Config{Servers: servers, Timeout: time.Duration(cfg.DNSTimeout), FailureTTL: -1})
 }
 
 // parseDate reads YYYY-MM-DD (00:00 UTC) or RFC 3339.

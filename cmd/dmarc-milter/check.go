@@ -16,7 +16,6 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
-	"github.com/dmarc-milter/dmarc-milter/resolver"
 )
 
 // Exit status of check.
@@ -121,13 +120,7 @@ func check(cfg Config, domain string, selectors []string) (*checkReport, bool, e
 	if err != nil {
 		return nil, false, err
 	}
-	servers := cfg.DNS
-	if len(servers) == 0 {
-		if servers, err = resolver.ServersFromResolvConf("/etc/resolv.conf"); err != nil {
-			return nil, false, err
-		}
-	}
-	res, err := resolver.New(resolver.Config{Servers: servers, Timeout: time.Duration(cfg.DNSTimeout), FailureTTL: -1})
+	res, err := commandResolver(cfg)
 	if err != nil {
 		return nil, false, err
 	}

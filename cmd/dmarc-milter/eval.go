@@ -209,13 +209,7 @@ func evaluate(cfg Config, raw []byte, ipText, helo, mailFrom string) (*evaluatio
 		return nil, fmt.Errorf("no client address: give --ip (the message has no Received field with one)")
 	}
 
-	servers := cfg.DNS
-	if len(servers) == 0 {
-		if servers, err = resolver.ServersFromResolvConf("/etc/resolv.conf"); err != nil {
-			return nil, err
-		}
-	}
-	res, err := resolver.New(resolver.Config{Servers: servers, Timeout: time.Duration(cfg.DNSTimeout), FailureTTL: -1})
+	res, err := commandResolver(cfg)
 	if err != nil {
 		return nil, err
 	}
