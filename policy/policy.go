@@ -129,6 +129,9 @@ func (e *Evaluator) SetConfig(cfg Config) {
 	e.cfg.Store(&cfg)
 }
 
+// AuthservID is the authserv-id of the configuration in force.
+func (e *Evaluator) AuthservID() string { return e.cfg.Load().AuthservID }
+
 // Config returns the evaluator's configuration.
 func (e *Evaluator) Config() Config { return *e.cfg.Load() }
 

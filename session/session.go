@@ -17,7 +17,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmarc-milter/dmarc-milter/milter"
-
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
@@ -328,7 +327,7 @@ func (s *session) EndOfMessage(c *milter.Conn) milter.Reply {
 	t2 := s.set.Now()
 
 	reply := milter.Continue
-	ar := policy.AuthenticationResults(ev.Config().AuthservID, v, msg.MailFrom, msg.Helo)
+	ar := policy.AuthenticationResults(ev.AuthservID(), v, msg.MailFrom, msg.Helo)
 	switch {
 	case m.tooManyForged:
 		// Authentication-Results fields claiming to be ours that cannot

@@ -227,11 +227,17 @@ func dkimResult(s dkim.Status) string {
 	return string(s)
 }
 
-// storeRow turns a row into the store's form: its JSON, fingerprinted.
+// storeRow turns a row into the store's form, its JSON; the fingerprint
+// is added when it is written (fingerprint), off the reply path.
 func storeRow(k store.Key, r Row) store.Row {
 	data, _ := json.Marshal(r) // plain strings: cannot fail
-	sum := sha256.Sum256(data)
-	// 64 bits: a collision among one domain's rows of one period (a few
-	// thousand at most) has a chance of about 2^-40.
-	return store.Row{Key: k, FP: hex.EncodeToString(sum[:8]), Data: string(data), Count: 1}
+	return store.Row{Key: k, Data: string(data), Count: 1}
+}
+
+// fingerprint is the store's key of a row's data. 64 bits: a collision
+// among one domain's rows of one period (a few thousand at most) has a
+// chance of about 2^-40.
+func fingerprint(data string) string {
+	sum := sha256.Sum256([]byte(data))
+	return hex.EncodeToString(sum[:8])
 }

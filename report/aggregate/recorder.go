@@ -143,7 +143,9 @@ func (r *Recorder) Flush(ctx context.Context) error {
 	}
 	batch := make([]store.Row, 0, len(rows))
 	for _, row := range rows {
-		batch = append(batch, *row)
+		r := *row
+		r.FP = fingerprint(r.Data)
+		batch = append(batch, r)
 	}
 	pols := make([]store.Policy, 0, len(policies))
 	for _, p := range policies {
