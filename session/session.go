@@ -4,7 +4,7 @@
 // body stream; at end of message it has policy judge it, acts on the
 // verdict (reply, Authentication-Results, quarantine), writes one summary
 // log line, and hands the policy.Judged message to the Consumers (failure
-// reports; next, aggregate reports) before the MTA gets its answer.
+// and aggregate reports) before the MTA gets its answer.
 package session
 
 import (
@@ -73,8 +73,8 @@ const (
 	DefaultMaxHeaderFields = 1000
 )
 
-// A Consumer takes judged messages: failure reports (and, next,
-// aggregate reports). Submit is called before the MTA gets its answer, so
+// A Consumer takes judged messages: failure reports and aggregate
+// reports. Submit is called before the MTA gets its answer, so
 // it must not wait on the network; the Judged message is shared and must
 // not be changed.
 type Consumer interface {
