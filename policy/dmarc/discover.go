@@ -173,7 +173,9 @@ func childOf(domain, parent string) string {
 //
 // Errors: ErrNoRecord if no record applies (DMARC does not apply), an error
 // wrapping ErrTempError for DNS failures, a *SyntaxError if the record that
-// applies is malformed (Discovery.Domain then says where), and
+// applies is malformed (Discovery.Domain then says where), one wrapping
+// ErrNoPolicy, with Record set, for a record that asks for no DMARC
+// processing (RFC 9989 Section 4.10.1), and
 // ErrInvalidDomain for an unusable domain name.
 func Discover(ctx context.Context, r Resolver, fromDomain string) (Discovery, error) {
 	domain, err := NormalizeDomain(fromDomain)
@@ -216,11 +218,10 @@ func Discover(ctx context.Context, r Resolver, fromDomain string) (Discovery, er
 		return d, ErrNoRecord
 	}
 	d.Domain = chosen.domain
-	if chosen.err != nil {
-		return d, chosen.err
-	}
+	// A record that asks for no DMARC processing (ErrNoPolicy) is still a
+	// record found: Record is set with the error.
 	d.Record = chosen.rec
-	return d, nil
+	return d, chosen.err
 }
 
 // OrganizationalDomain returns the Organizational Domain of domain as

@@ -107,7 +107,9 @@ func TestDiscover(t *testing.T) {
 		{"multi.example.net", "example.net", "example.net", PolicyQuarantine, 3, ""},
 		{"nondmarc.example", "", "nondmarc.example", "", 2, "none"},
 		{"absent.example", "", "absent.example", "", 2, "none"},
-		{"broken.example", "broken.example", "broken.example", "", 2, "syntax"},
+		// RFC 9989 4.10.1: an invalid p without rua asks for no DMARC
+		// processing; the record is found.
+		{"broken.example", "broken.example", "broken.example", PolicyNone, 2, "nopolicy"},
 		{"sub.brokenparent.example", "brokenparent.example", "brokenparent.example", "", 3, "syntax"},
 		{"tempfail.example", "", "", "", 1, "temp"},
 		// A temporary error further up the walk is still a temperror.
@@ -133,9 +135,13 @@ func TestDiscover(t *testing.T) {
 				if !IsTemporary(err) {
 					t.Fatalf("error %v, want temporary", err)
 				}
+			case "nopolicy":
+				if !errors.Is(err, ErrNoPolicy) || d.Record == nil || d.Record.Policy != tc.policy {
+					t.Fatalf("error %v record %v, want ErrNoPolicy with the record", err, d.Record)
+				}
 			case "syntax":
 				var se *SyntaxError
-				if !errors.As(err, &se) || d.Record != nil {
+				if !errors.As(err, &se) || errors.Is(err, ErrNoPolicy) || d.Record != nil {
 					t.Fatalf("error %v record %v, want *SyntaxError", err, d.Record)
 				}
 			}

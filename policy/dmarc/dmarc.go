@@ -172,6 +172,12 @@ var (
 	// than "no such record". Test with errors.Is or IsTemporary.
 	ErrTempError = errors.New("dmarc: temporary error")
 
+	// ErrNoPolicy means a DMARC Policy Record has no valid "p" tag (or an
+	// invalid "sp" or "np") and no syntactically valid "rua" URI: the Mail
+	// Receiver applies no DMARC processing to the message (RFC 9989
+	// Section 4.10.1), and the result is none, not permerror.
+	ErrNoPolicy = errors.New("dmarc: no valid policy and no valid rua: no DMARC processing")
+
 	// ErrInvalidDomain means a domain name is not usable for DMARC.
 	ErrInvalidDomain = errors.New("dmarc: invalid domain")
 )
@@ -187,7 +193,13 @@ func IsTemporary(err error) bool {
 type SyntaxError struct {
 	Record string // The record text.
 	Msg    string // What is wrong.
+	// Err is ErrNoPolicy for a record that asks for no DMARC processing
+	// (RFC 9989 Section 4.10.1), nil for a malformed one.
+	Err error
 }
+
+// Unwrap returns e.Err.
+func (e *SyntaxError) Unwrap() error { return e.Err }
 
 func (e *SyntaxError) Error() string {
 	return fmt.Sprintf("dmarc: malformed record: %s (record %q)", e.Msg, e.Record)

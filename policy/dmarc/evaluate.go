@@ -369,6 +369,17 @@ type decision struct {
 	maybeAligned            map[candidate]bool
 }
 
+// recordErrorStatus is the result for a record that cannot be applied:
+// none for one that asks for no DMARC processing (RFC 9989 Section
+// 4.10.1: no valid p and no valid rua), permerror for a malformed one
+// (Section 9.2).
+func recordErrorStatus(err error) Status {
+	if errors.Is(err, ErrNoPolicy) {
+		return None
+	}
+	return PermError
+}
+
 // decide computes the outcome with the failed names in the states h, the
 // temperror identifiers counted as passing if tempPass, and the Author
 // Domain's existence ex (nil: as found, or assumed existing).
@@ -379,9 +390,8 @@ func (e *evaluation) decide(h map[string]PSD, cands []candidate, tempPass bool, 
 	if e.ownFound {
 		d.policyDomain = e.from
 		if e.own.err != nil {
-			// A malformed record (Section 9.2).
 			d.err = e.own.err
-			return outcome{PermError, PolicyNone}, d
+			return outcome{recordErrorStatus(e.own.err), PolicyNone}, d
 		}
 		rec = e.own.rec
 	} else {
@@ -398,7 +408,7 @@ func (e *evaluation) decide(h map[string]PSD, cands []candidate, tempPass bool, 
 			unknownRec = true
 		case chosen.err != nil:
 			d.err = chosen.err
-			return outcome{PermError, PolicyNone}, d
+			return outcome{recordErrorStatus(chosen.err), PolicyNone}, d
 		default:
 			rec = chosen.rec
 		}

@@ -31,13 +31,12 @@ var knownTags = map[string]bool{
 //     is kept as Pct when valid and otherwise ignored.
 //   - Syntax errors in the remainder of the record are discarded in favour
 //     of the defaults (Section 4.8); they are listed in Record.Warnings.
-//   - A missing "p" means "p=none" (Section 4.7, "p"); "sp" and "np" then
-//     apply as published only when "rua" holds a valid URI, and are
-//     dropped otherwise (Section 4.10.1: no valid "p" and no "rua" means no
-//     DMARC processing), so such a record never enforces.
-//   - An invalid "p", "sp" or "np" makes the record act as "p=none" if "rua"
-//     holds at least one valid URI; otherwise the record is unusable and a
-//     *SyntaxError is returned (Section 4.10.1).
+//   - Section 4.10.1: a record without a valid "p", or with an invalid
+//     "sp" or "np", is taken as exactly "p=none" (no sp, no np) when "rua"
+//     holds at least one syntactically valid URI; without one the Mail
+//     Receiver applies no DMARC processing: ParseRecord then returns the
+//     record (its psd tag still counts in the tree walk) together with a
+//     *SyntaxError wrapping ErrNoPolicy, and the message's result is none.
 //   - A known tag that appears twice makes the record unusable: DMARC uses
 //     the DKIM tag-list syntax (Section 4.7), and RFC 6376 Section 3.2 makes
 //     a tag-list with duplicate tags invalid.
@@ -189,31 +188,22 @@ func ParseRecord(txt string) (*Record, error) {
 		r.Testing = hasPct && pctValue == 0
 	}
 
-	// Section 4.10.1: an invalid p, sp or np falls back to p=none when a
-	// valid rua URI is present, else no DMARC processing.
-	if len(badPolicy) > 0 {
-		if len(r.RUA) == 0 {
-			return syntaxErr("invalid %s and no valid rua", strings.Join(badPolicy, ", "))
-		}
-		warn("invalid %s with valid rua: treated as p=none", strings.Join(badPolicy, ", "))
-		r.Policy = PolicyNone
-		return r, nil
-	}
+	// Section 4.10.1: "If a retrieved DMARC Policy Record does not contain
+	// a valid "p" tag, or contains an "sp" or "np" tag that is not valid",
+	// then with a syntactically valid rua URI the receiver "MUST act as if
+	// a record containing "p=none" was retrieved"; otherwise it "applies
+	// no DMARC processing to this message". A missing p is not a valid p
+	// (Section 4.7, "p", refers to 4.10.1).
 	if !pSeen {
-		// Section 4.7, "p": a record without p is treated as if it included
-		// p=none "(see Section 4.10.1)"; Section 4.10.1 gives a record
-		// without a valid p the policy none when rua holds a valid URI, and
-		// no DMARC processing otherwise. Read together: the record counts
-		// (for the tree walk, psd, reporting) with p=none; with a valid rua
-		// its sp and np stand as published, without one they are not
-		// applied either, so that such a record never enforces anything.
-		policy = PolicyNone
-		if len(r.RUA) == 0 && (sp != "" || np != "") {
-			warn("no p tag and no valid rua: sp and np not applied (RFC 9989 section 4.10.1)")
-			sp, np = "", ""
-		} else {
-			warn("no p tag: treated as p=none")
+		badPolicy = append([]string{"missing p"}, badPolicy...)
+	}
+	if len(badPolicy) > 0 {
+		r.Policy = PolicyNone
+		if len(r.RUA) == 0 {
+			return r, &SyntaxError{Record: txt, Msg: strings.Join(badPolicy, ", ") + " and no valid rua", Err: ErrNoPolicy}
 		}
+		warn("%s with a valid rua: treated as exactly p=none (RFC 9989 section 4.10.1)", strings.Join(badPolicy, ", "))
+		return r, nil
 	}
 	r.Policy, r.SubdomainPolicy, r.NonexistentPolicy = policy, sp, np
 	return r, nil

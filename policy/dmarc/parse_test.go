@@ -43,28 +43,30 @@ func TestParseRecord(t *testing.T) {
 		{"missing p is none", "v=DMARC1; rua=mailto:d@example.com", def(func(r *Record) {
 			r.RUA = []URI{{Address: "mailto:d@example.com"}}
 		}), "", 1},
-		{"missing p no rua is none", "v=DMARC1; psd=y", def(func(r *Record) { r.PSD = 'y' }), "", 1},
-		{"bare version", "v=DMARC1", def(nil), "", 1},
-		// RFC 9989 4.7 and 4.10.1 read together: no p, sp and np apply
-		// only with a valid rua.
-		{"sp without p, no rua: sp not applied", "v=DMARC1; sp=reject; np=quarantine", def(nil), "", 1},
-		{"sp without p, with rua: sp applied", "v=DMARC1; sp=reject; rua=mailto:d@example.com", def(func(r *Record) {
-			r.SubdomainPolicy = PolicyReject
+		// RFC 9989 4.10.1: a record without a valid p (a missing p is not a
+		// valid one, 4.7 "p" refers to 4.10.1) is exactly p=none, sp and
+		// np dropped, when rua holds a valid URI, and asks for no DMARC
+		// processing otherwise (ErrNoPolicy, the record still returned for
+		// its psd tag).
+		{"missing p no rua: no processing", "v=DMARC1; psd=y", nil, "nopolicy", 0},
+		{"bare version: no processing", "v=DMARC1", nil, "nopolicy", 0},
+		{"sp without p, no rua: no processing", "v=DMARC1; sp=reject; np=quarantine", nil, "nopolicy", 0},
+		{"sp without p, with rua: exactly p=none", "v=DMARC1; sp=reject; rua=mailto:d@example.com", def(func(r *Record) {
 			r.RUA = []URI{{Address: "mailto:d@example.com"}}
 		}), "", 1},
-		{"sp without p, invalid rua: sp not applied", "v=DMARC1; sp=reject; rua=not a uri", def(nil), "", -1},
+		{"sp without p, invalid rua: no processing", "v=DMARC1; sp=reject; rua=not a uri", nil, "nopolicy", 0},
 		{"invalid p with rua", "v=DMARC1; p=foo; rua=mailto:d@example.com", def(func(r *Record) {
 			r.RUA = []URI{{Address: "mailto:d@example.com"}}
 		}), "", 1},
 		{"invalid sp with rua drops sp", "v=DMARC1; p=reject; sp=bogus; np=reject; rua=mailto:d@example.com", def(func(r *Record) {
 			r.RUA = []URI{{Address: "mailto:d@example.com"}}
 		}), "", 1},
-		{"invalid p no rua", "v=DMARC1; p=foo", nil, "syntax", 0},
-		{"invalid sp no rua", "v=DMARC1; p=reject; sp=invalid", nil, "syntax", 0},
-		{"invalid np no rua", "v=DMARC1; p=reject; np=invalid", nil, "syntax", 0},
-		{"invalid np with only bad rua", "v=DMARC1; p=reject; np=x; rua=nomailto", nil, "syntax", 0},
-		{"p without value", "v=DMARC1; p", nil, "syntax", 0},
-		{"empty p", "v=DMARC1; p=", nil, "syntax", 0},
+		{"invalid p no rua", "v=DMARC1; p=foo", nil, "nopolicy", 0},
+		{"invalid sp no rua", "v=DMARC1; p=reject; sp=invalid", nil, "nopolicy", 0},
+		{"invalid np no rua", "v=DMARC1; p=reject; np=invalid", nil, "nopolicy", 0},
+		{"invalid np with only bad rua", "v=DMARC1; p=reject; np=x; rua=nomailto", nil, "nopolicy", 0},
+		{"p without value", "v=DMARC1; p", nil, "nopolicy", 0},
+		{"empty p", "v=DMARC1; p=", nil, "nopolicy", 0},
 		{"duplicate p", "v=DMARC1; p=reject; p=none", nil, "syntax", 0},
 		{"duplicate v", "v=DMARC1; v=DMARC1; p=none", nil, "syntax", 0},
 		{"duplicate unknown ok", "v=DMARC1; p=none; x=1; x=2", def(nil), "", 0},
@@ -104,8 +106,14 @@ func TestParseRecord(t *testing.T) {
 				return
 			case "syntax":
 				var se *SyntaxError
-				if !errors.As(err, &se) {
-					t.Fatalf("got %+v, %v; want *SyntaxError", got, err)
+				if !errors.As(err, &se) || errors.Is(err, ErrNoPolicy) || got != nil {
+					t.Fatalf("got %+v, %v; want *SyntaxError for a malformed record", got, err)
+				}
+				return
+			case "nopolicy":
+				var se *SyntaxError
+				if !errors.As(err, &se) || !errors.Is(err, ErrNoPolicy) || got == nil || got.Policy != PolicyNone {
+					t.Fatalf("got %+v, %v; want the record with ErrNoPolicy", got, err)
 				}
 				return
 			}
@@ -168,8 +176,8 @@ func FuzzParseRecord(f *testing.F) {
 			if r.PSD != 'y' && r.PSD != 'n' && r.PSD != 'u' {
 				t.Fatalf("bad psd %q", r.PSD)
 			}
-		} else if r != nil {
-			t.Fatal("record with error")
+		} else if r != nil && !errors.Is(err, ErrNoPolicy) {
+			t.Fatal("record with an error other than ErrNoPolicy")
 		}
 	})
 }
