@@ -5,10 +5,8 @@ package e2e
 import (
 	"bytes"
 	"crypto/ed25519"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
 	"github.com/dmarc-milter/dmarc-milter/internal/smtpsink"
+	"github.com/dmarc-milter/dmarc-milter/internal/testutil"
 )
 
 // authservID is the daemon's --authserv-id.
@@ -242,18 +241,7 @@ func dkimSign(t *testing.T, m mail, s signer, canon string) mail {
 // base64, to a file in dir: the key format of dkimsign (PyNaCl).
 func ed25519Seed(t *testing.T, pemFile, dir string) string {
 	t.Helper()
-	b, err := os.ReadFile(pemFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(b)
-	if block == nil {
-		t.Fatalf("%s: no PEM block", pemFile)
-	}
-	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		t.Fatalf("%s: %v", pemFile, err)
-	}
+	key := testutil.LoadKey(t, pemFile)
 	priv, ok := key.(ed25519.PrivateKey)
 	if !ok {
 		t.Fatalf("%s: a %T, not an Ed25519 key", pemFile, key)

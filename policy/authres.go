@@ -11,7 +11,8 @@ import (
 )
 
 // AuthenticationResults returns the value of our Authentication-Results
-// header field (RFC 8601) for v, with authservID: spf (smtp.mailfrom), spf for the HELO
+// header field (RFC 8601) for the message m judged v, with authservID: spf
+// (smtp.mailfrom), spf for the HELO
 // identity (smtp.helo), one dkim entry per signature (header.d, header.s,
 // header.a, header.b) and dmarc (header.from, policy.dmarc). Entries are
 // folded one per line.
@@ -22,7 +23,8 @@ import (
 // header line. A verdict that was not enforced (an exemption, monitor mode,
 // a temporary DNS failure accepted by temperror = accept) says so in a
 // comment after the dmarc result.
-func AuthenticationResults(authservID string, v Verdict, mailFrom, helo string) string {
+func AuthenticationResults(authservID string, m *Message, v *Verdict) string {
+	mailFrom, helo := m.MailFrom, m.Helo
 	var b strings.Builder
 	b.WriteString(authservID)
 
@@ -30,15 +32,15 @@ func AuthenticationResults(authservID string, v Verdict, mailFrom, helo string) 
 	if spfIdentity == "" && helo != "" {
 		spfIdentity = "postmaster@" + helo // RFC 7208 section 2.4
 	}
-	writeResult(&b, "spf", string(v.SPF.Status), "", "", []prop{{"smtp.mailfrom", spfIdentity}})
+	writeResult(&b, "spf", string(m.SPF.Status), "", "", []prop{{"smtp.mailfrom", spfIdentity}})
 	if helo != "" {
-		writeResult(&b, "spf", string(v.HeloSPF.Status), "", "", []prop{{"smtp.helo", helo}})
+		writeResult(&b, "spf", string(m.HeloSPF.Status), "", "", []prop{{"smtp.helo", helo}})
 	}
 
-	if len(v.DKIM) == 0 {
+	if len(m.DKIM) == 0 {
 		writeResult(&b, "dkim", string(dkim.None), "", "", nil)
 	}
-	for _, d := range v.DKIM {
+	for _, d := range m.DKIM {
 		reason := ""
 		if d.Status != dkim.Pass && d.Err != nil {
 			reason = reasonText(d.Err)
@@ -58,7 +60,7 @@ func AuthenticationResults(authservID string, v Verdict, mailFrom, helo string) 
 	} else if v.DMARC.Err != nil && status != dmarc.Pass {
 		reason = reasonText(v.DMARC.Err)
 	}
-	props := []prop{{"header.from", v.FromDomain}}
+	props := []prop{{"header.from", v.FromDomain()}}
 	if v.DMARC.Record != nil {
 		props = append(props, prop{"policy.dmarc", string(v.DMARC.Applied)})
 	}
@@ -68,19 +70,19 @@ func AuthenticationResults(authservID string, v Verdict, mailFrom, helo string) 
 
 // notEnforced returns the comment for a DMARC result that asked for more
 // than was done, "" otherwise.
-func notEnforced(v Verdict) string {
-	asked := v.Unknown || v.Disposition == dmarc.PolicyReject || v.Disposition == dmarc.PolicyQuarantine || v.FromErr != nil
+func notEnforced(v *Verdict) string {
+	asked := v.Unknown() || v.Requested() != dmarc.PolicyNone || v.FromErr != nil
 	if !asked || v.Action != Accept && v.Action != Quarantine {
 		return ""
 	}
 	switch {
 	case v.Exempt != "":
 		return "not enforced: " + v.Exempt.Text()
-	case v.Unknown:
+	case v.Unknown():
 		return "not enforced: temporary DNS failure, accepted by local policy"
 	case v.FromErr != nil:
 		return "not enforced: local policy"
-	case v.Disposition == dmarc.PolicyQuarantine && v.Action == Accept:
+	case v.Requested() == dmarc.PolicyQuarantine && v.Action == Accept:
 		return "quarantine by marking only"
 	}
 	return ""

@@ -5,6 +5,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
@@ -13,7 +14,7 @@ import (
 // Message is one message as the session collected it: the connection and
 // envelope, the header as received, as much of the body as the reports
 // asked to keep, and the SPF and DKIM results computed while it streamed.
-// Decide judges it; the Judged message then goes, unchanged, to whoever
+// Evaluator.Judge judges it; the Judged message then goes, unchanged, to whoever
 // consumes verdicts (failure reports, aggregate reports).
 type Message struct {
 	// QueueID is the MTA's queue ID (Postfix's "i" macro), "" if not given.
@@ -56,6 +57,11 @@ type Message struct {
 	// whole one; nil when none was asked for.
 	Body []byte
 
+	// TooManyForgedAR: the header has more Authentication-Results fields
+	// claiming our authserv-id than the session can remove (Judge rejects
+	// the message).
+	TooManyForgedAR bool
+
 	SPF     spf.Result // MAIL FROM identity (HELO for the null sender)
 	HeloSPF spf.Result
 	DKIM    []dkim.Result
@@ -66,13 +72,11 @@ type Message struct {
 
 // Field is one header field as the MTA delivered it: the value with
 // bare-LF folding, its leading space kept if Message.LeadingSpace.
-type Field struct {
-	Name, Value string
-}
+type Field = rfc5322.Field
 
 // Author parses the From header fields (RFC 9989 Section 4.10.1; see
 // dmarc.ParseFrom) once per message: the session asks at end of header to
-// start the policy lookups, Decide at end of message. More than
+// start the policy lookups, Judge at end of message. More than
 // MaxAuthorDomains domains is an error.
 func (m *Message) Author() (dmarc.Author, error) {
 	if m.author == nil {

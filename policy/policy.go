@@ -161,32 +161,76 @@ func (e Exemption) Local() bool {
 	return e == ExemptAuthenticated || e == ExemptTrustedNetwork || e == ExemptLocalClient
 }
 
-// Verdict is the outcome for one message.
+// Verdict is the decision on one message, whole and once: what DMARC
+// found for the From domain and the action the MTA is told, including the
+// rejects that are not DMARC's (a bad From, forged Authentication-Results
+// fields). The SPF and DKIM results it was reached from are the Message's.
 type Verdict struct {
-	FromDomain string
-	FromErr    error // the From header could not be evaluated
-	SPF        spf.Result
-	HeloSPF    spf.Result
-	DKIM       []dkim.Result
-	DMARC      dmarc.Result
-	// Disposition is what DMARC asks for: the applied policy when DMARC
-	// failed, none otherwise.
-	Disposition dmarc.Policy
+	// FromErr: the From header could not be evaluated.
+	FromErr error
+	// DMARC is the DMARC result; DMARC.FromDomain is the Author Domain
+	// whose result applies (the strictest of several).
+	DMARC dmarc.Result
 	// Exempt names the local policy that stopped enforcement ("" if none).
 	Exempt Exemption
+	// Action is what the MTA is told, Rule the rule that chose it.
 	Action Action
-	// Unknown is set when a DNS temporary error left the outcome unknown.
-	Unknown bool
-	// Code, Enhanced and Text are the SMTP reply for Reject and TempFail.
+	Rule   Rule
+	// Reply is the SMTP reply for Reject and TempFail.
+	Reply Reply
+}
+
+// Reply is an SMTP reply.
+type Reply struct {
 	Code     int
 	Enhanced string
 	Text     string
 }
 
-// Decide evaluates DMARC for m and decides the action.
-func (e *Evaluator) Decide(ctx context.Context, m *Message) Verdict {
+// Rule names the rule that chose a verdict's action.
+type Rule string
+
+// Rules.
+const (
+	RuleDMARC     Rule = "dmarc"       // DMARC's requested policy (or none)
+	RuleDNS       Rule = "dns"         // a DNS failure left the outcome unknown
+	RuleBadFrom   Rule = "bad-from"    // reject_bad_from, reject_multi_author
+	RuleForgedAR  Rule = "forged-ar"   // more forged Authentication-Results than can be removed
+	RuleExemption Rule = "exemption"   // a local policy (Exempt) stopped enforcement
+)
+
+// FromDomain is the Author Domain the verdict is about, "" if the From
+// field could not be evaluated.
+func (v *Verdict) FromDomain() string { return v.DMARC.FromDomain }
+
+// Unknown reports whether a DNS temporary error left the outcome unknown
+// (what DMARC requests could not be told).
+func (v *Verdict) Unknown() bool { return v.FromErr == nil && v.DMARC.Requested == "" }
+
+// Requested is what DMARC requests for the message: the applied policy when
+// it failed, none otherwise, and none when the outcome is unknown.
+func (v *Verdict) Requested() dmarc.Policy {
+	if v.DMARC.Requested == "" {
+		return dmarc.PolicyNone
+	}
+	return v.DMARC.Requested
+}
+
+// Judge evaluates DMARC for m and decides the action.
+func (e *Evaluator) Judge(ctx context.Context, m *Message) Verdict {
 	cfg := e.cfg.Load()
-	v := Verdict{SPF: m.SPF, HeloSPF: m.HeloSPF, DKIM: m.DKIM}
+	v := cfg.judge(ctx, e.res, m)
+	if m.TooManyForgedAR {
+		// Authentication-Results fields claiming to be ours that cannot
+		// all be removed must not reach the mailbox, whatever DMARC says.
+		v.Action, v.Rule = Reject, RuleForgedAR
+		v.Reply = Reply{550, "5.7.1", "Message rejected: too many Authentication-Results header fields"}
+	}
+	return v
+}
+
+func (cfg *Config) judge(ctx context.Context, res Resolver, m *Message) Verdict {
+	v := Verdict{Rule: RuleDMARC}
 	v.Exempt = cfg.exemption(m)
 
 	author, err := m.Author()
@@ -196,10 +240,13 @@ func (e *Evaluator) Decide(ctx context.Context, m *Message) Verdict {
 	}
 	if err != nil {
 		v.FromErr = err
-		v.DMARC = dmarc.Result{Status: dmarc.PermError, Err: err}
-		if reject && v.Exempt == "" {
-			v.Action, v.Code, v.Enhanced = Reject, 550, "5.7.1"
-			v.Text = "Message rejected: " + fromErrorText(err)
+		v.DMARC = dmarc.Result{Status: dmarc.PermError, Err: err, Requested: dmarc.PolicyNone}
+		switch {
+		case reject && v.Exempt == "":
+			v.Action, v.Rule = Reject, RuleBadFrom
+			v.Reply = Reply{550, "5.7.1", "Message rejected: " + fromErrorText(err)}
+		case reject:
+			v.Rule = RuleExemption
 		}
 		return v
 	}
@@ -211,7 +258,7 @@ func (e *Evaluator) Decide(ctx context.Context, m *Message) Verdict {
 		SPFDomain:    m.SPF.Domain,
 		SPFPass:      m.SPF.Status == spf.Pass,
 		SPFTempError: m.SPF.Status == spf.TempError,
-		Exists:       e.res.Exists,
+		Exists:       res.Exists,
 	}
 	for _, d := range m.DKIM {
 		in.DKIM = append(in.DKIM, dmarc.DKIMResult{Domain: d.Domain, Pass: d.Status == dkim.Pass, TempError: d.Status == dkim.TempError})
@@ -220,35 +267,33 @@ func (e *Evaluator) Decide(ctx context.Context, m *Message) Verdict {
 	// evaluated and the strictest result applies.
 	for i, domain := range author.Domains {
 		in.FromDomain = domain
-		r := dmarc.Evaluate(ctx, e.res, in)
+		r := dmarc.Evaluate(ctx, res, in)
 		if i == 0 || stricter(r, v.DMARC) {
 			v.DMARC = r
 		}
 	}
-	domain := v.DMARC.FromDomain
-	v.FromDomain = domain
-	v.Disposition = v.DMARC.Disposition
-	if v.Disposition == "" {
+	domain := v.FromDomain()
+	if v.Unknown() {
 		// A DNS failure whose answer could change what happens to the
-		// message: the outcome is unknown (dmarc.Evaluate weighs which
-		// failures matter).
-		v.Unknown = true
-		v.Disposition = dmarc.PolicyNone
+		// message (dmarc.Evaluate weighs which failures matter).
+		v.Rule = RuleDNS
 	}
-
 	if v.Exempt != "" {
+		if v.Unknown() || v.Requested() != dmarc.PolicyNone {
+			v.Rule = RuleExemption
+		}
 		return v
 	}
 	switch {
-	case v.Unknown:
+	case v.Unknown():
 		if !cfg.TempErrorAccept {
-			v.Action, v.Code, v.Enhanced = TempFail, 451, "4.7.5"
-			v.Text = "Temporary DNS failure evaluating DMARC for " + domain + ", try again later"
+			v.Action = TempFail
+			v.Reply = Reply{451, "4.7.5", "Temporary DNS failure evaluating DMARC for " + domain + ", try again later"}
 		}
-	case v.Disposition == dmarc.PolicyReject:
-		v.Action, v.Code, v.Enhanced = Reject, 550, "5.7.1"
-		v.Text = strings.ReplaceAll(cfg.RejectText, "{domain}", domain)
-	case v.Disposition == dmarc.PolicyQuarantine:
+	case v.Requested() == dmarc.PolicyReject:
+		v.Action = Reject
+		v.Reply = Reply{550, "5.7.1", strings.ReplaceAll(cfg.RejectText, "{domain}", domain)}
+	case v.Requested() == dmarc.PolicyQuarantine:
 		if cfg.Quarantine == QuarantineHold {
 			v.Action = Quarantine
 		}
@@ -312,7 +357,7 @@ func stricter(a, b dmarc.Result) bool {
 
 func strictness(r dmarc.Result) int {
 	d := 0
-	switch r.Disposition {
+	switch r.Requested {
 	case "":
 		d = 4
 	case dmarc.PolicyReject:

@@ -14,7 +14,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 )
 
-// testResolver publishes the DMARC records of the Decide tests.
+// testResolver publishes the DMARC records of the Judge tests.
 func testResolver() *dnstest.Resolver {
 	return &dnstest.Resolver{
 		TXT: map[string][]string{
@@ -37,7 +37,7 @@ func spfPass(domain string) spf.Result {
 
 var spfFailOther = spf.Result{Status: spf.Fail, Domain: "attacker.example", Identity: spf.IdentityMailFrom}
 
-func TestDecide(t *testing.T) {
+func TestJudge(t *testing.T) {
 	outside := net.ParseIP("203.0.113.9")
 	type want struct {
 		action      Action
@@ -45,8 +45,9 @@ func TestDecide(t *testing.T) {
 		enhanced    string
 		text        string // a substring of the reply text
 		dmarc       dmarc.Status
-		disposition dmarc.Policy
+		requested   dmarc.Policy
 		exempt      Exemption
+		rule        Rule // checked when set
 		unknown     bool
 		fromErr     bool
 		fromDomain  string
@@ -59,80 +60,87 @@ func TestDecide(t *testing.T) {
 	}{
 		{name: "aligned SPF pass is accepted",
 			msg:  Message{ClientIP: outside, From: []string{" a@reject.example"}, SPF: spfPass("reject.example")},
-			want: want{action: Accept, dmarc: dmarc.Pass, disposition: dmarc.PolicyNone, fromDomain: "reject.example"}},
+			want: want{action: Accept, dmarc: dmarc.Pass, requested: dmarc.PolicyNone, fromDomain: "reject.example"}},
 		{name: "p=reject failure is rejected with the domain in the text",
 			msg:  Message{ClientIP: outside, From: []string{" a@reject.example"}, SPF: spfFailOther},
-			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "DMARC policy of reject.example says reject", dmarc: dmarc.Fail, disposition: dmarc.PolicyReject, fromDomain: "reject.example"}},
+			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "DMARC policy of reject.example says reject", dmarc: dmarc.Fail, requested: dmarc.PolicyReject, rule: RuleDMARC, fromDomain: "reject.example"}},
+		{name: "more forged Authentication-Results than can be removed: the verdict is the 550 sent",
+			msg: Message{ClientIP: outside, From: []string{" a@reject.example"}, SPF: spfPass("reject.example"), TooManyForgedAR: true},
+			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "too many Authentication-Results header fields", dmarc: dmarc.Pass, requested: dmarc.PolicyNone, rule: RuleForgedAR, fromDomain: "reject.example"}},
+		{name: "forged Authentication-Results are rejected in monitor mode too",
+			cfg:  func(c *Config) { c.Monitor = true },
+			msg:  Message{ClientIP: outside, From: []string{" a@reject.example"}, SPF: spfFailOther, TooManyForgedAR: true},
+			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "too many Authentication-Results", dmarc: dmarc.Fail, requested: dmarc.PolicyReject, exempt: ExemptMonitor, rule: RuleForgedAR, fromDomain: "reject.example"}},
 		{name: "reject_text is used",
 			cfg:  func(c *Config) { c.RejectText = "No spoofing of {domain} here" },
 			msg:  Message{ClientIP: outside, From: []string{" a@reject.example"}, SPF: spfFailOther},
-			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "No spoofing of reject.example here", dmarc: dmarc.Fail, disposition: dmarc.PolicyReject, fromDomain: "reject.example"}},
+			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "No spoofing of reject.example here", dmarc: dmarc.Fail, requested: dmarc.PolicyReject, fromDomain: "reject.example"}},
 		{name: "p=quarantine is held",
 			msg:  Message{ClientIP: outside, From: []string{" a@quarantine.example"}, SPF: spfFailOther},
-			want: want{action: Quarantine, dmarc: dmarc.Fail, disposition: dmarc.PolicyQuarantine, fromDomain: "quarantine.example"}},
+			want: want{action: Quarantine, dmarc: dmarc.Fail, requested: dmarc.PolicyQuarantine, fromDomain: "quarantine.example"}},
 		{name: "p=quarantine with quarantine = mark is only marked",
 			cfg:  func(c *Config) { c.Quarantine = QuarantineMark },
 			msg:  Message{ClientIP: outside, From: []string{" a@quarantine.example"}, SPF: spfFailOther},
-			want: want{action: Accept, dmarc: dmarc.Fail, disposition: dmarc.PolicyQuarantine, fromDomain: "quarantine.example"}},
+			want: want{action: Accept, dmarc: dmarc.Fail, requested: dmarc.PolicyQuarantine, fromDomain: "quarantine.example"}},
 		{name: "p=none failure is accepted",
 			msg:  Message{ClientIP: outside, From: []string{" a@none.example"}, SPF: spfFailOther},
-			want: want{action: Accept, dmarc: dmarc.Fail, disposition: dmarc.PolicyNone, fromDomain: "none.example"}},
+			want: want{action: Accept, dmarc: dmarc.Fail, requested: dmarc.PolicyNone, fromDomain: "none.example"}},
 		{name: "t=y turns reject into quarantine",
 			msg:  Message{ClientIP: outside, From: []string{" a@testing.example"}, SPF: spfFailOther},
-			want: want{action: Quarantine, dmarc: dmarc.Fail, disposition: dmarc.PolicyQuarantine, fromDomain: "testing.example"}},
+			want: want{action: Quarantine, dmarc: dmarc.Fail, requested: dmarc.PolicyQuarantine, fromDomain: "testing.example"}},
 		{name: "aligned DKIM pass is accepted",
 			msg: Message{ClientIP: outside, From: []string{" a@reject.example"}, SPF: spfFailOther,
 				DKIM: []dkim.Result{{Status: dkim.Pass, Domain: "reject.example"}}},
-			want: want{action: Accept, dmarc: dmarc.Pass, disposition: dmarc.PolicyNone, fromDomain: "reject.example"}},
+			want: want{action: Accept, dmarc: dmarc.Pass, requested: dmarc.PolicyNone, fromDomain: "reject.example"}},
 		{name: "a DNS failure that leaves the outcome unknown defers",
 			msg:  Message{ClientIP: outside, From: []string{" a@down.example"}, SPF: spfFailOther},
-			want: want{action: TempFail, code: 451, enhanced: "4.7.5", text: "Temporary DNS failure evaluating DMARC for down.example", dmarc: dmarc.TempError, disposition: dmarc.PolicyNone, unknown: true, fromDomain: "down.example"}},
+			want: want{action: TempFail, code: 451, enhanced: "4.7.5", text: "Temporary DNS failure evaluating DMARC for down.example", dmarc: dmarc.TempError, requested: dmarc.PolicyNone, unknown: true, rule: RuleDNS, fromDomain: "down.example"}},
 		{name: "temperror = accept accepts the unknown outcome",
 			cfg:  func(c *Config) { c.TempErrorAccept = true },
 			msg:  Message{ClientIP: outside, From: []string{" a@down.example"}, SPF: spfFailOther},
-			want: want{action: Accept, dmarc: dmarc.TempError, disposition: dmarc.PolicyNone, unknown: true, fromDomain: "down.example"}},
+			want: want{action: Accept, dmarc: dmarc.TempError, requested: dmarc.PolicyNone, unknown: true, fromDomain: "down.example"}},
 		{name: "no From field is rejected",
 			msg:  Message{ClientIP: outside},
-			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "no From header field", dmarc: dmarc.PermError, fromErr: true}},
+			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "no From header field", dmarc: dmarc.PermError, requested: dmarc.PolicyNone, rule: RuleBadFrom, fromErr: true}},
 		{name: "two From fields are rejected",
 			msg:  Message{ClientIP: outside, From: []string{" a@none.example", " b@none.example"}},
-			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "more than one From header field", dmarc: dmarc.PermError, fromErr: true}},
+			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "more than one From header field", dmarc: dmarc.PermError, requested: dmarc.PolicyNone, rule: RuleBadFrom, fromErr: true}},
 		{name: "a bad From is accepted with reject_bad_from off",
 			cfg:  func(c *Config) { c.RejectBadFrom = false },
 			msg:  Message{ClientIP: outside, From: []string{" not an address"}},
-			want: want{action: Accept, dmarc: dmarc.PermError, fromErr: true}},
+			want: want{action: Accept, dmarc: dmarc.PermError, requested: dmarc.PolicyNone, rule: RuleDMARC, fromErr: true}},
 		{name: "more than MaxAuthorDomains domains is a bad From",
 			msg:  Message{ClientIP: outside, From: []string{" a@a.example, b@b.example, c@c.example, d@d.example, e@e.example, f@f.example"}},
-			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "more than 5 domains", dmarc: dmarc.PermError, fromErr: true}},
+			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "more than 5 domains", dmarc: dmarc.PermError, requested: dmarc.PolicyNone, rule: RuleBadFrom, fromErr: true}},
 		{name: "several authors: the strictest result applies",
 			msg:  Message{ClientIP: outside, From: []string{" a@none.example, b@reject.example"}, SPF: spfPass("none.example")},
-			want: want{action: Reject, code: 550, enhanced: "5.7.1", dmarc: dmarc.Fail, disposition: dmarc.PolicyReject, fromDomain: "reject.example"}},
+			want: want{action: Reject, code: 550, enhanced: "5.7.1", dmarc: dmarc.Fail, requested: dmarc.PolicyReject, fromDomain: "reject.example"}},
 		{name: "several authors rejected before DMARC with reject_multi_author",
 			cfg:  func(c *Config) { c.RejectMultiAuthor = true },
 			msg:  Message{ClientIP: outside, From: []string{" a@none.example, b@none.example"}, SPF: spfPass("none.example")},
-			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "more than one address", dmarc: dmarc.PermError, fromErr: true}},
+			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "more than one address", dmarc: dmarc.PermError, requested: dmarc.PolicyNone, rule: RuleBadFrom, fromErr: true}},
 		{name: "monitor mode never enforces",
 			cfg:  func(c *Config) { c.Monitor = true },
 			msg:  Message{ClientIP: outside, From: []string{" a@reject.example"}, SPF: spfFailOther},
-			want: want{action: Accept, dmarc: dmarc.Fail, disposition: dmarc.PolicyReject, exempt: ExemptMonitor, fromDomain: "reject.example"}},
+			want: want{action: Accept, dmarc: dmarc.Fail, requested: dmarc.PolicyReject, exempt: ExemptMonitor, rule: RuleExemption, fromDomain: "reject.example"}},
 		{name: "an authenticated client is not enforced",
 			msg:  Message{ClientIP: outside, AuthUser: "alice", From: []string{" a@reject.example"}, SPF: spfFailOther},
-			want: want{action: Accept, dmarc: dmarc.Fail, disposition: dmarc.PolicyReject, exempt: ExemptAuthenticated, fromDomain: "reject.example"}},
+			want: want{action: Accept, dmarc: dmarc.Fail, requested: dmarc.PolicyReject, exempt: ExemptAuthenticated, fromDomain: "reject.example"}},
 		{name: "a trusted network (IPv4-mapped address) is not enforced",
 			msg:  Message{ClientIP: net.ParseIP("::ffff:10.1.2.3"), From: []string{" a@reject.example"}, SPF: spfFailOther},
-			want: want{action: Accept, dmarc: dmarc.Fail, disposition: dmarc.PolicyReject, exempt: ExemptTrustedNetwork, fromDomain: "reject.example"}},
+			want: want{action: Accept, dmarc: dmarc.Fail, requested: dmarc.PolicyReject, exempt: ExemptTrustedNetwork, fromDomain: "reject.example"}},
 		{name: "a local client is not enforced",
 			msg:  Message{LocalClient: true, From: []string{" a@reject.example"}, SPF: spfFailOther},
-			want: want{action: Accept, dmarc: dmarc.Fail, disposition: dmarc.PolicyReject, exempt: ExemptLocalClient, fromDomain: "reject.example"}},
+			want: want{action: Accept, dmarc: dmarc.Fail, requested: dmarc.PolicyReject, exempt: ExemptLocalClient, fromDomain: "reject.example"}},
 		{name: "a client without a usable address is not trusted",
 			msg:  Message{From: []string{" a@reject.example"}, SPF: spfFailOther},
-			want: want{action: Reject, code: 550, enhanced: "5.7.1", dmarc: dmarc.Fail, disposition: dmarc.PolicyReject, fromDomain: "reject.example"}},
+			want: want{action: Reject, code: 550, enhanced: "5.7.1", dmarc: dmarc.Fail, requested: dmarc.PolicyReject, fromDomain: "reject.example"}},
 		{name: "an exempt domain is not enforced",
 			msg:  Message{ClientIP: outside, From: []string{" a@sub.exempt.example"}, SPF: spfFailOther},
-			want: want{action: Accept, dmarc: dmarc.Fail, disposition: dmarc.PolicyReject, exempt: ExemptDomain, fromDomain: "sub.exempt.example"}},
+			want: want{action: Accept, dmarc: dmarc.Fail, requested: dmarc.PolicyReject, exempt: ExemptDomain, fromDomain: "sub.exempt.example"}},
 		{name: "an exempt co-author does not exempt a spoofed one",
 			msg:  Message{ClientIP: outside, From: []string{" a@exempt.example, b@reject.example"}, SPF: spfFailOther},
-			want: want{action: Reject, code: 550, enhanced: "5.7.1", dmarc: dmarc.Fail, disposition: dmarc.PolicyReject, fromDomain: "exempt.example"}},
+			want: want{action: Reject, code: 550, enhanced: "5.7.1", dmarc: dmarc.Fail, requested: dmarc.PolicyReject, fromDomain: "exempt.example"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -147,17 +155,21 @@ func TestDecide(t *testing.T) {
 			}
 			e := New(cfg, testResolver())
 			m := tt.msg
-			v := e.Decide(context.Background(), &m)
+			v := e.Judge(context.Background(), &m)
 			w := tt.want
-			if v.Action != w.action || v.Code != w.code || v.Enhanced != w.enhanced || !strings.Contains(v.Text, w.text) {
-				t.Errorf("action %s %d %s %q, want %s %d %s containing %q", v.Action, v.Code, v.Enhanced, v.Text, w.action, w.code, w.enhanced, w.text)
+			r := v.Reply
+			if v.Action != w.action || r.Code != w.code || r.Enhanced != w.enhanced || !strings.Contains(r.Text, w.text) {
+				t.Errorf("action %s %d %s %q, want %s %d %s containing %q", v.Action, r.Code, r.Enhanced, r.Text, w.action, w.code, w.enhanced, w.text)
 			}
-			if v.DMARC.Status != w.dmarc || v.Disposition != w.disposition || v.Exempt != w.exempt || v.Unknown != w.unknown {
-				t.Errorf("dmarc %s disposition %q exempt %q unknown %v, want %s %q %q %v (err %v)",
-					v.DMARC.Status, v.Disposition, v.Exempt, v.Unknown, w.dmarc, w.disposition, w.exempt, w.unknown, v.DMARC.Err)
+			if v.DMARC.Status != w.dmarc || v.Requested() != w.requested || v.Exempt != w.exempt || v.Unknown() != w.unknown {
+				t.Errorf("dmarc %s requested %q exempt %q unknown %v, want %s %q %q %v (err %v)",
+					v.DMARC.Status, v.Requested(), v.Exempt, v.Unknown(), w.dmarc, w.requested, w.exempt, w.unknown, v.DMARC.Err)
 			}
-			if (v.FromErr != nil) != w.fromErr || w.fromDomain != "" && v.FromDomain != w.fromDomain {
-				t.Errorf("from %q error %v, want %q error %v", v.FromDomain, v.FromErr, w.fromDomain, w.fromErr)
+			if w.rule != "" && v.Rule != w.rule {
+				t.Errorf("rule %q, want %q", v.Rule, w.rule)
+			}
+			if (v.FromErr != nil) != w.fromErr || w.fromDomain != "" && v.FromDomain() != w.fromDomain {
+				t.Errorf("from %q error %v, want %q error %v", v.FromDomain(), v.FromErr, w.fromDomain, w.fromErr)
 			}
 		})
 	}
@@ -184,60 +196,59 @@ func TestAuthenticationResults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	failed := dmarc.Result{Status: dmarc.Fail, FromDomain: "example.com", Record: rec, Policy: dmarc.PolicyReject, Applied: dmarc.PolicyReject, Disposition: dmarc.PolicyReject}
+	failed := dmarc.Result{Status: dmarc.Fail, FromDomain: "example.com", Record: rec, Policy: dmarc.PolicyReject, Applied: dmarc.PolicyReject, Requested: dmarc.PolicyReject}
 	tests := []struct {
-		name           string
-		v              Verdict
-		mailFrom, helo string
-		want           string
+		name string
+		m    Message // MailFrom, Helo, SPF, HeloSPF, DKIM
+		v    Verdict
+		want string
 	}{
 		{
 			name: "every method, one line each",
-			v: Verdict{
-				FromDomain: "example.com",
-				SPF:        spf.Result{Status: spf.Pass},
-				HeloSPF:    spf.Result{Status: spf.None},
+			m: Message{
+				MailFrom: "bounce@example.com", Helo: "mail.example.com",
+				SPF:     spf.Result{Status: spf.Pass},
+				HeloSPF: spf.Result{Status: spf.None},
 				DKIM: []dkim.Result{{Status: dkim.Pass, Domain: "example.com", Selector: "s1", Algorithm: "rsa-sha256", BPrefix: "abcdefgh"},
 					{Status: dkim.Fail, Domain: "esp.example", Selector: "k", Algorithm: "ed25519-sha256", BPrefix: "12345678", Err: errors.New("dkim: signature did not verify")}},
-				DMARC: dmarc.Result{Status: dmarc.Pass, FromDomain: "example.com", Record: rec, Policy: dmarc.PolicyReject, Applied: dmarc.PolicyReject},
 			},
-			mailFrom: "bounce@example.com", helo: "mail.example.com",
+			v: Verdict{DMARC: dmarc.Result{Status: dmarc.Pass, FromDomain: "example.com", Record: rec, Policy: dmarc.PolicyReject, Applied: dmarc.PolicyReject, Requested: dmarc.PolicyNone}},
 			want: "mx.example.net;\n\tspf=pass smtp.mailfrom=bounce@example.com;\n\tspf=none smtp.helo=mail.example.com;\n\t" +
 				"dkim=pass header.d=example.com header.s=s1 header.a=rsa-sha256 header.b=abcdefgh;\n\t" +
 				`dkim=fail reason="signature did not verify" header.d=esp.example header.s=k header.a=ed25519-sha256 header.b=12345678;` + "\n\t" +
 				"dmarc=pass header.from=example.com policy.dmarc=reject",
 		},
 		{
-			name:     "null sender: the HELO identity, no signature, no record",
-			v:        Verdict{FromDomain: "example.org", SPF: spf.Result{Status: spf.Neutral}, HeloSPF: spf.Result{Status: spf.Neutral}, DMARC: dmarc.Result{Status: dmarc.None}},
-			mailFrom: "", helo: "mx.example.org",
+			name: "null sender: the HELO identity, no signature, no record",
+			m:    Message{MailFrom: "", Helo: "mx.example.org", SPF: spf.Result{Status: spf.Neutral}, HeloSPF: spf.Result{Status: spf.Neutral}},
+			v:    Verdict{DMARC: dmarc.Result{Status: dmarc.None, FromDomain: "example.org", Requested: dmarc.PolicyNone}},
 			want: "mx.example.net;\n\tspf=neutral smtp.mailfrom=postmaster@mx.example.org;\n\tspf=neutral smtp.helo=mx.example.org;\n\t" +
 				"dkim=none;\n\tdmarc=none header.from=example.org",
 		},
 		{
-			name:     "a failure not enforced says why",
-			v:        Verdict{FromDomain: "example.com", SPF: spf.Result{Status: spf.Fail}, DMARC: failed, Disposition: dmarc.PolicyReject, Exempt: ExemptTrustedNetwork, Action: Accept},
-			mailFrom: "x@attacker.example",
+			name: "a failure not enforced says why",
+			m:    Message{MailFrom: "x@attacker.example", SPF: spf.Result{Status: spf.Fail}},
+			v:    Verdict{DMARC: failed, Exempt: ExemptTrustedNetwork, Action: Accept},
 			want: "mx.example.net;\n\tspf=fail smtp.mailfrom=x@attacker.example;\n\tdkim=none;\n\t" +
 				"dmarc=fail (not enforced: trusted network) header.from=example.com policy.dmarc=reject",
 		},
 		{
-			name:     "a value with a line break is left out, with a comment",
-			v:        Verdict{FromDomain: "example.com", SPF: spf.Result{Status: spf.None}, HeloSPF: spf.Result{Status: spf.None}, DMARC: dmarc.Result{Status: dmarc.None}},
-			mailFrom: "a@example.com", helo: "evil\r\nX-Injected: 1",
+			name: "a value with a line break is left out, with a comment",
+			m:    Message{MailFrom: "a@example.com", Helo: "evil\r\nX-Injected: 1", SPF: spf.Result{Status: spf.None}, HeloSPF: spf.Result{Status: spf.None}},
+			v:    Verdict{DMARC: dmarc.Result{Status: dmarc.None, FromDomain: "example.com", Requested: dmarc.PolicyNone}},
 			want: "mx.example.net;\n\tspf=none smtp.mailfrom=a@example.com;\n\tspf=none (smtp.helo omitted: not a valid header value);\n\t" +
 				"dkim=none;\n\tdmarc=none header.from=example.com",
 		},
 		{
-			name:     "a bad From: permerror with the reason",
-			v:        Verdict{FromErr: dmarc.ErrMultipleFrom, SPF: spf.Result{Status: spf.Pass}, DMARC: dmarc.Result{Status: dmarc.PermError, Err: dmarc.ErrMultipleFrom}, Action: Reject},
-			mailFrom: "a@example.com",
+			name: "a bad From: permerror with the reason",
+			m:    Message{MailFrom: "a@example.com", SPF: spf.Result{Status: spf.Pass}},
+			v:    Verdict{FromErr: dmarc.ErrMultipleFrom, DMARC: dmarc.Result{Status: dmarc.PermError, Err: dmarc.ErrMultipleFrom}, Action: Reject},
 			want: "mx.example.net;\n\tspf=pass smtp.mailfrom=a@example.com;\n\tdkim=none;\n\t" +
 				`dmarc=permerror reason="more than one From header field"`,
 		},
 	}
 	for _, tt := range tests {
-		if got := AuthenticationResults("mx.example.net", tt.v, tt.mailFrom, tt.helo); got != tt.want {
+		if got := AuthenticationResults("mx.example.net", &tt.m, &tt.v); got != tt.want {
 			t.Errorf("%s:\n got %q\nwant %q", tt.name, got, tt.want)
 		}
 	}

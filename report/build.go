@@ -37,7 +37,7 @@ func Build(f *policy.Judged, to []string, cfg Config, now time.Time) ([]byte, er
 
 func build(f *policy.Judged, a analysis, to []string, cfg Config, now time.Time, headersOnly bool) ([]byte, error) {
 	v := &f.Verdict
-	if v.FromDomain == "" {
+	if v.FromDomain() == "" {
 		return nil, errors.New("report: no From domain")
 	}
 	from, err := mail.ParseAddress(cfg.From)
@@ -56,7 +56,7 @@ func build(f *policy.Judged, a analysis, to []string, cfg Config, now time.Time,
 	var h mail.Header
 	h.SetAddressList("From", []*mail.Address{from})
 	h.SetAddressList("To", rcpts)
-	subject := "DMARC failure report for " + v.FromDomain + " from " + ip
+	subject := "DMARC failure report for " + v.FromDomain() + " from " + ip
 	if orig := originalSubject(f, cfg.RedactLocalParts); orig != "" {
 		// What the domain owner recognizes the message by (the seed report
 		// 002 asks for it), in brackets.
@@ -171,18 +171,18 @@ func feedbackReport(f *policy.Judged, a analysis, cfg Config) ([]byte, error) {
 	}
 	add("Reporting-MTA", "dns; "+oneLine(cfg.ReportingMTA))
 	add("Source-IP", orUnknown(f.ClientAddr()))
-	add("Reported-Domain", v.FromDomain)
+	add("Reported-Domain", v.FromDomain())
 	ar := f.AuthResults
 	if ar == "" {
 		// Nothing was stamped (the message was rejected): describe the
 		// verdict the same way the milter would have.
-		ar = policy.AuthenticationResults(cfg.AuthservID, *v, f.MailFrom, f.Helo)
+		ar = policy.AuthenticationResults(cfg.AuthservID, f.Message, v)
 	}
 	add("Authentication-Results", redactIf(cfg.RedactLocalParts, ar))
 	add("Identity-Alignment", strings.Join(a.alignment, ", "))
 	add("Delivery-Result", deliveryResult(f))
 	if a.sig >= 0 {
-		d := v.DKIM[a.sig]
+		d := f.DKIM[a.sig]
 		add("DKIM-Domain", oneLine(d.Domain))
 		id := d.Identifier
 		if id == "" {
@@ -191,10 +191,10 @@ func feedbackReport(f *policy.Judged, a analysis, cfg Config) ([]byte, error) {
 		add("DKIM-Identity", oneLine(redactIf(cfg.RedactLocalParts, id)))
 		add("DKIM-Selector", oneLine(d.Selector))
 	}
-	if a.spfAligned && v.SPF.Status != spf.Pass {
+	if a.spfAligned && f.SPF.Status != spf.Pass {
 		// RFC 6591 Section 3.1 spf-dns: "txt" : domain : the record.
 		for _, rec := range a.spfRecords {
-			add("SPF-DNS", "txt : "+oneLine(v.SPF.Domain)+" : "+quote(oneLine(rec)))
+			add("SPF-DNS", "txt : "+oneLine(f.SPF.Domain)+" : "+quote(oneLine(rec)))
 		}
 	}
 
@@ -222,7 +222,7 @@ func deliveryResult(f *policy.Judged) string {
 	case policy.TempFail:
 		return "other"
 	}
-	if f.Verdict.Disposition == dmarc.PolicyQuarantine {
+	if f.Verdict.Requested() == dmarc.PolicyQuarantine {
 		return "spam"
 	}
 	return "delivered"

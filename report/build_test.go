@@ -27,7 +27,7 @@ import (
 
 func TestBuildFields(t *testing.T) {
 	f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com; fo=1")
-	f.Verdict.DKIM[0].Identifier = "signer@example.com"
+	f.DKIM[0].Identifier = "signer@example.com"
 	cfg := testConfig(t)
 	now := time.Date(2026, 5, 4, 10, 12, 0, 0, time.UTC)
 	raw, err := Build(f, []string{"ruf@example.com"}, cfg, now)
@@ -134,8 +134,8 @@ func TestBuildVariants(t *testing.T) {
 
 	t.Run("quarantine mark, SPF aligned failure, SPF-DNS", func(t *testing.T) {
 		f := failure(t, "v=DMARC1; p=quarantine; ruf=mailto:ruf@example.com")
-		f.Verdict.SPF.Domain = "example.com"
-		f.Verdict.DKIM = nil
+		f.SPF.Domain = "example.com"
+		f.DKIM = nil
 		f.Verdict.Action = 0 // accepted, marked
 		// The Reporter looks up the SPF records for SPF-DNS (Build does
 		// no DNS): give them to the analysis as it would.
@@ -161,9 +161,9 @@ func TestBuildVariants(t *testing.T) {
 		// passed; the signature of the From domain failed (body hash).
 		// Not a DMARC failure, and both identifiers are aligned.
 		f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com; fo=1")
-		f.Verdict.SPF = spf.Result{Status: spf.Pass, Domain: "example.com", Identity: spf.IdentityMailFrom}
+		f.SPF = spf.Result{Status: spf.Pass, Domain: "example.com", Identity: spf.IdentityMailFrom}
 		f.Verdict.DMARC.Status, f.Verdict.DMARC.SPFAligned = dmarc.Pass, true
-		f.Verdict.Action, f.Verdict.Disposition = 0, dmarc.PolicyNone
+		f.Verdict.Action, f.Verdict.DMARC.Requested = 0, dmarc.PolicyNone
 		p := parseReport(t, mustBuild(t, f, cfg, now))
 		checkField(t, p, "Auth-Failure", "bodyhash")
 		checkField(t, p, "Identity-Alignment", "dkim, spf")
@@ -172,9 +172,9 @@ func TestBuildVariants(t *testing.T) {
 	})
 	t.Run("p=none, fo=d, unaligned signature", func(t *testing.T) {
 		f := failure(t, "v=DMARC1; p=none; ruf=mailto:ruf@example.com; fo=d")
-		f.Verdict.DKIM[0].Domain = "esp.example"
-		f.Verdict.DKIM[0].Err = dkim.ErrKeyRevoked
-		f.Verdict.DKIM[0].Status = dkim.PermError
+		f.DKIM[0].Domain = "esp.example"
+		f.DKIM[0].Err = dkim.ErrKeyRevoked
+		f.DKIM[0].Status = dkim.PermError
 		f.Verdict.Action = 0
 		p := parseReport(t, mustBuild(t, f, cfg, now))
 		checkField(t, p, "Auth-Failure", "revoked")
@@ -233,7 +233,7 @@ func TestRedaction(t *testing.T) {
 	cfg.RedactLocalParts = true
 	cfg.Include = IncludeMessage
 	f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com")
-	f.Verdict.DKIM[0].Identifier = "signer@example.com"
+	f.DKIM[0].Identifier = "signer@example.com"
 	f.Body = []byte("secret body\r\n")
 	p := parseReport(t, mustBuild(t, f, cfg, time.Now()))
 	checkField(t, p, "Original-Mail-From", "<redacted@bad.example>")

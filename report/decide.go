@@ -17,15 +17,18 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 )
 
-// exclude makes the checks that need no DNS and returns why no report is
-// wanted, "" if one may be. Every message passes through it, so the checks
-// that turn most messages away (no policy, no ruf, fo not matched) come
-// before those that read the header.
-func (r *Reporter) exclude(cfg *Config, j *policy.Judged) Reason {
+// Screen makes the checks that need no DNS and returns why no failure
+// report is wanted for j under cfg, "" if one may be: the pre-filter of
+// Reporter.Submit, and what eval says. Every message passes through it,
+// so the checks that turn most messages away (off, no policy, no ruf, fo
+// not matched) come before those that read the header.
+func Screen(cfg *Config, j *policy.Judged) Reason {
 	v := &j.Verdict
 	rec := v.DMARC.Record
 	switch {
-	case rec == nil || v.FromErr != nil || v.FromDomain == "":
+	case !cfg.Enabled:
+		return ReasonDisabled
+	case rec == nil || v.FromErr != nil || v.FromDomain() == "":
 		return ReasonNoPolicy
 	case v.DMARC.Status != dmarc.Pass && v.DMARC.Status != dmarc.Fail:
 		return ReasonNoPolicy
@@ -45,7 +48,7 @@ func (r *Reporter) exclude(cfg *Config, j *policy.Judged) Reason {
 		return ReasonLocalClient
 	case policy.InNetworks(j.ClientIP, cfg.ExcludeNetworks):
 		return ReasonExcludedClient
-	case !cfg.domainReported(v.FromDomain):
+	case !cfg.domainReported(v.FromDomain()):
 		return ReasonDomain
 	case autoSubmitted(j.Header):
 		return ReasonAutoSubmitted
@@ -147,9 +150,9 @@ func Wanted(j *policy.Judged) (matched dmarc.FailureOptions, ok bool) {
 		// Any mechanism failed to produce an aligned pass.
 		{dmarc.FailureAny, !v.DMARC.SPFAligned || !v.DMARC.DKIMAligned},
 		// A signature failed evaluation, whatever its alignment.
-		{dmarc.FailureDKIM, firstFailedDKIM(v.DKIM) >= 0},
+		{dmarc.FailureDKIM, firstFailedDKIM(j.DKIM) >= 0},
 		// SPF failed evaluation, whatever its alignment.
-		{dmarc.FailureSPF, spfFailed(v.SPF.Status)},
+		{dmarc.FailureSPF, spfFailed(j.SPF.Status)},
 	} {
 		if fo.Has(o.opt) && o.match {
 			matched |= o.opt
@@ -213,7 +216,7 @@ func analyze(j *policy.Judged, orgDomain func(name string) string) analysis {
 	v := &j.Verdict
 	a := analysis{sig: -1}
 	a.matched, _ = Wanted(j)
-	from, _ := dmarc.NormalizeDomain(v.FromDomain)
+	from, _ := dmarc.NormalizeDomain(v.FromDomain())
 	adkim, aspf := dmarc.AlignRelaxed, dmarc.AlignRelaxed
 	if rec := v.DMARC.Record; rec != nil {
 		adkim, aspf = rec.ADKIM, rec.ASPF
@@ -223,13 +226,13 @@ func analyze(j *policy.Judged, orgDomain func(name string) string) analysis {
 		return err == nil && dmarc.Aligned(id, from, mode, orgDomain)
 	}
 
-	a.spfAligned = aligned(v.SPF.Domain, aspf)
-	a.dkimAligned = make([]bool, len(v.DKIM))
-	for i, d := range v.DKIM {
+	a.spfAligned = aligned(j.SPF.Domain, aspf)
+	a.dkimAligned = make([]bool, len(j.DKIM))
+	for i, d := range j.DKIM {
 		a.dkimAligned[i] = aligned(d.Domain, adkim)
 	}
 	alignedFail := -1
-	for i, d := range v.DKIM {
+	for i, d := range j.DKIM {
 		if dkimFailed(d.Status) && a.dkimAligned[i] {
 			alignedFail = i
 			break
@@ -238,7 +241,7 @@ func analyze(j *policy.Judged, orgDomain func(name string) string) analysis {
 	if alignedFail >= 0 {
 		a.sig = alignedFail
 	} else {
-		a.sig = firstFailedDKIM(v.DKIM)
+		a.sig = firstFailedDKIM(j.DKIM)
 	}
 	if slices.Contains(a.dkimAligned, true) {
 		a.alignment = append(a.alignment, "dkim")
@@ -256,7 +259,7 @@ func analyze(j *policy.Judged, orgDomain func(name string) string) analysis {
 	// ("bodyhash", "revoked", "signature") for fo=d or for fo=1 with DMARC
 	// passed through SPF, SPF for fo=s.
 	sigFailure := func() string {
-		switch err := v.DKIM[a.sig].Err; {
+		switch err := j.DKIM[a.sig].Err; {
 		case errors.Is(err, dkim.ErrBodyHash):
 			return "bodyhash"
 		case errors.Is(err, dkim.ErrKeyRevoked):
@@ -270,7 +273,7 @@ func analyze(j *policy.Judged, orgDomain func(name string) string) analysis {
 		a.authFailure = "dmarc"
 	case (a.matched.Has(dmarc.FailureDKIM) || a.matched.Has(dmarc.FailureAny)) && a.sig >= 0:
 		a.authFailure = sigFailure()
-	case (a.matched.Has(dmarc.FailureSPF) || a.matched.Has(dmarc.FailureAny)) && v.SPF.Status != spf.Pass:
+	case (a.matched.Has(dmarc.FailureSPF) || a.matched.Has(dmarc.FailureAny)) && j.SPF.Status != spf.Pass:
 		a.authFailure = "spf"
 	default:
 		// DMARC passed and nothing failed outright: DKIM gave no aligned
@@ -285,7 +288,7 @@ func analyze(j *policy.Judged, orgDomain func(name string) string) analysis {
 // a name at or below it is taken to share it (true unless a record with
 // psd=n lies between them).
 func knownOrgDomain(v *policy.Verdict) func(string) string {
-	from, _ := dmarc.NormalizeDomain(v.FromDomain)
+	from, _ := dmarc.NormalizeDomain(v.FromDomain())
 	org, _ := dmarc.NormalizeDomain(v.DMARC.OrgDomain)
 	return func(name string) string {
 		if name == from || org != "" && (name == org || strings.HasSuffix(name, "."+org)) {

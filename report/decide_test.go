@@ -1,22 +1,22 @@
 package report
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/testutil"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
-	"github.com/rs/zerolog"
 )
 
 func TestWantedMatrix(t *testing.T) {
@@ -76,12 +76,12 @@ func TestWantedMatrix(t *testing.T) {
 			}
 			f := failure(t, rec)
 			v := &f.Verdict
-			v.SPF.Status = c.o.spf
+			f.SPF.Status = c.o.spf
 			v.DMARC.SPFAligned = c.o.spfAligned
 			v.DMARC.DKIMAligned = c.o.dkimAligned
-			v.DKIM = nil
+			f.DKIM = nil
 			for _, s := range c.o.dkim {
-				v.DKIM = append(v.DKIM, dkim.Result{Status: s, Domain: "example.com", Selector: "s"})
+				f.DKIM = append(f.DKIM, dkim.Result{Status: s, Domain: "example.com", Selector: "s"})
 			}
 			v.DMARC.Status = dmarc.Fail
 			if c.o.spfAligned || c.o.dkimAligned {
@@ -307,7 +307,7 @@ func TestRateLimitsAndDedup(t *testing.T) {
 	cfg.PerDestinationLimit, cfg.PerDestinationWindow = 3, time.Hour
 	cfg.GlobalLimit, cfg.GlobalWindow = 5, time.Hour
 	cfg.DedupWindow = 10 * time.Minute
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	r, err := New(cfg, newResolver(), zerolog.New(io.MultiWriter(&logs, zerolog.TestWriter{T: t})).Level(zerolog.InfoLevel), clk.now)
 	if err != nil {
 		t.Fatal(err)
@@ -334,7 +334,7 @@ func TestRateLimitsAndDedup(t *testing.T) {
 	}
 	// A different kind of failure from the same IP is not a duplicate.
 	g := from("192.0.2.1", "mailto:a@example.com")
-	g.Verdict.DKIM = nil
+	g.DKIM = nil
 	if got := processed(t, r, g); len(got) != 1 {
 		t.Errorf("different failure not sent: %v", got)
 	}
@@ -380,7 +380,7 @@ func TestAlignmentNeedsOrgDomain(t *testing.T) {
 	}
 	f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com")
 	f.Verdict.DMARC.OrgDomain = ""
-	f.Verdict.DKIM[0].Domain = "mail.example.com"
+	f.DKIM[0].Domain = "mail.example.com"
 	r.process(context.Background(), f)
 	files := spoolFiles(t, cfg.SpoolDir)
 	if len(files) != 1 {
@@ -393,22 +393,4 @@ func TestAlignmentNeedsOrgDomain(t *testing.T) {
 	if got := parseReport(t, msg).feedback.Get("Identity-Alignment"); got != "dkim" {
 		t.Errorf("Identity-Alignment %q, want dkim (mail.example.com is aligned with example.com in relaxed mode)", got)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the Reporter's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

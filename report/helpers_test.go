@@ -43,22 +43,15 @@ func failure(t testing.TB, record string) *policy.Judged {
 		t.Fatalf("ParseRecord(%q): %v", record, err)
 	}
 	v := policy.Verdict{
-		FromDomain: "example.com",
-		SPF:        spf.Result{Status: spf.Fail, Domain: "bad.example", Identity: spf.IdentityMailFrom},
-		HeloSPF:    spf.Result{Status: spf.None, Domain: "mail.bad.example", Identity: spf.IdentityHelo},
-		DKIM: []dkim.Result{{
-			Status: dkim.Fail, Domain: "example.com", Selector: "sel1", Identifier: "@example.com",
-			Algorithm: "rsa-sha256", BPrefix: "abcdefgh", Err: dkim.ErrBodyHash,
-		}},
 		DMARC: dmarc.Result{
 			Status: dmarc.Fail, FromDomain: "example.com", PolicyDomain: "example.com", OrgDomain: "example.com",
-			Record: rec, Policy: rec.Policy, Applied: rec.Policy,
+			Record: rec, Policy: rec.Policy, Applied: rec.Policy, Requested: rec.Policy,
 		},
-		Disposition: rec.Policy,
 	}
 	switch rec.Policy {
 	case dmarc.PolicyReject:
-		v.Action, v.Code, v.Enhanced, v.Text = policy.Reject, 550, "5.7.1", "Message rejected: DMARC policy of example.com says reject"
+		v.Action = policy.Reject
+		v.Reply = policy.Reply{Code: 550, Enhanced: "5.7.1", Text: "Message rejected: DMARC policy of example.com says reject"}
 	case dmarc.PolicyQuarantine:
 		v.Action = policy.Quarantine
 	}
@@ -80,9 +73,12 @@ func failure(t testing.TB, record string) *policy.Judged {
 				{Name: "Date", Value: " Mon, 4 May 2026 10:11:10 +0000"},
 			},
 			LeadingSpace: true,
-			SPF:          v.SPF,
-			HeloSPF:      v.HeloSPF,
-			DKIM:         v.DKIM,
+			SPF:          spf.Result{Status: spf.Fail, Domain: "bad.example", Identity: spf.IdentityMailFrom},
+			HeloSPF:      spf.Result{Status: spf.None, Domain: "mail.bad.example", Identity: spf.IdentityHelo},
+			DKIM: []dkim.Result{{
+				Status: dkim.Fail, Domain: "example.com", Selector: "sel1", Identifier: "@example.com",
+				Algorithm: "rsa-sha256", BPrefix: "abcdefgh", Err: dkim.ErrBodyHash,
+			}},
 		},
 		Verdict:     v,
 		AuthResults: "mx.example.net;\n\tspf=fail smtp.mailfrom=bounce+x@bad.example;\n\tdkim=fail header.d=example.com header.s=sel1;\n\tdmarc=fail header.from=example.com policy.dmarc=reject",

@@ -9,7 +9,7 @@
 // before the MTA gets its answer (Submit), and decides itself whether it
 // wants it. The files follow one report's way:
 //
-//   - decide.go: which messages are reported on (exclude, Wanted), what the
+//   - decide.go: which messages are reported on (Screen, Wanted), what the
 //     report says about them (analyze: Auth-Failure, Identity-Alignment, the
 //     signature described), which destinations may receive it (destinations,
 //     authorized: RFC 9991 Section 5's external destination check);
@@ -207,7 +207,7 @@ func (r *Reporter) suppress(reason Reason) {
 // Submit hands a judged message to the Reporter (session.Consumer), before
 // the MTA gets its answer; j must not change afterwards. It never fails: a
 // message that warrants reports has them in the spool when Submit returns;
-// one that does not returns after the cheap checks (exclude), which is
+// one that does not returns after the cheap checks (Screen), which is
 // where almost every message ends.
 func (r *Reporter) Submit(j *policy.Judged) {
 	if j == nil {
@@ -215,13 +215,9 @@ func (r *Reporter) Submit(j *policy.Judged) {
 	}
 	r.count(func(s *Stats) { s.Submitted++ })
 	cfg := r.conf()
-	if !cfg.Enabled {
-		r.suppress(ReasonDisabled)
-		return
-	}
-	if reason := r.exclude(cfg, j); reason != "" {
+	if reason := Screen(cfg, j); reason != "" {
 		r.suppress(reason)
-		if reason != ReasonNoPolicy && reason != ReasonNoDestination && reason != ReasonNotWanted {
+		if reason != ReasonDisabled && reason != ReasonNoPolicy && reason != ReasonNoDestination && reason != ReasonNotWanted {
 			r.log.Debug().Str("queue_id", j.QueueID).Str("reason", string(reason)).Msg("no failure report")
 		}
 		return

@@ -175,7 +175,7 @@ func (r *Reporter) spool(f *policy.Judged, to string, msg []byte) bool {
 		ID:          newID(now),
 		From:        r.envelopeFrom(),
 		To:          to,
-		Domain:      f.Verdict.FromDomain,
+		Domain:      f.Verdict.FromDomain(),
 		QueueID:     f.QueueID,
 		Created:     now,
 		NextAttempt: now,
@@ -273,7 +273,7 @@ func (r *Reporter) process(ctx context.Context, f *policy.Judged) {
 		}
 	}()
 	v := &f.Verdict
-	log := r.log.With().Str("queue_id", f.QueueID).Str("domain", v.FromDomain).Logger()
+	log := r.log.With().Str("queue_id", f.QueueID).Str("domain", v.FromDomain()).Logger()
 
 	dests := destinations(v.DMARC.Record.RUF)
 	if len(dests) == 0 {
@@ -284,7 +284,7 @@ func (r *Reporter) process(ctx context.Context, f *policy.Judged) {
 	// them; the alignment of failed identifiers in the report needs them
 	// too (mostly cached tree walks). One that cannot be found aligns
 	// nothing but identical names.
-	from, _ := dmarc.NormalizeDomain(v.FromDomain)
+	from, _ := dmarc.NormalizeDomain(v.FromDomain())
 	orgs := map[string]string{}
 	if org, err := dmarc.NormalizeDomain(v.DMARC.OrgDomain); err == nil {
 		orgs[from] = org
@@ -300,14 +300,14 @@ func (r *Reporter) process(ctx context.Context, f *policy.Judged) {
 		orgs[name] = org
 		return org
 	})
-	if a.spfAligned && v.SPF.Status != spf.Pass && v.SPF.Domain != "" {
-		a.spfRecords = r.spfRecords(ctx, v.SPF.Domain)
+	if a.spfAligned && f.SPF.Status != spf.Pass && f.SPF.Domain != "" {
+		a.spfRecords = r.spfRecords(ctx, f.SPF.Domain)
 	}
 	policyDomain := v.DMARC.PolicyDomain
 	if policyDomain == "" {
-		policyDomain = v.FromDomain
+		policyDomain = v.FromDomain()
 	}
-	dedupBase := strings.Join([]string{f.ClientAddr(), strings.ToLower(v.FromDomain), a.matched.String(), a.authFailure, strings.Join(a.alignment, ",")}, "|")
+	dedupBase := strings.Join([]string{f.ClientAddr(), strings.ToLower(v.FromDomain()), a.matched.String(), a.authFailure, strings.Join(a.alignment, ",")}, "|")
 	for _, d := range dests {
 		ok, err := r.authorized(ctx, policyDomain, d.domain)
 		if err != nil {

@@ -16,7 +16,7 @@ import (
 // failed and why, what we did, what is attached. Lines end in CRLF.
 func humanText(f *policy.Judged, a analysis, cfg Config, attachedMessage, headerCut bool, fieldsKept int) string {
 	v := &f.Verdict
-	dom := v.FromDomain
+	dom := v.FromDomain()
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
 
@@ -45,13 +45,13 @@ func humanText(f *policy.Judged, a analysis, cfg Config, attachedMessage, header
 	p("")
 	p("What failed and why:")
 	p("")
-	b.WriteString(wrap("  DMARC: ", dmarcLine(v)))
-	b.WriteString(wrap("  SPF:   ", spfLine(v, a)))
-	if len(v.DKIM) == 0 {
+	b.WriteString(wrap("  DMARC: ", dmarcLine(f)))
+	b.WriteString(wrap("  SPF:   ", spfLine(f, a)))
+	if len(f.DKIM) == 0 {
 		b.WriteString(wrap("  DKIM:  ", "none - the message has no DKIM signature"))
 	}
-	for i, d := range v.DKIM {
-		b.WriteString(wrap("  DKIM:  ", dkimLine(v, d, a.dkimAligned[i])))
+	for i, d := range f.DKIM {
+		b.WriteString(wrap("  DKIM:  ", dkimLine(f, d, a.dkimAligned[i])))
 	}
 	p("")
 	b.WriteString(wrap("", "What we did: "+actionText(f)))
@@ -79,8 +79,9 @@ func orNone(s string) string {
 	return s
 }
 
-func dmarcLine(v *policy.Verdict) string {
-	dom := v.FromDomain
+func dmarcLine(f *policy.Judged) string {
+	v := &f.Verdict
+	dom := v.FromDomain()
 	switch {
 	case v.DMARC.Status == dmarc.Fail:
 		return "fail - neither SPF nor DKIM gave a pass for a domain aligned with " + dom
@@ -94,17 +95,18 @@ func dmarcLine(v *policy.Verdict) string {
 	return string(v.DMARC.Status)
 }
 
-func spfLine(v *policy.Verdict, a analysis) string {
-	d := v.SPF.Domain
+func spfLine(f *policy.Judged, a analysis) string {
+	v := &f.Verdict
+	d := f.SPF.Domain
 	if d == "" {
-		return string(v.SPF.Status) + " - no MAIL FROM domain to check"
+		return string(f.SPF.Status) + " - no MAIL FROM domain to check"
 	}
-	al := "aligned with " + v.FromDomain
+	al := "aligned with " + v.FromDomain()
 	if !a.spfAligned {
-		al = "not aligned with " + v.FromDomain
+		al = "not aligned with " + v.FromDomain()
 	}
 	why := ""
-	switch v.SPF.Status {
+	switch f.SPF.Status {
 	case spf.Pass:
 		why = "the sending IP is authorized by " + d
 	case spf.Fail:
@@ -117,19 +119,20 @@ func spfLine(v *policy.Verdict, a analysis) string {
 		why = d + " publishes no SPF record"
 	case spf.PermError, spf.TempError:
 		why = "the SPF record of " + d + " could not be evaluated"
-		if v.SPF.Err != nil {
-			why += ": " + oneLine(v.SPF.Err.Error())
+		if f.SPF.Err != nil {
+			why += ": " + oneLine(f.SPF.Err.Error())
 		}
 	}
-	return fmt.Sprintf("%s for the MAIL FROM domain %s (%s) - %s", v.SPF.Status, d, al, why)
+	return fmt.Sprintf("%s for the MAIL FROM domain %s (%s) - %s", f.SPF.Status, d, al, why)
 }
 
-func dkimLine(v *policy.Verdict, d dkim.Result, aligned bool) string {
+func dkimLine(f *policy.Judged, d dkim.Result, aligned bool) string {
+	v := &f.Verdict
 	s := fmt.Sprintf("%s for the signature of %s (selector %s)", d.Status, oneLine(d.Domain), oneLine(d.Selector))
 	if aligned {
-		s += ", a domain aligned with " + v.FromDomain
+		s += ", a domain aligned with " + v.FromDomain()
 	} else {
-		s += ", a domain not aligned with " + v.FromDomain
+		s += ", a domain not aligned with " + v.FromDomain()
 	}
 	if d.Status != dkim.Pass && d.Err != nil {
 		s += " - " + oneLine(d.Err.Error())
@@ -146,9 +149,9 @@ func actionText(f *policy.Judged) string {
 	}
 	switch v.Action {
 	case policy.Reject:
-		return fmt.Sprintf("rejected the message during the SMTP transaction (%d %s), as the DMARC policy of %s (%s) asks.", orCode(v.Code, 550), orStr(v.Enhanced, "5.7.1"), v.FromDomain, pol)
+		return fmt.Sprintf("rejected the message during the SMTP transaction (%d %s), as the DMARC policy of %s (%s) asks.", orCode(v.Reply.Code, 550), orStr(v.Reply.Enhanced, "5.7.1"), v.FromDomain(), pol)
 	case policy.Quarantine:
-		return fmt.Sprintf("accepted the message and held it in quarantine, as the DMARC policy of %s (%s) asks.", v.FromDomain, pol)
+		return fmt.Sprintf("accepted the message and held it in quarantine, as the DMARC policy of %s (%s) asks.", v.FromDomain(), pol)
 	case policy.TempFail:
 		return "deferred the message with a temporary error."
 	}
@@ -156,11 +159,11 @@ func actionText(f *policy.Judged) string {
 	case v.DMARC.Status == dmarc.Pass:
 		return "delivered the message: it passed DMARC."
 	case v.Exempt != "":
-		return fmt.Sprintf("delivered the message: local policy (%s) exempts it from enforcement; the DMARC policy of %s is %s.", v.Exempt, v.FromDomain, pol)
-	case v.Disposition == dmarc.PolicyQuarantine:
-		return fmt.Sprintf("delivered the message marked as failing DMARC, as the DMARC policy of %s (%s) asks.", v.FromDomain, pol)
-	case slices.Contains([]dmarc.Policy{dmarc.PolicyNone, ""}, v.Disposition):
-		return fmt.Sprintf("delivered the message: the DMARC policy of %s (%s) asks for no action.", v.FromDomain, pol)
+		return fmt.Sprintf("delivered the message: local policy (%s) exempts it from enforcement; the DMARC policy of %s is %s.", v.Exempt, v.FromDomain(), pol)
+	case v.Requested() == dmarc.PolicyQuarantine:
+		return fmt.Sprintf("delivered the message marked as failing DMARC, as the DMARC policy of %s (%s) asks.", v.FromDomain(), pol)
+	case slices.Contains([]dmarc.Policy{dmarc.PolicyNone, ""}, v.Requested()):
+		return fmt.Sprintf("delivered the message: the DMARC policy of %s (%s) asks for no action.", v.FromDomain(), pol)
 	}
 	return "delivered the message."
 }

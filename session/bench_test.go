@@ -77,8 +77,8 @@ func benchMessage(b *testing.B, c session.Consumer) {
 	s := e.dial(0)
 	connectAndHelo(b, s, goodIP, "mx.pass.example")
 	m := msg{mailFrom: "bob@pass.example", raw: raw}
-	if got := send(b, s, m); !strings.Contains(got.authResults(), "dkim=pass") || !strings.Contains(got.authResults(), "dmarc=pass") {
-		b.Fatalf("warm-up message did not pass: %q", got.authResults())
+	if got := send(b, s, m); !strings.Contains(got.AuthResults(), "dkim=pass") || !strings.Contains(got.AuthResults(), "dmarc=pass") {
+		b.Fatalf("warm-up message did not pass: %q", got.AuthResults())
 	}
 	up := e.res.Stats().Upstream
 	b.ReportAllocs()

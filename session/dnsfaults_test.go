@@ -105,7 +105,7 @@ func TestSlowSender(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			check(t, outcome{act: act, mods: mods}, want{code: 250})
+			check(t, outcome{Act: act, Mods: mods}, want{code: 250})
 		})
 	}
 }

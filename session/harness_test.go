@@ -5,16 +5,11 @@
 package session_test
 
 import (
-	"bytes"
-	"crypto"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +18,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/internal/miltertest"
+	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
+	"github.com/dmarc-milter/dmarc-milter/internal/testutil"
 	"github.com/dmarc-milter/dmarc-milter/milter"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/resolver"
@@ -39,7 +37,7 @@ type env struct {
 	srv     *milter.Server
 	sock    string // unix socket path, or TCP address when network is "tcp"
 	network string
-	logs    *syncBuffer
+	logs    *testutil.SyncBuffer
 }
 
 type envOptions struct {
@@ -49,24 +47,6 @@ type envOptions struct {
 	dnsTimout time.Duration
 	// tcp listens on 127.0.0.1 instead of a unix socket.
 	tcp bool
-}
-
-// syncBuffer collects log output from concurrent sessions.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func testZones(t testing.TB) []string {
@@ -88,7 +68,7 @@ func testZones(t testing.TB) []string {
 
 func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
-	e := &env{t: t, logs: &syncBuffer{}}
+	e := &env{t: t, logs: &testutil.SyncBuffer{}}
 	e.dns = dnstest.NewServer(t, testZones(t)...)
 	if o.dnsTimout == 0 {
 		o.dnsTimout = 300 * time.Millisecond
@@ -150,38 +130,17 @@ func newEnv(t testing.TB, o envOptions) *env {
 	return e
 }
 
-// Postfix's offer in option negotiation.
-const (
-	postfixProtocol = milter.PostfixProtocol
-	postfixActions  = milter.PostfixActions
-)
-
 // dial opens a milter session the way Postfix does. protocol 0 means
-// postfixProtocol.
+// Postfix's own offer.
 func (e *env) dial(protocol gomilter.OptProtocol) *gomilter.ClientSession {
 	e.t.Helper()
-	return e.dialWith(protocol, nil)
+	return miltertest.Dial(e.t, e.network, e.sock, protocol, nil)
 }
 
 // dialWith is dial with a dialer of the caller's (nil: net.Dialer).
 func (e *env) dialWith(protocol gomilter.OptProtocol, d gomilter.Dialer) *gomilter.ClientSession {
 	e.t.Helper()
-	if protocol == 0 {
-		protocol = postfixProtocol
-	}
-	c := gomilter.NewClientWithOptions(e.network, e.sock, gomilter.ClientOptions{
-		Dialer:       d,
-		ReadTimeout:  10 * time.Second,
-		WriteTimeout: 10 * time.Second,
-		ActionMask:   postfixActions,
-		ProtocolMask: protocol,
-	})
-	s, err := c.Session()
-	if err != nil {
-		e.t.Fatalf("milter session: %v", err)
-	}
-	e.t.Cleanup(func() { s.Close() })
-	return s
+	return miltertest.Dial(e.t, e.network, e.sock, protocol, d)
 }
 
 // msg is one SMTP transaction as Postfix would hand it to the milter.
@@ -193,104 +152,18 @@ type msg struct {
 }
 
 // outcome is what the milter answered at end of message.
-type outcome struct {
-	act  *gomilter.Action
-	mods []gomilter.ModifyAction
-}
-
-func (o outcome) code() int {
-	switch o.act.Code {
-	case gomilter.ActReplyCode:
-		return o.act.SMTPCode
-	case gomilter.ActReject:
-		return 550
-	case gomilter.ActTempFail:
-		return 451
-	}
-	return 250
-}
-
-func (o outcome) quarantined() bool {
-	for _, m := range o.mods {
-		if m.Code == gomilter.ActQuarantine {
-			return true
-		}
-	}
-	return false
-}
-
-// authResults returns the Authentication-Results value we inserted, or "".
-func (o outcome) authResults() string {
-	for _, m := range o.mods {
-		if m.Code == gomilter.ActInsertHeader && m.HeaderName == "Authentication-Results" {
-			return m.HeaderValue
-		}
-	}
-	return ""
-}
+type outcome = miltertest.Outcome
 
 // connectAndHelo starts an SMTP connection from ip.
 func connectAndHelo(t testing.TB, s *gomilter.ClientSession, ip, helo string) {
 	t.Helper()
-	fam := gomilter.FamilyInet
-	if strings.Contains(ip, ":") {
-		fam = gomilter.FamilyInet6
-	}
-	if err := s.Macros(gomilter.CodeConn, "j", "mx.test.example", "{daemon_name}", "smtpd"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Conn("client.example", fam, 40000, ip); err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	if _, err := s.Helo(helo); err != nil {
-		t.Fatalf("helo: %v", err)
-	}
+	miltertest.Connect(t, s, ip, helo)
 }
 
 // send runs one message over an established session.
 func send(t testing.TB, s *gomilter.ClientSession, m msg) outcome {
 	t.Helper()
-	kv := []string{"{mail_addr}", m.mailFrom}
-	if m.authUser != "" {
-		kv = append(kv, "{auth_authen}", m.authUser, "{auth_type}", "PLAIN")
-	}
-	if err := s.Macros(gomilter.CodeMail, kv...); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Mail(m.mailFrom, nil); err != nil {
-		t.Fatalf("mail: %v", err)
-	}
-	if _, err := s.Rcpt("rcpt@test.example", nil); err != nil {
-		t.Fatalf("rcpt: %v", err)
-	}
-	fields, body := splitMessage(t, m.raw, s.ProtocolOption(gomilter.OptHeaderLeadingSpace))
-	for _, f := range fields {
-		if _, err := s.HeaderField(f[0], f[1]); err != nil {
-			t.Fatalf("header: %v", err)
-		}
-	}
-	if _, err := s.HeaderEnd(); err != nil {
-		t.Fatalf("eoh: %v", err)
-	}
-	// Postfix sends the body in chunks of at most 64 KiB.
-	for len(body) > 0 {
-		n := min(len(body), gomilter.MaxBodyChunk)
-		if _, err := s.BodyChunk([]byte(body[:n])); err != nil {
-			t.Fatalf("body: %v", err)
-		}
-		body = body[n:]
-	}
-	if m.queueID == "" {
-		m.queueID = "4ABCDEF"
-	}
-	if err := s.Macros(gomilter.CodeEOB, "i", m.queueID); err != nil {
-		t.Fatal(err)
-	}
-	mods, act, err := s.End()
-	if err != nil {
-		t.Fatalf("end of message: %v", err)
-	}
-	return outcome{act: act, mods: mods}
+	return miltertest.Send(t, s, miltertest.Msg{AuthUser: m.authUser, MailFrom: m.mailFrom, QueueID: m.queueID, Raw: m.raw})
 }
 
 // run sends one message on a fresh connection from ip.
@@ -301,31 +174,24 @@ func (e *env) run(ip, helo string, m msg) outcome {
 	return send(e.t, s, m)
 }
 
-// splitMessage splits a CRLF message into header fields as Postfix hands
-// them to a milter: the value keeps its leading space only when
-// SMFIP_HDR_LEADSPC was negotiated, and folding uses bare LF.
+// splitMessage splits a message into header fields as Postfix hands
+// them to a milter (rfc5322.Split): the value keeps its leading space only
+// when SMFIP_HDR_LEADSPC was negotiated.
 func splitMessage(t testing.TB, raw string, leadingSpace bool) ([][2]string, string) {
 	t.Helper()
-	head, body, ok := strings.Cut(raw, "\r\n\r\n")
-	if !ok {
-		head, body = strings.TrimSuffix(raw, "\r\n"), ""
+	fields, body, err := rfc5322.Split([]byte(raw))
+	if err != nil {
+		t.Fatal(err)
 	}
-	var fields [][2]string
-	for _, line := range strings.Split(head, "\r\n") {
-		if len(fields) > 0 && (strings.HasPrefix(line, " ") || strings.HasPrefix(line, "\t")) {
-			fields[len(fields)-1][1] += "\n" + line
-			continue
-		}
-		name, value, ok := strings.Cut(line, ":")
-		if !ok {
-			t.Fatalf("bad header line %q", line)
-		}
+	var out [][2]string
+	for _, f := range fields {
+		v := f.Value
 		if !leadingSpace {
-			value = strings.TrimPrefix(value, " ")
+			v = strings.TrimPrefix(v, " ")
 		}
-		fields = append(fields, [2]string{name, value})
+		out = append(out, [2]string{f.Name, v})
 	}
-	return fields, body
+	return out, string(body)
 }
 
 // message builds a CRLF message from header lines and a body.
@@ -333,39 +199,11 @@ func message(headers []string, body string) string {
 	return strings.Join(headers, "\r\n") + "\r\n\r\n" + strings.ReplaceAll(body, "\n", "\r\n")
 }
 
-func loadKey(t testing.TB, name string) crypto.Signer {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "keys", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		t.Fatalf("%s: no PEM", name)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
-	return k.(crypto.Signer)
-}
-
-// sign adds a DKIM-Signature to raw with go-msgauth's signer.
+// sign adds a DKIM-Signature to raw with go-msgauth's signer and a key of
+// testdata/keys.
 func sign(t testing.TB, raw, domain, selector, keyFile string, canon msgdkim.Canonicalization) string {
 	t.Helper()
-	var out bytes.Buffer
-	opts := &msgdkim.SignOptions{
-		Domain:                 domain,
-		Selector:               selector,
-		Signer:                 loadKey(t, keyFile),
-		HeaderCanonicalization: canon,
-		BodyCanonicalization:   canon,
-		HeaderKeys:             []string{"From", "To", "Subject", "Date", "Message-ID"},
-	}
-	if err := msgdkim.Sign(&out, strings.NewReader(raw), opts); err != nil {
-		t.Fatalf("sign: %v", err)
-	}
-	return out.String()
+	return testutil.Sign(t, raw, domain, selector, filepath.Join("..", "testdata", "keys", keyFile), canon)
 }
 
 func plainMessage(from, subject string) string {

@@ -31,9 +31,9 @@ func TestHeaderInjection(t *testing.T) {
 				from = "bob@none.example"
 			}
 			got := e.run(goodIP, tt.helo, msg{mailFrom: tt.mailFrom, raw: plainMessage(from, "inject")})
-			ar := got.authResults()
+			ar := got.AuthResults()
 			if ar == "" {
-				t.Fatalf("no Authentication-Results (reply %d)", got.code())
+				t.Fatalf("no Authentication-Results (reply %d)", got.Code())
 			}
 			for i, line := range strings.Split(ar, "\n") {
 				if strings.ContainsAny(line, "\r\x00\x1b") || i > 0 && !strings.HasPrefix(line, "\t") {
@@ -50,7 +50,7 @@ func TestHeaderInjection(t *testing.T) {
 	}
 	// A quoted value is quoted, not dropped.
 	got := e.run(goodIP, `helo "with" spaces`, msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "q")})
-	if ar := got.authResults(); !strings.Contains(ar, `smtp.helo="helo \"with\" spaces"`) {
+	if ar := got.AuthResults(); !strings.Contains(ar, `smtp.helo="helo \"with\" spaces"`) {
 		t.Errorf("quoted HELO: %q", ar)
 	}
 }
@@ -88,12 +88,12 @@ func TestNotEnforcedSaysSo(t *testing.T) {
 
 	// Enforced and passing mail carries no such comment.
 	got = e.run(goodIP, "x.example", msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "pass")})
-	if ar := got.authResults(); strings.Contains(ar, "not enforced") {
+	if ar := got.AuthResults(); strings.Contains(ar, "not enforced") {
 		t.Errorf("passing mail: %q", ar)
 	}
 
 	got = e.run(goodIP, "x.example", msg{mailFrom: "bob@unknown-domain.example", raw: plainMessage("bob@unknown-domain.example", "none")})
-	ar := got.authResults()
+	ar := got.AuthResults()
 	if !strings.Contains(ar, `reason="no DMARC policy record"`) || strings.Contains(ar, "dmarc:") || strings.Contains(ar, "dkim:") {
 		t.Errorf("internal prefix or wrong reason: %q", ar)
 	}

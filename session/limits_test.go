@@ -134,7 +134,7 @@ func TestMemoryPerMessage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		check(t, outcome{act: act, mods: mods}, want{code: 250, ar: []string{"dkim=permerror"}})
+		check(t, outcome{Act: act, Mods: mods}, want{code: 250, ar: []string{"dkim=permerror"}})
 		s.Close()
 	}
 

@@ -12,6 +12,7 @@ import (
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 	"github.com/miekg/dns"
 
+	"github.com/dmarc-milter/dmarc-milter/milter"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/session"
 )
@@ -38,16 +39,16 @@ type want struct {
 
 func check(t *testing.T, got outcome, w want) {
 	t.Helper()
-	if got.code() != w.code {
-		t.Errorf("reply code = %d (%c %q), want %d", got.code(), got.act.Code, got.act.SMTPText, w.code)
+	if got.Code() != w.code {
+		t.Errorf("reply code = %d (%c %q), want %d", got.Code(), got.Act.Code, got.Act.SMTPText, w.code)
 	}
-	if w.text != "" && !strings.Contains(got.act.SMTPText, w.text) {
-		t.Errorf("reply text %q does not contain %q", got.act.SMTPText, w.text)
+	if w.text != "" && !strings.Contains(got.Act.SMTPText, w.text) {
+		t.Errorf("reply text %q does not contain %q", got.Act.SMTPText, w.text)
 	}
-	if got.quarantined() != w.quarantine {
-		t.Errorf("quarantined = %v, want %v", got.quarantined(), w.quarantine)
+	if got.Quarantined() != w.quarantine {
+		t.Errorf("quarantined = %v, want %v", got.Quarantined(), w.quarantine)
 	}
-	ar := got.authResults()
+	ar := got.AuthResults()
 	if w.noAR && ar != "" {
 		t.Errorf("unexpected Authentication-Results: %q", ar)
 	}
@@ -287,15 +288,15 @@ func TestFoldedHeadersSimpleCanonicalization(t *testing.T) {
 		{"To: rcpt@test.example", msgdkim.CanonicalizationSimple, false, true},
 		{"To: rcpt@test.example", msgdkim.CanonicalizationSimple, true, true},
 	} {
-		proto := postfixProtocol
+		proto := milter.PostfixProtocol
 		if !tc.leadspc {
 			proto &^= gomilter.OptHeaderLeadingSpace
 		}
 		s := e.dial(proto)
 		connectAndHelo(t, s, badIP, "list.example")
 		got := send(t, s, msg{mailFrom: "list@lists.example", raw: sign(t, build(tc.to), "pass.example", "sel1", "rsa2048.pem", tc.canon)})
-		if pass := strings.Contains(got.authResults(), "dkim=pass"); pass != tc.pass {
-			t.Errorf("%q c=%s leadspc=%v: dkim pass = %v, want %v (reply %d, A-R %q)", tc.to, tc.canon, tc.leadspc, pass, tc.pass, got.code(), got.authResults())
+		if pass := strings.Contains(got.AuthResults(), "dkim=pass"); pass != tc.pass {
+			t.Errorf("%q c=%s leadspc=%v: dkim pass = %v, want %v (reply %d, A-R %q)", tc.to, tc.canon, tc.leadspc, pass, tc.pass, got.Code(), got.AuthResults())
 		}
 	}
 }
@@ -311,7 +312,7 @@ func TestForgedAuthenticationResultsRemoved(t *testing.T) {
 	}, "x\n")
 	got := e.run(goodIP, "mx.pass.example", msg{mailFrom: "bob@pass.example", raw: raw})
 	var removed []uint32
-	for _, m := range got.mods {
+	for _, m := range got.Mods {
 		if m.Code == gomilter.ActChangeHeader {
 			if m.HeaderName != "Authentication-Results" || m.HeaderValue != "" {
 				t.Errorf("unexpected header change %+v", m)
@@ -325,7 +326,7 @@ func TestForgedAuthenticationResultsRemoved(t *testing.T) {
 		t.Errorf("removed indexes %v, want [3 2]", removed)
 	}
 	// Removals come before our insertion, so indexes are not shifted by it.
-	last := got.mods[len(got.mods)-1]
+	last := got.Mods[len(got.Mods)-1]
 	if last.Code != gomilter.ActInsertHeader || last.HeaderIndex != 0 {
 		t.Errorf("last modification %+v, want our header inserted at 0", last)
 	}
@@ -335,11 +336,11 @@ func TestForgedAuthenticationResultsRemoved(t *testing.T) {
 // With SMFIP_HDR_LEADSPC the MTA adds no space before inserted values.
 func TestInsertedHeaderLeadingSpace(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	for _, proto := range []gomilter.OptProtocol{postfixProtocol, postfixProtocol &^ gomilter.OptHeaderLeadingSpace} {
+	for _, proto := range []gomilter.OptProtocol{milter.PostfixProtocol, milter.PostfixProtocol &^ gomilter.OptHeaderLeadingSpace} {
 		s := e.dial(proto)
 		connectAndHelo(t, s, goodIP, "mx.pass.example")
 		got := send(t, s, msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "ls")})
-		ar := got.authResults()
+		ar := got.AuthResults()
 		lead := proto&gomilter.OptHeaderLeadingSpace != 0
 		if strings.HasPrefix(ar, " ") != lead {
 			t.Errorf("leadspc=%v: A-R value %q", lead, ar)
@@ -502,7 +503,7 @@ func TestShutdownDrains(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	// Without the no-reply options, so that MAIL is answered (and thus
 	// processed) before Shutdown starts.
-	s := e.dial(postfixProtocol &^ (gomilter.OptNoMailReply | gomilter.OptNoHeaderReply | gomilter.OptNoEOHReply))
+	s := e.dial(milter.PostfixProtocol &^ (gomilter.OptNoMailReply | gomilter.OptNoHeaderReply | gomilter.OptNoEOHReply))
 	connectAndHelo(t, s, goodIP, "mx.pass.example")
 	idle := e.dial(0)
 	connectAndHelo(t, idle, goodIP, "mx.pass.example")
@@ -542,8 +543,8 @@ func TestShutdownDrains(t *testing.T) {
 func TestSMTPReplyEscapes(t *testing.T) {
 	e := newEnv(t, envOptions{policy: func(c *policy.Config) { c.RejectText = "50% off\r\nnext" }})
 	got := e.run(badIP, "x.example", msg{mailFrom: "bob@pass.example", raw: plainMessage("bob@pass.example", "pct")})
-	if got.act.Code != gomilter.ActReplyCode || got.act.SMTPCode != 550 || got.act.SMTPText != "5.7.1 50%% off  next" {
-		t.Errorf("reply %+v", got.act)
+	if got.Act.Code != gomilter.ActReplyCode || got.Act.SMTPCode != 550 || got.Act.SMTPText != "5.7.1 50%% off  next" {
+		t.Errorf("reply %+v", got.Act)
 	}
 }
 

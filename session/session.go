@@ -1,10 +1,26 @@
-// Package session is the DMARC session of one milter connection: it
-// collects each message from the MTA's events (package milter) into a
-// policy.Message, running SPF at MAIL FROM and DKIM while the header and
-// body stream; at end of message it has policy judge it, acts on the
-// verdict (reply, Authentication-Results, quarantine), writes one summary
-// log line, and hands the policy.Judged message to the Consumers (failure
-// and aggregate reports) before the MTA gets its answer.
+// Package session is the message pipeline and the DMARC session of one
+// milter connection.
+//
+// The pipeline (Pipeline, Collector) is the one way a message is judged,
+// by the daemon and by "dmarc-milter eval" alike: a Collector takes the
+// envelope, header fields and body as they come, running SPF at MAIL
+// FROM and DKIM while the header and body stream, keeps what the
+// consumers need within the header bounds, notes forged
+// Authentication-Results fields, and at the end has policy judge the
+// message (policy.Evaluator.Judge). The result is one policy.Judged:
+// Message, Verdict (the action that is sent) and our
+// Authentication-Results value.
+//
+// The session (NewHandler) feeds a Collector from the MTA's milter
+// events (package milter) and acts on the verdict: the reply, our
+// Authentication-Results field with forged ones removed, the quarantine;
+// then one summary log line, the metrics, and the Consumers (failure and
+// aggregate reports), before the MTA gets its answer. eval feeds a
+// Collector from a file (Pipeline.Evaluate) and explains the same Judged.
+//
+// The flow: socket -> milter -> session (Collector) -> policy (Judge) ->
+// Judged -> reply, A-R, log, metrics -> consumers (report: failure
+// report, report/aggregate: aggregate row) -> report/outbox.
 package session
 
 import (
@@ -100,8 +116,15 @@ type ConsumerFunc func(j *policy.Judged)
 // Submit calls f(j).
 func (f ConsumerFunc) Submit(j *policy.Judged) { f(j) }
 
-// NewHandler returns a Handler factory for milter.Server.NewHandler.
-func NewHandler(s Settings) func() milter.Handler {
+// Pipeline judges messages with one set of Settings; it is safe for
+// concurrent use, each message having its own Collector.
+type Pipeline struct {
+	set Settings
+}
+
+// NewPipeline returns the pipeline of s, with defaults for its zero
+// fields.
+func NewPipeline(s Settings) *Pipeline {
 	if s.Now == nil {
 		s.Now = time.Now
 	}
@@ -114,30 +137,31 @@ func NewHandler(s Settings) func() milter.Handler {
 	if s.MaxHeaderFields <= 0 {
 		s.MaxHeaderFields = DefaultMaxHeaderFields
 	}
-	return func() milter.Handler { return &session{set: &s} }
+	return &Pipeline{set: s}
 }
 
-// session is the state of one milter connection: what lasts for the
-// connection (client address, HELO) and the current message.
-type session struct {
-	set *Settings
-
-	clientIP   net.IP
-	clientHost string
-	// local: the MTA gave no network address for the client (unix
-	// socket, local submission); an inet client whose address does not
-	// parse is not local.
-	local bool
-	helo  string
-	msg   *message
+// Client is what is known of the SMTP client for the whole connection.
+type Client struct {
+	IP net.IP
+	// Host is the MTA's reverse lookup of IP.
+	Host string
+	// Local: the MTA gave no network address (unix socket, local
+	// submission); an inet client whose address does not parse is not
+	// local.
+	Local bool
+	Helo  string
+	// LeadingSpace: header values come with the white space after the
+	// colon (milter SMFIP_HDR_LEADSPC); Postfix strips it otherwise.
+	LeadingSpace bool
 }
 
-// message is the state of one message, from MAIL FROM to end of message or
-// abort.
-type message struct {
+// Collector is one message on its way through the pipeline, from MAIL
+// FROM to End or Abort. It is not safe for concurrent use.
+type Collector struct {
+	p      *Pipeline
 	ctx    context.Context
 	cancel context.CancelFunc
-	// msg is what the session collects for policy and the consumers.
+	// msg is what is collected for policy and the consumers.
 	msg policy.Message
 
 	// forged lists the 1-based indexes, among Authentication-Results
@@ -148,106 +172,89 @@ type message struct {
 	// outgrew the bounds, and no more fields are kept.
 	headerBytes int
 	tooLarge    bool
-	// tooManyForged: more Authentication-Results fields of ours than
-	// MaxHeaderFields, too many to remove.
-	tooManyForged bool
 	// spfTime is how long the SPF checks took.
 	spfTime time.Duration
 
 	dkim *dkim.Verifier
 }
 
+// Begin starts a message from client c with the MAIL FROM argument
+// reversePath (as the MTA gives it, angle brackets or not) and the SASL
+// login authUser ("" if none). SPF runs now: it needs only the envelope.
+func (p *Pipeline) Begin(c Client, reversePath, authUser string) *Collector {
+	set := &p.set
+	// The message's context ends with the message; each check bounds its
+	// own DNS time (Settings.CheckTimeout).
+	ctx, cancel := context.WithCancel(context.Background())
+	from := spf.ReversePath(reversePath)
+	m := &Collector{p: p, ctx: ctx, cancel: cancel, msg: policy.Message{
+		Arrival:      set.Now(),
+		ClientIP:     c.IP,
+		ClientHost:   c.Host,
+		LocalClient:  c.Local,
+		Helo:         c.Helo,
+		MailFrom:     from,
+		AuthUser:     authUser,
+		LeadingSpace: c.LeadingSpace,
+	}}
+	// With the no-reply options the MTA does not wait for this: it goes
+	// on sending the header and body, which queue in the socket
+	// meanwhile, so DNS time overlaps the transfer without a goroutine
+	// per message.
+	spfCtx, spfCancel := context.WithTimeout(ctx, set.CheckTimeout)
+	t0 := set.Now()
+	m.msg.SPF, m.msg.HeloSPF = m.checkSPF(spfCtx)
+	m.spfTime = set.Now().Sub(t0)
+	spfCancel()
+	m.dkim = dkim.NewVerifier(ctx, dkim.Options{
+		LookupTXT:     set.LookupTXT,
+		Prefetch:      set.PrefetchTXT,
+		MaxSignatures: set.MaxDKIMSignatures,
+		LeadingSpace:  c.LeadingSpace,
+		LookupTimeout: set.CheckTimeout,
+		Keys:          set.DKIMKeys,
+		Now:           set.Now,
+	})
+	return m
+}
+
 // checkSPF evaluates the MAIL FROM and HELO identities. A library panic
 // must not take the daemon down: the checks become permerrors, logged.
-func (s *session) checkSPF(ctx context.Context, from string) (mail, helo spf.Result) {
+func (m *Collector) checkSPF(ctx context.Context) (mail, helo spf.Result) {
+	msg := &m.msg
 	defer func() {
 		if p := recover(); p != nil {
-			s.set.Log.Error().Str("panic", fmt.Sprint(p)).Str("mail_from", from).Msg("panic in SPF check")
+			m.p.set.Log.Error().Str("panic", fmt.Sprint(p)).Str("mail_from", msg.MailFrom).Msg("panic in SPF check")
 			err := fmt.Errorf("spf: check failed: %v", p)
 			mail = spf.Result{Status: spf.PermError, Identity: spf.IdentityMailFrom, Err: err}
 			helo = spf.Result{Status: spf.PermError, Identity: spf.IdentityHelo, Err: err}
 		}
 	}()
-	return s.set.Evaluator.SPF(ctx, s.clientIP, s.helo, from)
+	return m.p.set.Evaluator.SPF(ctx, msg.ClientIP, msg.Helo, msg.MailFrom)
 }
 
-func (s *session) Connect(c *milter.Conn, host string, addr net.IP) milter.Reply {
-	s.clientHost, s.clientIP = host, addr
-	s.local = !c.ClientHasAddress()
-	if addr == nil && !s.local {
-		s.set.Log.Warn().Str("client_host", host).Msg("client address does not parse: the client is not trusted")
-	}
-	return milter.Continue
-}
-
-func (s *session) Helo(c *milter.Conn, name string) milter.Reply {
-	s.helo = name
-	return milter.Continue
-}
-
-func (s *session) MailFrom(c *milter.Conn, reversePath string, args []string) milter.Reply {
-	s.reset()
-	// The message's context ends with the message; each check bounds its
-	// own DNS time (Settings.CheckTimeout).
-	ctx, cancel := context.WithCancel(context.Background())
-	from := spf.ReversePath(reversePath)
-	m := &message{ctx: ctx, cancel: cancel, msg: policy.Message{
-		Arrival:      s.set.Now(),
-		ClientIP:     s.clientIP,
-		ClientHost:   s.clientHost,
-		LocalClient:  s.local,
-		Helo:         s.helo,
-		MailFrom:     from,
-		AuthUser:     c.Macro("{auth_authen}"),
-		LeadingSpace: c.LeadingSpace(),
-	}}
-	// SPF needs only the envelope, so it runs now. With the no-reply
-	// options the MTA does not wait for this: it goes on sending the
-	// header and body, which queue in the socket meanwhile, so DNS time
-	// overlaps the transfer without a goroutine per message.
-	spfCtx, spfCancel := context.WithTimeout(ctx, s.set.CheckTimeout)
-	t0 := s.set.Now()
-	m.msg.SPF, m.msg.HeloSPF = s.checkSPF(spfCtx, from)
-	m.spfTime = s.set.Now().Sub(t0)
-	spfCancel()
-	m.dkim = dkim.NewVerifier(ctx, dkim.Options{
-		LookupTXT:     s.set.LookupTXT,
-		Prefetch:      s.set.PrefetchTXT,
-		MaxSignatures: s.set.MaxDKIMSignatures,
-		LeadingSpace:  c.LeadingSpace(),
-		LookupTimeout: s.set.CheckTimeout,
-		Keys:          s.set.DKIMKeys,
-		Now:           s.set.Now,
-	})
-	s.msg = m
-	return milter.Continue
-}
-
-// RcptTo notes the domain of the first recipient (aggregate reports'
-// envelope_to; asked for only when they record it).
-func (s *session) RcptTo(c *milter.Conn, rcpt string, args []string) milter.Reply {
-	m := s.msg
-	if m == nil || m.msg.RcptDomain != "" {
-		return milter.Continue
+// Rcpt notes the domain of the first recipient (aggregate reports'
+// envelope_to).
+func (m *Collector) Rcpt(rcpt string) {
+	if m.msg.RcptDomain != "" {
+		return
 	}
 	addr := spf.ReversePath(rcpt)
 	if at := strings.LastIndexByte(addr, '@'); at >= 0 && at < len(addr)-1 {
 		m.msg.RcptDomain = strings.ToLower(strings.TrimSuffix(addr[at+1:], "."))
 	}
-	return milter.Continue
 }
 
-func (s *session) Header(c *milter.Conn, name, value string) milter.Reply {
-	m := s.msg
-	if m == nil {
-		return milter.Continue // out of order; ignored
-	}
+// Header takes one header field, its value as the MTA gives it (folded
+// with bare LF).
+func (m *Collector) Header(name, value string) {
+	set := &m.p.set
 	m.headerBytes += len(name) + len(value) + 3
-	if !m.tooLarge && (len(m.msg.Header) >= s.set.MaxHeaderFields || m.headerBytes > s.set.MaxHeaderBytes) {
+	if !m.tooLarge && (len(m.msg.Header) >= set.MaxHeaderFields || m.headerBytes > set.MaxHeaderBytes) {
 		m.tooLarge = true
 		m.dkim.HeaderTooLarge()
-		s.set.Log.Warn().Int("fields", len(m.msg.Header)).Int("bytes", m.headerBytes).
-			Int("max_header_fields", s.set.MaxHeaderFields).Int("max_header_size", s.set.MaxHeaderBytes).
+		set.Log.Warn().Int("fields", len(m.msg.Header)).Int("bytes", m.headerBytes).
+			Int("max_header_fields", set.MaxHeaderFields).Int("max_header_size", set.MaxHeaderBytes).
 			Msg("header over the bounds: no more fields kept, DKIM not verified")
 	}
 	if !m.tooLarge {
@@ -262,47 +269,156 @@ func (s *session) Header(c *milter.Conn, name, value string) milter.Reply {
 		}
 	case strings.EqualFold(name, "Authentication-Results"):
 		m.arCount++
-		if s.set.Evaluator.IsOurs(value) {
-			if len(m.forged) < s.set.MaxHeaderFields {
+		if set.Evaluator.IsOurs(value) {
+			if len(m.forged) < set.MaxHeaderFields {
 				m.forged = append(m.forged, m.arCount)
 			} else {
-				m.tooManyForged = true
+				m.msg.TooManyForgedAR = true
 			}
 		}
+	}
+}
+
+// EndHeaders marks the end of the header: the DKIM key lookups and the
+// Author Domain's policy lookup start while the body arrives.
+func (m *Collector) EndHeaders() {
+	set := &m.p.set
+	if err := m.dkim.EndHeaders(); err != nil {
+		set.Log.Debug().Err(err).Msg("dkim: header")
+	}
+	// The From field is known: start the Author Domain's policy lookup
+	// (RFC 9989 section 4.10.1) as the DKIM key lookups are; the
+	// evaluation at the end joins it or finds it cached.
+	if set.PrefetchTXT != nil {
+		if author, err := m.msg.Author(); err == nil {
+			for _, d := range author.Domains {
+				set.PrefetchTXT("_dmarc." + d + ".")
+			}
+		}
+	}
+}
+
+// Body takes a chunk of the body (CRLF line ends).
+func (m *Collector) Body(chunk []byte) {
+	m.dkim.WriteBody(chunk)
+	keep := m.p.set.KeepBody
+	if room := keep + 1 - len(m.msg.Body); keep > 0 && room > 0 {
+		m.msg.Body = append(m.msg.Body, chunk[:min(room, len(chunk))]...)
+	}
+}
+
+// Forged returns the 1-based indexes, among the message's
+// Authentication-Results fields, of those claiming our authserv-id: the
+// ones to remove.
+func (m *Collector) Forged() []int { return m.forged }
+
+// End judges the message (queueID is the MTA's, "" if none) and returns
+// the Judged message and how long its stages took. The Collector is done.
+func (m *Collector) End(queueID string) (*policy.Judged, Stages) {
+	set := &m.p.set
+	defer m.Abort()
+	msg := &m.msg
+	t0 := set.Now()
+	msg.DKIM = m.dkim.Close()
+	t1 := set.Now()
+	msg.QueueID = queueID
+	msg.HeaderTruncated = m.tooLarge
+	ev := set.Evaluator
+	ctx, cancel := context.WithTimeout(m.ctx, set.CheckTimeout)
+	defer cancel()
+	j := &policy.Judged{Message: msg, Verdict: ev.Judge(ctx, msg)}
+	j.AuthResults = policy.AuthenticationResults(ev.AuthservID(), msg, &j.Verdict)
+	t2 := set.Now()
+	return j, Stages{SPF: m.spfTime, DKIM: t1.Sub(t0), DMARC: t2.Sub(t1), Total: t2.Sub(msg.Arrival)}
+}
+
+// Abort drops the message, stopping its background work (DKIM key
+// lookups). Calling it again, or after End, does nothing.
+func (m *Collector) Abort() {
+	if m.dkim != nil {
+		m.dkim.Abort()
+	}
+	m.cancel()
+}
+
+// Evaluate runs a whole message through the pipeline at once: what
+// "dmarc-milter eval" does with a file. header holds the fields as an MTA
+// hands them to a milter (see Client.LeadingSpace), body the body with
+// CRLF line ends.
+func (p *Pipeline) Evaluate(c Client, reversePath, authUser string, rcpt []string, header []policy.Field, body []byte, queueID string) (*policy.Judged, Stages) {
+	m := p.Begin(c, reversePath, authUser)
+	for _, r := range rcpt {
+		m.Rcpt(r)
+	}
+	for _, f := range header {
+		m.Header(f.Name, f.Value)
+	}
+	m.EndHeaders()
+	m.Body(body)
+	return m.End(queueID)
+}
+
+// NewHandler returns a Handler factory for milter.Server.NewHandler.
+func NewHandler(s Settings) func() milter.Handler {
+	p := NewPipeline(s)
+	return func() milter.Handler { return &session{p: p, set: &p.set} }
+}
+
+// session is the state of one milter connection: the client (for the
+// connection) and the current message.
+type session struct {
+	p      *Pipeline
+	set    *Settings
+	client Client
+	msg    *Collector
+}
+
+func (s *session) Connect(c *milter.Conn, host string, addr net.IP) milter.Reply {
+	s.client = Client{IP: addr, Host: host, Local: !c.ClientHasAddress()}
+	if addr == nil && !s.client.Local {
+		s.set.Log.Warn().Str("client_host", host).Msg("client address does not parse: the client is not trusted")
+	}
+	return milter.Continue
+}
+
+func (s *session) Helo(c *milter.Conn, name string) milter.Reply {
+	s.client.Helo = name
+	return milter.Continue
+}
+
+func (s *session) MailFrom(c *milter.Conn, reversePath string, args []string) milter.Reply {
+	s.reset()
+	s.client.LeadingSpace = c.LeadingSpace()
+	s.msg = s.p.Begin(s.client, reversePath, c.Macro("{auth_authen}"))
+	return milter.Continue
+}
+
+// RcptTo notes the first recipient (asked for only when aggregate reports
+// record envelope_to).
+func (s *session) RcptTo(c *milter.Conn, rcpt string, args []string) milter.Reply {
+	if s.msg != nil {
+		s.msg.Rcpt(rcpt)
+	}
+	return milter.Continue
+}
+
+func (s *session) Header(c *milter.Conn, name, value string) milter.Reply {
+	if s.msg != nil { // out of order otherwise; ignored
+		s.msg.Header(name, value)
 	}
 	return milter.Continue
 }
 
 func (s *session) EndOfHeaders(c *milter.Conn) milter.Reply {
-	m := s.msg
-	if m == nil {
-		return milter.Continue
-	}
-	if err := m.dkim.EndHeaders(); err != nil {
-		s.set.Log.Debug().Err(err).Msg("dkim: header")
-	}
-	// The From field is known: start the Author Domain's policy lookup
-	// (RFC 9989 section 4.10.1) while the body arrives, as the DKIM key
-	// lookups are; the evaluation at end of message joins it or finds it
-	// cached.
-	if s.set.PrefetchTXT != nil {
-		if author, err := m.msg.Author(); err == nil {
-			for _, d := range author.Domains {
-				s.set.PrefetchTXT("_dmarc." + d + ".")
-			}
-		}
+	if s.msg != nil {
+		s.msg.EndHeaders()
 	}
 	return milter.Continue
 }
 
 func (s *session) Body(c *milter.Conn, chunk []byte) milter.Reply {
-	m := s.msg
-	if m == nil {
-		return milter.Continue
-	}
-	m.dkim.WriteBody(chunk)
-	if keep := s.set.KeepBody + 1 - len(m.msg.Body); s.set.KeepBody > 0 && keep > 0 {
-		m.msg.Body = append(m.msg.Body, chunk[:min(keep, len(chunk))]...)
+	if s.msg != nil {
+		s.msg.Body(chunk)
 	}
 	return milter.Continue
 }
@@ -312,39 +428,26 @@ func (s *session) EndOfMessage(c *milter.Conn) milter.Reply {
 	if m == nil {
 		return milter.Continue
 	}
-	defer s.reset()
-
-	msg := &m.msg
-	t0 := s.set.Now()
-	msg.DKIM = m.dkim.Close()
-	t1 := s.set.Now()
-	msg.QueueID = c.Macro("i")
-	msg.HeaderTruncated = m.tooLarge
-	ev := s.set.Evaluator
-	ctx, cancel := context.WithTimeout(m.ctx, s.set.CheckTimeout)
-	defer cancel()
-	v := ev.Decide(ctx, msg)
-	t2 := s.set.Now()
+	s.msg = nil
+	j, st := m.End(c.Macro("i"))
+	v := &j.Verdict
 
 	reply := milter.Continue
-	ar := policy.AuthenticationResults(ev.AuthservID(), v, msg.MailFrom, msg.Helo)
-	switch {
-	case m.tooManyForged:
-		// Authentication-Results fields claiming to be ours that cannot
-		// all be removed must not reach the mailbox.
-		reply = milter.SMTPReply(550, "5.7.1", "Message rejected: too many Authentication-Results header fields")
-		s.set.Log.Warn().Int("max_header_fields", s.set.MaxHeaderFields).
-			Msg("more Authentication-Results fields of this host than can be removed: rejected")
-	case v.Action == policy.Reject || v.Action == policy.TempFail:
-		reply = milter.SMTPReply(v.Code, v.Enhanced, v.Text)
+	switch v.Action {
+	case policy.Reject, policy.TempFail:
+		reply = milter.SMTPReply(v.Reply.Code, v.Reply.Enhanced, v.Reply.Text)
+		if v.Rule == policy.RuleForgedAR {
+			s.set.Log.Warn().Int("max_header_fields", s.set.MaxHeaderFields).
+				Msg("more Authentication-Results fields of this host than can be removed: rejected")
+		}
 	default:
-		s.stamp(c, m, ar, v)
+		s.stamp(c, m.Forged(), j)
 	}
-	s.logSummary(m, v)
+	s.logSummary(j, len(m.Forged()))
 	if s.set.Metrics != nil {
-		s.set.Metrics.Message(&v, Stages{SPF: m.spfTime, DKIM: t1.Sub(t0), DMARC: t2.Sub(t1), Total: s.set.Now().Sub(msg.Arrival)})
+		st.Total = s.set.Now().Sub(j.Arrival)
+		s.set.Metrics.Message(v, st)
 	}
-	j := &policy.Judged{Message: msg, Verdict: v, AuthResults: ar}
 	for _, c := range s.set.Consumers {
 		c.Submit(j)
 	}
@@ -353,48 +456,49 @@ func (s *session) EndOfMessage(c *milter.Conn) milter.Reply {
 
 // stamp removes forged Authentication-Results fields, inserts ours at the
 // top and, for a quarantine, asks the MTA to hold the message.
-func (s *session) stamp(c *milter.Conn, m *message, ar string, v policy.Verdict) {
+func (s *session) stamp(c *milter.Conn, forged []int, j *policy.Judged) {
 	log := s.set.Log
 	// Highest index first, so earlier removals do not renumber later ones.
-	for i := len(m.forged) - 1; i >= 0; i-- {
-		if err := c.DeleteHeader(m.forged[i], "Authentication-Results"); err != nil {
+	for i := len(forged) - 1; i >= 0; i-- {
+		if err := c.DeleteHeader(forged[i], "Authentication-Results"); err != nil {
 			log.Warn().Err(err).Msg("cannot remove forged Authentication-Results")
 		}
 	}
-	if err := c.InsertHeader(0, "Authentication-Results", ar); err != nil {
+	if err := c.InsertHeader(0, "Authentication-Results", j.AuthResults); err != nil {
 		log.Warn().Err(err).Msg("cannot add Authentication-Results")
 	}
-	if v.Action == policy.Quarantine {
-		if err := c.Quarantine("DMARC policy of " + v.FromDomain + " says quarantine"); err != nil {
+	if j.Verdict.Action == policy.Quarantine {
+		if err := c.Quarantine("DMARC policy of " + j.Verdict.FromDomain() + " says quarantine"); err != nil {
 			log.Warn().Err(err).Msg("cannot quarantine")
 		}
 	}
 }
 
-func (s *session) logSummary(m *message, v policy.Verdict) {
-	msg := &m.msg
+func (s *session) logSummary(j *policy.Judged, removed int) {
+	v := &j.Verdict
 	e := s.set.Log.Info()
 	if v.Action == policy.TempFail {
 		e = s.set.Log.Warn()
 	}
 	dk := zerolog.Arr()
-	for _, d := range v.DKIM {
+	for _, d := range j.DKIM {
 		dk.Str(d.Domain + ":" + string(d.Status))
 	}
-	e = e.Str("queue_id", msg.QueueID).
-		Str("client_ip", msg.ClientAddr()).
-		Str("helo", msg.Helo).
-		Str("mail_from", msg.MailFrom).
-		Str("from_domain", v.FromDomain).
-		Str("spf", string(v.SPF.Status)).
-		Str("spf_helo", string(v.HeloSPF.Status)).
+	e = e.Str("queue_id", j.QueueID).
+		Str("client_ip", j.ClientAddr()).
+		Str("helo", j.Helo).
+		Str("mail_from", j.MailFrom).
+		Str("from_domain", v.FromDomain()).
+		Str("spf", string(j.SPF.Status)).
+		Str("spf_helo", string(j.HeloSPF.Status)).
 		Array("dkim", dk).
 		Str("dmarc", string(v.DMARC.Status)).
 		Str("policy", string(v.DMARC.Policy)).
-		Str("disposition", string(v.Disposition)).
+		Str("requested", string(v.Requested())).
 		Str("action", v.Action.String()).
-		Int("removed_forged_ar", len(m.forged)).
-		Float64("elapsed_ms", float64(s.set.Now().Sub(msg.Arrival).Microseconds())/1000)
+		Str("rule", string(v.Rule)).
+		Int("removed_forged_ar", removed).
+		Float64("elapsed_ms", float64(s.set.Now().Sub(j.Arrival).Microseconds())/1000)
 	if v.Exempt != "" {
 		e = e.Str("exempt", string(v.Exempt))
 	}
@@ -406,7 +510,7 @@ func (s *session) logSummary(m *message, v policy.Verdict) {
 	}
 	e.Msg("verdict")
 	for _, err := range v.DMARC.Ignored {
-		s.set.Log.Debug().Str("queue_id", msg.QueueID).Err(err).Msg("dmarc: lookup failure ignored: its answer could not change the verdict")
+		s.set.Log.Debug().Str("queue_id", j.QueueID).Err(err).Msg("dmarc: lookup failure ignored: its answer could not change the verdict")
 	}
 }
 
@@ -416,11 +520,8 @@ func (s *session) Close(c *milter.Conn) { s.reset() }
 
 // reset drops the current message, stopping its background work.
 func (s *session) reset() {
-	m := s.msg
-	if m == nil {
-		return
+	if s.msg != nil {
+		s.msg.Abort()
+		s.msg = nil
 	}
-	s.msg = nil
-	m.dkim.Abort()
-	m.cancel()
 }

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,14 +10,15 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"time"
 
+	"github.com/rs/zerolog"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
 	"github.com/dmarc-milter/dmarc-milter/policy"
-	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
-	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 	"github.com/dmarc-milter/dmarc-milter/report"
 	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
 	"github.com/dmarc-milter/dmarc-milter/resolver"
+	"github.com/dmarc-milter/dmarc-milter/session"
 )
 
 // Exit status of eval: what the daemon would answer.
@@ -97,16 +95,32 @@ func evalCommand(args []string, stdout, stderr io.Writer) int {
 	return evalAccept
 }
 
-// evaluation is what eval found.
+// evaluation is what eval found: the daemon's verdict on the message,
+// what its reports would make of it, and the trace.
 type evaluation struct {
-	ClientIP              string   `json:"client_ip"`
-	Helo                  string   `json:"helo"`
-	MailFrom              string   `json:"mail_from"`
-	Action                string   `json:"action"`
-	Verdict               string   `json:"verdict"`
-	DMARC                 string   `json:"dmarc"`
-	AuthenticationResults string   `json:"authentication_results"`
-	Trace                 []string `json:"trace"`
+	ClientIP string `json:"client_ip"`
+	Helo     string `json:"helo"`
+	MailFrom string `json:"mail_from"`
+	// Action is what the daemon tells the MTA, Rule the rule that chose
+	// it, Reply the SMTP reply ("" when the message is accepted).
+	Action                string `json:"action"`
+	Rule                  string `json:"rule"`
+	Reply                 string `json:"reply,omitempty"`
+	Verdict               string `json:"verdict"`
+	DMARC                 string `json:"dmarc"`
+	AuthenticationResults string `json:"authentication_results"`
+	// FailureReport is "wanted", or why none is (report.Screen's reason).
+	FailureReport string `json:"failure_report"`
+	// Aggregate is the message's aggregate report row, nil if it is not
+	// counted.
+	Aggregate *evalRow `json:"aggregate,omitempty"`
+	Trace     []string `json:"trace"`
+}
+
+// evalRow is an aggregate report row and the policy domain it counts for.
+type evalRow struct {
+	Domain string        `json:"domain"`
+	Row    aggregate.Row `json:"row"`
 }
 
 // tracer records the DNS questions and answers of one evaluation.
@@ -171,9 +185,10 @@ func (t *tracer) Exists(ctx context.Context, name string) (bool, error) {
 // "from HELO (host [IP])".
 var receivedRE = regexp.MustCompile(`(?is)^\s*from\s+(\S+)\s+\((?:[^)\[]*?)\[(?:IPv6:)?([0-9a-fA-F:.]+)\]`)
 
-// evaluate judges raw as the daemon would.
+// evaluate judges raw as the daemon would: through the daemon's own
+// pipeline (session.Pipeline), with its settings.
 func evaluate(cfg Config, raw []byte, ipText, helo, mailFrom string) (*evaluation, error) {
-	header, body, err := splitMessage(raw)
+	header, body, err := rfc5322.Split(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -215,90 +230,93 @@ func evaluate(cfg Config, raw []byte, ipText, helo, mailFrom string) (*evaluatio
 	}
 	tr := &tracer{r: res, tr: &trace}
 	ev := policy.New(policyConfig(cfg), tr)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.CheckTimeout))
-	defer cancel()
+	// The daemon's pipeline, logging nowhere: the trace says it all.
+	p := session.NewPipeline(pipelineSettings(cfg, ev, tr.LookupTXT, zerolog.Nop()))
+	client := session.Client{IP: ip, Helo: helo, LeadingSpace: true}
+	say("the message, checked as the daemon checks it (DNS questions in order):")
+	j, _ := p.Evaluate(client, mailFrom, "", nil, header, body, "")
+	msg, verdict := j.Message, &j.Verdict
 
-	msg := &policy.Message{ClientIP: ip, Helo: helo, MailFrom: spf.ReversePath(mailFrom), Arrival: time.Now(), LeadingSpace: true, Header: header}
 	say("SPF, MAIL FROM <%s> from %s:", msg.MailFrom, ipText)
-	msg.SPF, msg.HeloSPF = ev.SPF(ctx, ip, helo, msg.MailFrom)
 	say("  spf %s for %s (%s)%s", msg.SPF.Status, msg.SPF.Domain, msg.SPF.Identity, errText(msg.SPF.Err))
 	say("  spf %s for the HELO name %s", msg.HeloSPF.Status, helo)
-
 	say("DKIM:")
-	v := dkim.NewVerifier(ctx, dkim.Options{LookupTXT: tr.LookupTXT, LeadingSpace: true, MaxSignatures: cfg.MaxDKIMSignatures,
-		LookupTimeout: time.Duration(cfg.CheckTimeout)})
-	for _, f := range header {
-		v.AddHeader(f.Name, f.Value)
-		if strings.EqualFold(f.Name, "From") {
-			msg.From = append(msg.From, f.Value)
-		}
-	}
-	v.EndHeaders()
-	v.WriteBody(body)
-	msg.DKIM = v.Close()
 	if len(msg.DKIM) == 0 {
 		say("  no DKIM signature")
 	}
 	for _, d := range msg.DKIM {
 		say("  dkim %s for d=%s s=%s (%s)%s", d.Status, d.Domain, d.Selector, d.Algorithm, errText(d.Err))
 	}
+	if msg.HeaderTruncated {
+		say("  the header is over max_header_size or max_header_fields: fields past the bound are not kept, DKIM not verified")
+	}
 
 	say("DMARC:")
-	verdict := ev.Decide(ctx, msg)
 	d := verdict.DMARC
+	from := verdict.FromDomain()
 	switch {
 	case verdict.FromErr != nil:
 		say("  the From field cannot be evaluated: %v", verdict.FromErr)
 	case d.Record == nil:
-		say("  %s has no DMARC policy (%s)%s", verdict.FromDomain, d.Status, errText(d.Err))
+		say("  %s: no DMARC policy applies (%s)%s", from, d.Status, errText(d.Err))
 	default:
-		say("  policy of %s found at %s: p=%s (applies %s%s)", verdict.FromDomain, d.PolicyDomain, d.Record.Policy, d.Policy,
+		say("  policy of %s found at %s: p=%s (applies %s%s)", from, d.PolicyDomain, d.Record.Policy, d.Policy,
 			map[bool]string{true: ", testing mode t=y: applied as " + string(d.Applied)}[d.Applied != d.Policy])
 		switch {
 		case d.SPFAligned && d.DKIMAligned:
-			say("  SPF and DKIM (%s) passed for identifiers aligned with %s", d.AlignedDKIMDomain, verdict.FromDomain)
+			say("  SPF and DKIM (%s) passed for identifiers aligned with %s", d.AlignedDKIMDomain, from)
 		case d.SPFAligned:
-			say("  SPF passed for %s, aligned with %s (aspf=%c)", msg.SPF.Domain, verdict.FromDomain, d.Record.ASPF)
+			say("  SPF passed for %s, aligned with %s (aspf=%c)", msg.SPF.Domain, from, d.Record.ASPF)
 		case d.DKIMAligned:
-			say("  DKIM passed for %s, aligned with %s (adkim=%c)", d.AlignedDKIMDomain, verdict.FromDomain, d.Record.ADKIM)
+			say("  DKIM passed for %s, aligned with %s (adkim=%c)", d.AlignedDKIMDomain, from, d.Record.ADKIM)
 		default:
-			say("  no identifier that passed is aligned with %s", verdict.FromDomain)
+			say("  no identifier that passed is aligned with %s", from)
 		}
-		say("  dmarc %s%s, disposition %s", d.Status, errText(d.Err), verdict.Disposition)
+		say("  dmarc %s%s, requests %s", d.Status, errText(d.Err), verdict.Requested())
 	}
 	if verdict.Exempt != "" {
 		say("local policy: %s: evaluated and stamped, not enforced", verdict.Exempt.Text())
 	}
-	reply := "250: delivered"
+	out := &evaluation{
+		ClientIP: ipText, Helo: helo, MailFrom: msg.MailFrom,
+		Action: verdict.Action.String(), Rule: string(verdict.Rule),
+		DMARC:                 string(d.Status),
+		AuthenticationResults: j.AuthResults,
+		Trace:                 trace,
+	}
+	out.Verdict = "250: delivered"
 	switch verdict.Action {
 	case policy.Quarantine:
-		reply = "250: delivered to the hold queue (quarantine)"
+		out.Verdict = "250: delivered to the hold queue (quarantine)"
 	case policy.Reject, policy.TempFail:
-		reply = fmt.Sprintf("%d %s %s", verdict.Code, verdict.Enhanced, verdict.Text)
+		r := verdict.Reply
+		out.Reply = fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Text)
+		out.Verdict = out.Reply
 	}
-	say("what the daemon would do: %s", reply)
+	say("what the daemon would do: %s (rule %s)", out.Verdict, verdict.Rule)
 
-	j := &policy.Judged{Message: msg, Verdict: verdict}
-	if fo, ok := report.Wanted(j); ok && cfg.FailureReports {
+	// What the daemon's consumers make of the same Judged message.
+	rc := reportConfig(cfg)
+	if why := report.Screen(&rc, j); why != "" {
+		out.FailureReport = string(why)
+		say("failure report: none (%s)", why)
+	} else {
+		out.FailureReport = "wanted"
+		fo, _ := report.Wanted(j)
 		var to []string
 		for _, u := range d.Record.RUF {
 			to = append(to, u.Address)
 		}
 		say("failure report: wanted (fo=%s matches); to %s, if they authorize it and the limits allow", fo, strings.Join(to, ", "))
-	} else {
-		say("failure report: none (fo not matched, no ruf, or no policy)")
 	}
-	if _, pub, ok := aggregate.RowOf(j, aggregate.Facts{}); ok && cfg.AggregateReports {
+	if row, pub, ok := aggregate.RowOf(j, aggregateFacts(cfg)); ok && cfg.AggregateReports {
+		out.Aggregate = &evalRow{Domain: pub.Domain, Row: row}
 		say("aggregate report: counted for %s, reported to %s", pub.Domain, strings.Join(pub.RUA, ", "))
 	} else {
 		say("aggregate report: not counted")
 	}
-	return &evaluation{
-		ClientIP: ipText, Helo: helo, MailFrom: msg.MailFrom, Action: verdict.Action.String(), Verdict: reply,
-		DMARC:                 string(d.Status),
-		AuthenticationResults: policy.AuthenticationResults(cfg.AuthservID, verdict, msg.MailFrom, helo),
-		Trace:                 trace,
-	}, nil
+	out.Trace = trace
+	return out, nil
 }
 
 func errText(err error) string {
@@ -306,31 +324,4 @@ func errText(err error) string {
 		return ""
 	}
 	return ": " + err.Error()
-}
-
-// splitMessage returns the header fields as Postfix hands them to a milter
-// (the value keeps its leading space; folds become LF) and the body with
-// CRLF line ends.
-func splitMessage(raw []byte) ([]policy.Field, []byte, error) {
-	raw = bytes.ReplaceAll(raw, []byte("\r\n"), []byte("\n"))
-	head, body, _ := bytes.Cut(raw, []byte("\n\n"))
-	var fields []policy.Field
-	sc := bufio.NewScanner(bytes.NewReader(head))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if (strings.HasPrefix(line, " ") || strings.HasPrefix(line, "\t")) && len(fields) > 0 {
-			fields[len(fields)-1].Value += "\n" + line
-			continue
-		}
-		name, value, ok := strings.Cut(line, ":")
-		if !ok {
-			return nil, nil, fmt.Errorf("not a message: header line %q has no colon", line)
-		}
-		fields = append(fields, policy.Field{Name: name, Value: value})
-	}
-	if len(fields) == 0 {
-		return nil, nil, errors.New("not a message: no header")
-	}
-	return fields, bytes.ReplaceAll(body, []byte("\n"), []byte("\r\n")), nil
 }

@@ -301,17 +301,9 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	reportCtx, stopReports := context.WithCancel(context.Background())
 	defer stopReports()
 	reportsDone := make(chan struct{})
-	settings := session.Settings{
-		Evaluator:         ev,
-		LookupTXT:         res.LookupTXT,
-		PrefetchTXT:       res.PrefetchTXT,
-		DKIMKeys:          dkim.NewKeyCache(dkimKeyCacheSize),
-		MaxDKIMSignatures: cfg.MaxDKIMSignatures,
-		CheckTimeout:      time.Duration(cfg.CheckTimeout),
-		Log:               logger,
-		MaxHeaderBytes:    cfg.MaxHeaderSize,
-		MaxHeaderFields:   cfg.MaxHeaderFields,
-	}
+	settings := pipelineSettings(cfg, ev, res.LookupTXT, logger)
+	settings.PrefetchTXT = res.PrefetchTXT
+	settings.DKIMKeys = dkim.NewKeyCache(dkimKeyCacheSize)
 	// Prometheus metrics: the session reports each message; the rest is
 	// read from the parts at scrape time.
 	src := &sources{res: res}
@@ -334,7 +326,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	recordDone := make(chan struct{})
 	if reporter != nil && st != nil && cfg.AggregateReports {
 		rec := aggregate.NewRecorder(st, time.Duration(cfg.AggregateInterval), time.Duration(cfg.AggregateFlushInterval),
-			aggregate.Facts{EnvelopeTo: cfg.AggregateEnvelopeTo, OwnAddress: addressOf(cfg.ReportFrom)}, logger, nil)
+			aggregateFacts(cfg), logger, nil)
 		settings.Consumers = append(settings.Consumers, rec)
 		src.recorder = rec
 		go func() { rec.Run(recordCtx); close(recordDone) }()

@@ -34,22 +34,13 @@ type message struct {
 // without it the first space is dropped when sending), continuation lines
 // are joined with a bare LF, and the body is sent with CRLF.
 func parseMessage(name string, raw []byte) (*message, error) {
-	raw = rfc5322.CRLF(raw)
-	head, body, ok := bytes.Cut(raw, []byte("\r\n\r\n"))
-	if !ok {
-		head, body = bytes.TrimSuffix(raw, []byte("\r\n")), nil
+	fields, body, err := rfc5322.Split(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	m := &message{name: name, body: body, size: len(raw)}
-	for _, line := range strings.Split(string(head), "\r\n") {
-		if len(m.fields) > 0 && (strings.HasPrefix(line, " ") || strings.HasPrefix(line, "\t")) {
-			m.fields[len(m.fields)-1][1] += "\n" + line
-			continue
-		}
-		k, v, ok := strings.Cut(line, ":")
-		if !ok || k == "" || strings.ContainsAny(k, " \t") {
-			return nil, fmt.Errorf("%s: bad header line %q", name, line)
-		}
-		m.fields = append(m.fields, [2]string{k, v})
+	for _, f := range fields {
+		m.fields = append(m.fields, [2]string{f.Name, f.Value})
 	}
 	for _, f := range m.fields {
 		if !strings.EqualFold(f[0], "From") {

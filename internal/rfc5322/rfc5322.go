@@ -1,13 +1,50 @@
 // Package rfc5322 holds the pieces of Internet Message Format (RFC 5322)
-// handling that the session, policy, reports and the load generator share:
-// line ends, a header field rebuilt as received, and comments. Each is
-// written once, here.
+// handling that the session, policy, reports, eval and the load generator
+// share: line ends, a message split as an MTA hands it to a milter, a
+// header field rebuilt as received, and comments. Each is written once,
+// here.
 package rfc5322
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 )
+
+// Field is one header field as an MTA hands it to a milter: the name, and
+// the value after the colon with its leading white space and with folds
+// as bare LF.
+type Field struct {
+	Name, Value string
+}
+
+// Split splits a message (CRLF or LF line ends) into its header fields and
+// body as Postfix's cleanup does before it calls a milter: each value
+// keeps its leading white space, continuation lines are joined with a
+// bare LF, and the body has CRLF line ends. A message without a blank line
+// is all header. A header line that is neither a field nor a continuation
+// is an error, and so is a message without any field.
+func Split(raw []byte) ([]Field, []byte, error) {
+	raw = CRLF(raw)
+	head, body, ok := bytes.Cut(raw, []byte("\r\n\r\n"))
+	if !ok {
+		head, body = bytes.TrimSuffix(raw, []byte("\r\n")), nil
+	}
+	var fields []Field
+	for _, line := range strings.Split(string(head), "\r\n") {
+		if len(fields) > 0 && (strings.HasPrefix(line, " ") || strings.HasPrefix(line, "\t")) {
+			fields[len(fields)-1].Value += "\n" + line
+			continue
+		}
+		name, value, ok := strings.Cut(line, ":")
+		if !ok || name == "" || strings.ContainsAny(name, " \t") {
+			return nil, nil, fmt.Errorf("not a message: bad header line %q", line)
+		}
+		fields = append(fields, Field{Name: name, Value: value})
+	}
+	return fields, body, nil
+}
 
 // CRLF returns b with every bare LF line end turned into CRLF (RFC 5322
 // Section 2.1); CRLF pairs are left alone. b itself is returned when it has

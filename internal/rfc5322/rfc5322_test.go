@@ -2,8 +2,37 @@ package rfc5322
 
 import (
 	"errors"
+	"reflect"
 	"testing"
 )
+
+func TestSplit(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		raw    string
+		fields []Field
+		body   string
+		err    bool
+	}{
+		{name: "LF message: folds as bare LF, leading space kept, body CRLF",
+			raw:    "From: a@example.com\nSubject: one\n two\n\nline 1\nline 2\n",
+			fields: []Field{{"From", " a@example.com"}, {"Subject", " one\n two"}}, body: "line 1\r\nline 2\r\n"},
+		{name: "CRLF message", raw: "To:x\r\n\r\nbody\r\n", fields: []Field{{"To", "x"}}, body: "body\r\n"},
+		{name: "no body", raw: "From: a@example.com\n", fields: []Field{{"From", " a@example.com"}}},
+		{name: "a line without a colon", raw: "From a@example.com\n\nbody", err: true},
+		{name: "a name with a space", raw: "Bad Name: x\n\n", err: true},
+		{name: "empty", raw: "", err: true},
+	} {
+		fields, body, err := Split([]byte(tt.raw))
+		if (err != nil) != tt.err {
+			t.Errorf("%s: error %v", tt.name, err)
+			continue
+		}
+		if !tt.err && (!reflect.DeepEqual(fields, tt.fields) || string(body) != tt.body) {
+			t.Errorf("%s: got %q %q, want %q %q", tt.name, fields, body, tt.fields, tt.body)
+		}
+	}
+}
 
 func TestCRLF(t *testing.T) {
 	for _, tt := range []struct {

@@ -10,12 +10,10 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -26,6 +24,7 @@ import (
 	msgauth "github.com/emersion/go-msgauth/dkim"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/internal/testutil"
 )
 
 // field is a header field as the MTA delivers it to a milter.
@@ -103,19 +102,7 @@ var chunkSizes = [][]int{{1}, {2, 3, 5, 7}, {64 << 10}, {13, 1, 4096, 2}}
 
 func loadKey(t testing.TB, name string) crypto.Signer {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "testdata", "dkim", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(data)
-	if block == nil {
-		t.Fatalf("%s: no PEM block", name)
-	}
-	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
-	return key.(crypto.Signer)
+	return testutil.LoadKey(t, filepath.Join("..", "..", "testdata", "dkim", name))
 }
 
 // keyRecord returns the DKIM key record (RFC 6376 section 3.6.1) of pub.

@@ -80,19 +80,19 @@ type Result struct {
 	SPFAligned, DKIMAligned bool
 	AlignedDKIMDomain       string
 
-	// Disposition is what DMARC asks the receiver to do (Section 5.3):
+	// Requested is what DMARC asks the receiver to do (Section 5.3):
 	// Applied when Status is fail, none otherwise. For a temperror it is
 	// set when every possible answer of the failed lookups leads to the
-	// same disposition (the failure cannot change what happens to the
+	// same request (the failure cannot change what happens to the
 	// message), and "" when the failure leaves it unknown.
-	Disposition Policy
+	Requested Policy
 
 	// Err is the cause of a temperror or permerror (and ErrNoRecord for
 	// None).
 	Err error
 
 	// Ignored lists the lookup failures whose answers could not have
-	// changed the result or the disposition, for logging.
+	// changed the result or the request, for logging.
 	Ignored []error
 }
 
@@ -111,15 +111,15 @@ type Result struct {
 // could have been: no record, a record without psd, with psd=y or with
 // psd=n (and, for an SPF or DKIM temperror, pass or not; for the existence
 // check, NXDOMAIN or not). If every possibility leads to the same result
-// and disposition, the failure cannot change the verdict: it is listed in
+// and request, the failure cannot change the verdict: it is listed in
 // Result.Ignored and the result stands. If only the result could differ
 // (say pass against fail under p=none), the result is temperror with the
-// Disposition known. Otherwise the result is temperror and the
-// Disposition unknown ("").
+// Requested policy known. Otherwise the result is temperror and the
+// Requested policy unknown ("").
 func Evaluate(ctx context.Context, r Resolver, in Input) Result {
 	from, err := NormalizeDomain(in.FromDomain)
 	if err != nil {
-		return Result{Status: PermError, Err: err, FromDomain: in.FromDomain, Disposition: PolicyNone}
+		return Result{Status: PermError, Err: err, FromDomain: in.FromDomain, Requested: PolicyNone}
 	}
 	e := &evaluation{ctx: ctx, r: &cachingResolver{r: r, m: map[string]cachedTXT{}}, from: from, in: in, walks: map[string][]walkEntry{}}
 	return e.run()
@@ -156,7 +156,7 @@ type candidate struct {
 // outcome is the verdict under one possibility of the failed lookups.
 type outcome struct {
 	status      Status
-	disposition Policy // "" when a record of unknown content would apply
+	requested Policy // "" when a record of unknown content would apply
 }
 
 func (e *evaluation) run() Result {
@@ -169,7 +169,7 @@ func (e *evaluation) run() Result {
 		// Whatever that record holds, an identical identifier that passed
 		// aligns in either mode: pass, or none without any record.
 		if e.identicalPass() {
-			res.Disposition = PolicyNone
+			res.Requested = PolicyNone
 		}
 		return res
 	}
@@ -181,7 +181,7 @@ func (e *evaluation) run() Result {
 	// The base possibility: every failed name holds no record, temperror
 	// identifiers did not pass, existence as found.
 	cands := e.candidates()
-	base, detail := e.decide(map[string]PSD{}, cands, false, nil)
+	base, detail := e.outcomeUnder(map[string]PSD{}, cands, false, nil)
 	res.PolicyDomain, res.OrgDomain = detail.policyDomain, detail.orgDomain
 	res.Record, res.Policy, res.Applied = detail.rec, detail.policy, detail.applied
 	res.SPFAligned, res.DKIMAligned, res.AlignedDKIMDomain = detail.spf, detail.dkim, detail.dkimDomain
@@ -192,7 +192,7 @@ func (e *evaluation) run() Result {
 		uncertain = uncertain || c.maybe && detail.maybeAligned[c]
 	}
 	if !uncertain {
-		res.Disposition = base.disposition
+		res.Requested = base.requested
 		return res
 	}
 
@@ -213,9 +213,9 @@ func (e *evaluation) run() Result {
 	if e.existErr != nil && detail.askedExists {
 		causes = append(causes, e.existErr)
 	}
-	same, sameDisp := true, true
+	same, sameRequested := true, true
 	if len(e.failed) > maxUnknowns {
-		same, sameDisp = false, false
+		same, sameRequested = false, false
 	} else {
 		for _, h := range hypotheses(e.failed) {
 			for _, tempPass := range []bool{false, true} {
@@ -223,25 +223,25 @@ func (e *evaluation) run() Result {
 					if ex != nil && (e.existErr == nil || !detail.askedExists) {
 						continue
 					}
-					o, _ := e.decide(h, cands, tempPass, ex)
+					o, _ := e.outcomeUnder(h, cands, tempPass, ex)
 					same = same && o == base
-					sameDisp = sameDisp && o.disposition == base.disposition && o.disposition != ""
+					sameRequested = sameRequested && o.requested == base.requested && o.requested != ""
 				}
 			}
 		}
 	}
 	switch {
-	case same && base.disposition != "":
+	case same && base.requested != "":
 		// The failures cannot change the verdict.
 		res.Ignored = causes
-		res.Disposition = base.disposition
+		res.Requested = base.requested
 	default:
 		// The result is not known: alignment found under one possibility
 		// is not claimed.
 		res.Status, res.Err = TempError, errors.Join(causes...)
 		res.SPFAligned, res.DKIMAligned, res.AlignedDKIMDomain = false, false, ""
-		if sameDisp {
-			res.Disposition = base.disposition
+		if sameRequested {
+			res.Requested = base.requested
 		}
 	}
 	return res
@@ -357,8 +357,8 @@ func (e *evaluation) concrete(domain string, h map[string]PSD) []walkEntry {
 	return out
 }
 
-// decision holds the details of the outcome under the base possibility.
-type decision struct {
+// details holds the details of the outcome under the base possibility.
+type details struct {
 	policyDomain, orgDomain string
 	rec                     *Record
 	policy, applied         Policy
@@ -380,11 +380,11 @@ func recordErrorStatus(err error) Status {
 	return PermError
 }
 
-// decide computes the outcome with the failed names in the states h, the
+// outcomeUnder computes the outcome with the failed names in the states h, the
 // temperror identifiers counted as passing if tempPass, and the Author
 // Domain's existence ex (nil: as found, or assumed existing).
-func (e *evaluation) decide(h map[string]PSD, cands []candidate, tempPass bool, ex *bool) (outcome, decision) {
-	var d decision
+func (e *evaluation) outcomeUnder(h map[string]PSD, cands []candidate, tempPass bool, ex *bool) (outcome, details) {
+	var d details
 	var rec *Record
 	unknownRec := false
 	if e.ownFound {
@@ -465,7 +465,7 @@ func (e *evaluation) decide(h map[string]PSD, cands []candidate, tempPass bool, 
 // aligned reports whether the identifier c is aligned with the Author
 // Domain (Section 4.4, Aligned) under the possibility h. The Author
 // Domain's Organizational Domain, if it was needed, is kept in d.
-func (e *evaluation) aligned(c candidate, rec *Record, unknownRec bool, h map[string]PSD, d *decision) bool {
+func (e *evaluation) aligned(c candidate, rec *Record, unknownRec bool, h map[string]PSD, d *details) bool {
 	mode := AlignRelaxed
 	if !unknownRec {
 		mode = rec.ADKIM

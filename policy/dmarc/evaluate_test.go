@@ -209,7 +209,7 @@ func TestEvaluateLookupFailures(t *testing.T) {
 		name        string
 		in          Input
 		status      Status
-		disposition Policy // "" means unknown: the message is deferred
+		requested Policy // "" means unknown: the message is deferred
 		ignored     bool   // failures were weighed and ignored
 		queries     []string
 	}{
@@ -217,48 +217,48 @@ func TestEvaluateLookupFailures(t *testing.T) {
 			name:        "own record, identical SPF pass: nothing above is asked",
 			in:          Input{FromDomain: "own.example.com", SPFDomain: "own.example.com", SPFPass: true},
 			status:      Pass,
-			disposition: PolicyNone,
+			requested: PolicyNone,
 			queries:     []string{"_dmarc.own.example.com."},
 		},
 		{
 			name:        "own record, identical DKIM pass, unrelated SPF pass",
 			in:          Input{FromDomain: "own.example.com", SPFDomain: "esp.example.net", SPFPass: true, DKIM: []DKIMResult{{Domain: "own.example.com", Pass: true}}},
 			status:      Pass,
-			disposition: PolicyNone,
+			requested: PolicyNone,
 			queries:     []string{"_dmarc.own.example.com."},
 		},
 		{
 			name:        "own p=reject, nothing passes: rejected without a walk",
 			in:          Input{FromDomain: "own.example.com", SPFDomain: "own.example.com"},
 			status:      Fail,
-			disposition: PolicyReject,
+			requested: PolicyReject,
 			queries:     []string{"_dmarc.own.example.com."},
 		},
 		{
 			name:        "own p=reject, only an unrelated identifier passes: no walk",
 			in:          Input{FromDomain: "own.example.com", SPFDomain: "bounce.esp.example.net", SPFPass: true},
 			status:      Fail,
-			disposition: PolicyReject,
+			requested: PolicyReject,
 			queries:     []string{"_dmarc.own.example.com."},
 		},
 		{
-			name:        "p=none: the failure could change the result, not the disposition",
+			name:        "p=none: the failure could change the result, not the requested",
 			in:          Input{FromDomain: "mon.example.org", DKIM: []DKIMResult{{Domain: "other.example.org", Pass: true}}},
 			status:      TempError,
-			disposition: PolicyNone,
+			requested: PolicyNone,
 		},
 		{
 			name:        "relaxed parent identifier passes under every answer of _dmarc.com",
 			in:          Input{FromDomain: "sub.example.com", DKIM: []DKIMResult{{Domain: "example.com", Pass: true}}},
 			status:      Pass,
-			disposition: PolicyNone,
+			requested: PolicyNone,
 			ignored:     true,
 		},
 		{
 			name:        "own p=reject, relaxed subdomain identifier passes under every answer",
 			in:          Input{FromDomain: "example.com", SPFDomain: "bounce.example.com", SPFPass: true},
 			status:      Pass,
-			disposition: PolicyNone,
+			requested: PolicyNone,
 			ignored:     true,
 		},
 		{
@@ -270,7 +270,7 @@ func TestEvaluateLookupFailures(t *testing.T) {
 			name:        "own record lookup fails but an identical identifier passed",
 			in:          Input{FromDomain: "down.example.com", SPFDomain: "down.example.com", SPFPass: true},
 			status:      TempError,
-			disposition: PolicyNone,
+			requested: PolicyNone,
 		},
 		{
 			name:   "own record lookup fails, nothing passes",
@@ -281,27 +281,27 @@ func TestEvaluateLookupFailures(t *testing.T) {
 			name:        "strict record: a relaxed identifier is never walked",
 			in:          Input{FromDomain: "strict.example", SPFDomain: "mail.strict.example", SPFPass: true},
 			status:      Fail,
-			disposition: PolicyReject,
+			requested: PolicyReject,
 			queries:     []string{"_dmarc.strict.example."},
 		},
 		{
 			name:        "psd=y above stops the walk before the failing TLD",
 			in:          Input{FromDomain: "a.org.psd.example", DKIM: []DKIMResult{{Domain: "b.org.psd.example", Pass: true}}},
 			status:      Pass,
-			disposition: PolicyNone,
+			requested: PolicyNone,
 		},
 		{
 			name:   "psd=y: a sibling organisation never aligns, and the failure could",
 			in:     Input{FromDomain: "same.psd.example", DKIM: []DKIMResult{{Domain: "org.psd.example", Pass: true}}},
-			status: Fail, disposition: PolicyNone,
+			status: Fail, requested: PolicyNone,
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := &dnstest.Resolver{TXT: zone, Fail: fail}
 			res := Evaluate(context.Background(), r, tc.in)
-			if res.Status != tc.status || res.Disposition != tc.disposition {
-				t.Errorf("status %s disposition %q, want %s %q (err %v)", res.Status, res.Disposition, tc.status, tc.disposition, res.Err)
+			if res.Status != tc.status || res.Requested != tc.requested {
+				t.Errorf("status %s requested %q, want %s %q (err %v)", res.Status, res.Requested, tc.status, tc.requested, res.Err)
 			}
 			if tc.ignored != (len(res.Ignored) > 0) {
 				t.Errorf("ignored failures %v, want some: %v", res.Ignored, tc.ignored)

@@ -45,24 +45,22 @@ func judged(t testing.TB, domain, record, ip string, status dmarc.Status, action
 	if rec.Testing && applied == dmarc.PolicyReject {
 		applied = dmarc.PolicyQuarantine
 	}
+	m := &policy.Message{Arrival: t0.Add(time.Hour), ClientIP: net.ParseIP(ip), MailFrom: "x@bounce.esp.example", RcptDomain: "mx.example.net",
+		SPF:  spf.Result{Status: spf.Fail, Domain: "bounce.esp.example", Identity: spf.IdentityMailFrom},
+		DKIM: []dkim.Result{{Status: dkim.Pass, Domain: "esp.example", Selector: "s1"}},
+	}
 	v := policy.Verdict{
-		FromDomain: domain,
-		SPF:        spf.Result{Status: spf.Fail, Domain: "bounce.esp.example", Identity: spf.IdentityMailFrom},
-		DKIM:       []dkim.Result{{Status: dkim.Pass, Domain: "esp.example", Selector: "s1"}},
-		DMARC:      dmarc.Result{Status: status, FromDomain: domain, PolicyDomain: domain, Record: rec, Policy: rec.Policy, Applied: applied},
-		Action:     action,
+		DMARC:  dmarc.Result{Status: status, FromDomain: domain, PolicyDomain: domain, Record: rec, Policy: rec.Policy, Applied: applied},
+		Action: action,
 	}
 	if status == dmarc.Fail {
-		v.Disposition = applied
+		v.DMARC.Requested = applied
 	} else {
-		v.Disposition = dmarc.PolicyNone
+		v.DMARC.Requested = dmarc.PolicyNone
 		v.DMARC.DKIMAligned = true
-		v.DKIM[0].Domain = domain
+		m.DKIM[0].Domain = domain
 	}
-	return &policy.Judged{
-		Message: &policy.Message{Arrival: t0.Add(time.Hour), ClientIP: net.ParseIP(ip), MailFrom: "x@bounce.esp.example", RcptDomain: "mx.example.net"},
-		Verdict: v,
-	}
+	return &policy.Judged{Message: m, Verdict: v}
 }
 
 func TestRowOf(t *testing.T) {
@@ -130,7 +128,7 @@ func TestRowOf(t *testing.T) {
 		{name: "temperror: not counted",
 			j: func(t testing.TB) *policy.Judged {
 				j := judged(t, "example.com", reject, "192.0.2.1", dmarc.Fail, policy.TempFail)
-				j.Verdict.DMARC.Status, j.Verdict.Unknown = dmarc.TempError, true
+				j.Verdict.DMARC.Status, j.Verdict.DMARC.Requested = dmarc.TempError, ""
 				return j
 			}},
 		{name: "no record: not counted",
@@ -231,7 +229,7 @@ func TestReportRoundTrip(t *testing.T) {
 		case 3:
 			j = judged(t, "example.org", "v=DMARC1; p=none; rua=mailto:agg@example.org", "192.0.2.9", dmarc.Fail, policy.Accept)
 		}
-		counts[j.Verdict.FromDomain]++
+		counts[j.Verdict.FromDomain()]++
 		hosts[i%2].Submit(j)
 	}
 	for _, h := range hosts {

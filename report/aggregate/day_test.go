@@ -65,12 +65,13 @@ func BenchmarkDay(b *testing.B) {
 			}
 			r := recs[d%3]
 			j := &policy.Judged{
-				Message: &policy.Message{Arrival: t0.Add(time.Duration(i) * day / time.Duration(messages)), ClientIP: src, MailFrom: "b@" + domain},
+				Message: &policy.Message{Arrival: t0.Add(time.Duration(i) * day / time.Duration(messages)), ClientIP: src, MailFrom: "b@" + domain,
+					SPF:  spf.Result{Status: spf.Pass, Domain: domain, Identity: spf.IdentityMailFrom},
+					DKIM: []dkim.Result{{Status: dkim.Pass, Domain: domain, Selector: "s"}},
+				},
 				Verdict: policy.Verdict{
-					FromDomain: domain, Action: action,
-					SPF:   spf.Result{Status: spf.Pass, Domain: domain, Identity: spf.IdentityMailFrom},
-					DKIM:  []dkim.Result{{Status: dkim.Pass, Domain: domain, Selector: "s"}},
-					DMARC: dmarc.Result{Status: status, PolicyDomain: domain, Record: r, Policy: r.Policy, Applied: r.Policy, SPFAligned: status == dmarc.Pass},
+					Action: action,
+					DMARC:  dmarc.Result{Status: status, FromDomain: domain, PolicyDomain: domain, Record: r, Policy: r.Policy, Applied: r.Policy, Requested: dmarc.PolicyNone, SPFAligned: status == dmarc.Pass},
 				},
 			}
 			rec.Submit(j)

@@ -122,7 +122,7 @@ type Facts struct {
 func RowOf(j *policy.Judged, f Facts) (Row, Published, bool) {
 	v := &j.Verdict
 	rec := v.DMARC.Record
-	if rec == nil || v.FromErr != nil || v.Unknown || v.DMARC.PolicyDomain == "" ||
+	if rec == nil || v.FromErr != nil || v.Unknown() || v.DMARC.PolicyDomain == "" ||
 		(v.DMARC.Status != dmarc.Pass && v.DMARC.Status != dmarc.Fail) {
 		return Row{}, Published{}, false
 	}
@@ -154,7 +154,7 @@ func RowOf(j *policy.Judged, f Facts) (Row, Published, bool) {
 
 	r := Row{
 		SourceIP:   j.ClientAddr(),
-		HeaderFrom: v.FromDomain,
+		HeaderFrom: v.FromDomain(),
 		DKIM:       passFail(v.DMARC.DKIMAligned),
 		SPF:        passFail(v.DMARC.SPFAligned),
 	}
@@ -164,14 +164,14 @@ func RowOf(j *policy.Judged, f Facts) (Row, Published, bool) {
 	if f.EnvelopeTo {
 		r.EnvelopeTo = j.RcptDomain
 	}
-	if v.SPF.Domain != "" {
-		a := &AuthSPF{Domain: strings.ToLower(v.SPF.Domain), Result: spfResult(v.SPF.Status)}
-		if v.SPF.Identity == spf.IdentityMailFrom {
+	if j.SPF.Domain != "" {
+		a := &AuthSPF{Domain: strings.ToLower(j.SPF.Domain), Result: spfResult(j.SPF.Status)}
+		if j.SPF.Identity == spf.IdentityMailFrom {
 			a.Scope = "mfrom"
 		}
 		r.AuthSPF = a
 	}
-	for _, d := range v.DKIM {
+	for _, d := range j.DKIM {
 		if d.Domain == "" {
 			continue // a signature without d= names nothing to report
 		}
@@ -186,14 +186,14 @@ func RowOf(j *policy.Judged, f Facts) (Row, Published, bool) {
 		r.Disposition = "none"
 	case v.Action == policy.Reject:
 		r.Disposition = "reject"
-	case v.Action == policy.Quarantine, v.Exempt == "" && v.Disposition == dmarc.PolicyQuarantine:
+	case v.Action == policy.Quarantine, v.Exempt == "" && v.Requested() == dmarc.PolicyQuarantine:
 		// Held, or delivered marked as failing (quarantine = mark).
 		r.Disposition = "quarantine"
 	default:
 		r.Disposition = "none"
 	}
 	if v.DMARC.Status == dmarc.Fail {
-		if v.Exempt != "" && v.Disposition != dmarc.PolicyNone {
+		if v.Exempt != "" && v.Requested() != dmarc.PolicyNone {
 			r.Reasons = append(r.Reasons, Reason{Type: OverrideLocalPolicy, Comment: v.Exempt.Text()})
 		}
 		if v.DMARC.Applied != v.DMARC.Policy {
