@@ -192,11 +192,11 @@ type Rule string
 
 // Rules.
 const (
-	RuleDMARC     Rule = "dmarc"       // DMARC's requested policy (or none)
-	RuleDNS       Rule = "dns"         // a DNS failure left the outcome unknown
-	RuleBadFrom   Rule = "bad-from"    // reject_bad_from, reject_multi_author
-	RuleForgedAR  Rule = "forged-ar"   // more forged Authentication-Results than can be removed
-	RuleExemption Rule = "exemption"   // a local policy (Exempt) stopped enforcement
+	RuleDMARC     Rule = "dmarc"     // DMARC's requested policy (or none)
+	RuleDNS       Rule = "dns"       // a DNS failure left the outcome unknown
+	RuleBadFrom   Rule = "bad-from"  // reject_bad_from, reject_multi_author
+	RuleForgedAR  Rule = "forged-ar" // more forged Authentication-Results than can be removed
+	RuleExemption Rule = "exemption" // a local policy (Exempt) stopped enforcement
 )
 
 // FromDomain is the Author Domain the verdict is about, "" if the From

@@ -40,17 +40,17 @@ var spfFailOther = spf.Result{Status: spf.Fail, Domain: "attacker.example", Iden
 func TestJudge(t *testing.T) {
 	outside := net.ParseIP("203.0.113.9")
 	type want struct {
-		action      Action
-		code        int
-		enhanced    string
-		text        string // a substring of the reply text
-		dmarc       dmarc.Status
-		requested   dmarc.Policy
-		exempt      Exemption
-		rule        Rule // checked when set
-		unknown     bool
-		fromErr     bool
-		fromDomain  string
+		action     Action
+		code       int
+		enhanced   string
+		text       string // a substring of the reply text
+		dmarc      dmarc.Status
+		requested  dmarc.Policy
+		exempt     Exemption
+		rule       Rule // checked when set
+		unknown    bool
+		fromErr    bool
+		fromDomain string
 	}
 	tests := []struct {
 		name string
@@ -65,7 +65,7 @@ func TestJudge(t *testing.T) {
 			msg:  Message{ClientIP: outside, From: []string{" a@reject.example"}, SPF: spfFailOther},
 			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "DMARC policy of reject.example says reject", dmarc: dmarc.Fail, requested: dmarc.PolicyReject, rule: RuleDMARC, fromDomain: "reject.example"}},
 		{name: "more forged Authentication-Results than can be removed: the verdict is the 550 sent",
-			msg: Message{ClientIP: outside, From: []string{" a@reject.example"}, SPF: spfPass("reject.example"), TooManyForgedAR: true},
+			msg:  Message{ClientIP: outside, From: []string{" a@reject.example"}, SPF: spfPass("reject.example"), TooManyForgedAR: true},
 			want: want{action: Reject, code: 550, enhanced: "5.7.1", text: "too many Authentication-Results header fields", dmarc: dmarc.Pass, requested: dmarc.PolicyNone, rule: RuleForgedAR, fromDomain: "reject.example"}},
 		{name: "forged Authentication-Results are rejected in monitor mode too",
 			cfg:  func(c *Config) { c.Monitor = true },

@@ -155,7 +155,7 @@ type candidate struct {
 
 // outcome is the verdict under one possibility of the failed lookups.
 type outcome struct {
-	status      Status
+	status    Status
 	requested Policy // "" when a record of unknown content would apply
 }
 

@@ -206,60 +206,60 @@ func TestEvaluateLookupFailures(t *testing.T) {
 		"_dmarc.down.example.com.": dnstest.ServFail("_dmarc.down.example.com."),
 	}
 	tests := []struct {
-		name        string
-		in          Input
-		status      Status
+		name      string
+		in        Input
+		status    Status
 		requested Policy // "" means unknown: the message is deferred
-		ignored     bool   // failures were weighed and ignored
-		queries     []string
+		ignored   bool   // failures were weighed and ignored
+		queries   []string
 	}{
 		{
-			name:        "own record, identical SPF pass: nothing above is asked",
-			in:          Input{FromDomain: "own.example.com", SPFDomain: "own.example.com", SPFPass: true},
-			status:      Pass,
+			name:      "own record, identical SPF pass: nothing above is asked",
+			in:        Input{FromDomain: "own.example.com", SPFDomain: "own.example.com", SPFPass: true},
+			status:    Pass,
 			requested: PolicyNone,
-			queries:     []string{"_dmarc.own.example.com."},
+			queries:   []string{"_dmarc.own.example.com."},
 		},
 		{
-			name:        "own record, identical DKIM pass, unrelated SPF pass",
-			in:          Input{FromDomain: "own.example.com", SPFDomain: "esp.example.net", SPFPass: true, DKIM: []DKIMResult{{Domain: "own.example.com", Pass: true}}},
-			status:      Pass,
+			name:      "own record, identical DKIM pass, unrelated SPF pass",
+			in:        Input{FromDomain: "own.example.com", SPFDomain: "esp.example.net", SPFPass: true, DKIM: []DKIMResult{{Domain: "own.example.com", Pass: true}}},
+			status:    Pass,
 			requested: PolicyNone,
-			queries:     []string{"_dmarc.own.example.com."},
+			queries:   []string{"_dmarc.own.example.com."},
 		},
 		{
-			name:        "own p=reject, nothing passes: rejected without a walk",
-			in:          Input{FromDomain: "own.example.com", SPFDomain: "own.example.com"},
-			status:      Fail,
+			name:      "own p=reject, nothing passes: rejected without a walk",
+			in:        Input{FromDomain: "own.example.com", SPFDomain: "own.example.com"},
+			status:    Fail,
 			requested: PolicyReject,
-			queries:     []string{"_dmarc.own.example.com."},
+			queries:   []string{"_dmarc.own.example.com."},
 		},
 		{
-			name:        "own p=reject, only an unrelated identifier passes: no walk",
-			in:          Input{FromDomain: "own.example.com", SPFDomain: "bounce.esp.example.net", SPFPass: true},
-			status:      Fail,
+			name:      "own p=reject, only an unrelated identifier passes: no walk",
+			in:        Input{FromDomain: "own.example.com", SPFDomain: "bounce.esp.example.net", SPFPass: true},
+			status:    Fail,
 			requested: PolicyReject,
-			queries:     []string{"_dmarc.own.example.com."},
+			queries:   []string{"_dmarc.own.example.com."},
 		},
 		{
-			name:        "p=none: the failure could change the result, not the requested",
-			in:          Input{FromDomain: "mon.example.org", DKIM: []DKIMResult{{Domain: "other.example.org", Pass: true}}},
-			status:      TempError,
+			name:      "p=none: the failure could change the result, not the requested",
+			in:        Input{FromDomain: "mon.example.org", DKIM: []DKIMResult{{Domain: "other.example.org", Pass: true}}},
+			status:    TempError,
 			requested: PolicyNone,
 		},
 		{
-			name:        "relaxed parent identifier passes under every answer of _dmarc.com",
-			in:          Input{FromDomain: "sub.example.com", DKIM: []DKIMResult{{Domain: "example.com", Pass: true}}},
-			status:      Pass,
+			name:      "relaxed parent identifier passes under every answer of _dmarc.com",
+			in:        Input{FromDomain: "sub.example.com", DKIM: []DKIMResult{{Domain: "example.com", Pass: true}}},
+			status:    Pass,
 			requested: PolicyNone,
-			ignored:     true,
+			ignored:   true,
 		},
 		{
-			name:        "own p=reject, relaxed subdomain identifier passes under every answer",
-			in:          Input{FromDomain: "example.com", SPFDomain: "bounce.example.com", SPFPass: true},
-			status:      Pass,
+			name:      "own p=reject, relaxed subdomain identifier passes under every answer",
+			in:        Input{FromDomain: "example.com", SPFDomain: "bounce.example.com", SPFPass: true},
+			status:    Pass,
 			requested: PolicyNone,
-			ignored:     true,
+			ignored:   true,
 		},
 		{
 			name:   "no own record, nothing passes: a record at com could hold any policy",
@@ -267,9 +267,9 @@ func TestEvaluateLookupFailures(t *testing.T) {
 			status: TempError,
 		},
 		{
-			name:        "own record lookup fails but an identical identifier passed",
-			in:          Input{FromDomain: "down.example.com", SPFDomain: "down.example.com", SPFPass: true},
-			status:      TempError,
+			name:      "own record lookup fails but an identical identifier passed",
+			in:        Input{FromDomain: "down.example.com", SPFDomain: "down.example.com", SPFPass: true},
+			status:    TempError,
 			requested: PolicyNone,
 		},
 		{
@@ -278,16 +278,16 @@ func TestEvaluateLookupFailures(t *testing.T) {
 			status: TempError,
 		},
 		{
-			name:        "strict record: a relaxed identifier is never walked",
-			in:          Input{FromDomain: "strict.example", SPFDomain: "mail.strict.example", SPFPass: true},
-			status:      Fail,
+			name:      "strict record: a relaxed identifier is never walked",
+			in:        Input{FromDomain: "strict.example", SPFDomain: "mail.strict.example", SPFPass: true},
+			status:    Fail,
 			requested: PolicyReject,
-			queries:     []string{"_dmarc.strict.example."},
+			queries:   []string{"_dmarc.strict.example."},
 		},
 		{
-			name:        "psd=y above stops the walk before the failing TLD",
-			in:          Input{FromDomain: "a.org.psd.example", DKIM: []DKIMResult{{Domain: "b.org.psd.example", Pass: true}}},
-			status:      Pass,
+			name:      "psd=y above stops the walk before the failing TLD",
+			in:        Input{FromDomain: "a.org.psd.example", DKIM: []DKIMResult{{Domain: "b.org.psd.example", Pass: true}}},
+			status:    Pass,
 			requested: PolicyNone,
 		},
 		{
