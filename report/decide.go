@@ -298,19 +298,23 @@ func knownOrgDomain(v *policy.Verdict) func(string) string {
 	}
 }
 
-// destination is one mailto: address of "ruf".
-type destination struct {
-	addr    string // local@domain
-	domain  string // lower-case, A-label as published
-	maxSize uint64 // legacy !size, 0 if none
+// Destination is one mailto: address of a "rua" or "ruf" URI.
+type Destination struct {
+	Address string // local@domain
+	Domain  string // lower-case, as published
+	MaxSize uint64 // the URI's legacy !size, 0 if none
 }
 
-// destinations extracts the mailto: addresses of ruf (RFC 9989 Section
-// 4.7: other schemes are not supported and ignored), without duplicates.
-func destinations(ruf []dmarc.URI) []destination {
-	var out []destination
+// Destinations extracts the mailto: addresses of uris (RFC 9989 Section
+// 4.7: other schemes are not supported and ignored; RFC 6068: one URI may
+// hold several addresses), without duplicates, each with its URI's
+// MaxSize. Failure reports, aggregate reports and "dmarc-milter check" all
+// take a policy's destinations from here, and Authorized says which may
+// receive reports.
+func Destinations(uris []dmarc.URI) []Destination {
+	var out []Destination
 	seen := map[string]bool{}
-	for _, u := range ruf {
+	for _, u := range uris {
 		pu, err := url.Parse(u.Address)
 		if err != nil || !strings.EqualFold(pu.Scheme, "mailto") {
 			continue
@@ -322,7 +326,6 @@ func destinations(ruf []dmarc.URI) []destination {
 		if s, err := url.PathUnescape(to); err == nil {
 			to = s
 		}
-		// RFC 6068: a mailto URI may list several addresses.
 		for _, one := range strings.Split(to, ",") {
 			a, err := mail.ParseAddress(strings.TrimSpace(one))
 			if err != nil {
@@ -332,8 +335,8 @@ func destinations(ruf []dmarc.URI) []destination {
 			if at <= 0 || at == len(a.Address)-1 {
 				continue
 			}
-			d := destination{addr: a.Address, domain: strings.ToLower(strings.TrimSuffix(a.Address[at+1:], ".")), maxSize: u.MaxSize}
-			key := strings.ToLower(d.addr)
+			d := Destination{Address: a.Address, Domain: strings.ToLower(strings.TrimSuffix(a.Address[at+1:], ".")), MaxSize: u.MaxSize}
+			key := strings.ToLower(d.Address)
 			if seen[key] {
 				continue
 			}
@@ -350,10 +353,7 @@ type authzEntry struct {
 	expires int64 // unix nanoseconds
 }
 
-// authorized reports whether dest may receive reports for policyDomain:
-// always if both have the same Organizational Domain, otherwise if
-// "<policyDomain>._report._dmarc.<dest domain>" has a TXT record starting
-// with "v=DMARC1" (RFC 9991 Section 5 by way of RFC 9990).
+// authorized is Authorized, its answers kept for externalCacheTTL.
 func (r *Reporter) authorized(ctx context.Context, policyDomain, destDomain string) (bool, error) {
 	pd := strings.ToLower(strings.TrimSuffix(policyDomain, "."))
 	key := pd + " " + destDomain
@@ -365,7 +365,7 @@ func (r *Reporter) authorized(ctx context.Context, policyDomain, destDomain stri
 	}
 	r.mu.Unlock()
 
-	ok, err := r.checkAuthorized(ctx, pd, destDomain)
+	ok, err := Authorized(ctx, r.res, pd, destDomain)
 	if err != nil {
 		return false, err
 	}
@@ -378,35 +378,58 @@ func (r *Reporter) authorized(ctx context.Context, policyDomain, destDomain stri
 	return ok, nil
 }
 
-func (r *Reporter) checkAuthorized(ctx context.Context, policyDomain, destDomain string) (bool, error) {
+// Authorization is why a report destination may receive reports, or that
+// it may not.
+type Authorization int
+
+// Authorizations.
+const (
+	Unauthorized     Authorization = iota // outside the organization, no authorization record
+	SameOrganization                      // the same Organizational Domain as the policy domain
+	ExternalRecord                        // "<policy domain>._report._dmarc.<destination>" authorizes it
+)
+
+// Authorized reports whether a report destination in destDomain may
+// receive reports about policyDomain (RFC 9990 Section 3, RFC 9991 Section
+// 3): always if both have the same Organizational Domain, otherwise if
+// "<policyDomain>._report._dmarc.<destDomain>" has a TXT record starting
+// with "v=DMARC1". A DNS failure is an error: nothing is known.
+func Authorized(ctx context.Context, res Resolver, policyDomain, destDomain string) (bool, error) {
+	a, err := Authorize(ctx, res, policyDomain, destDomain)
+	return a != Unauthorized, err
+}
+
+// Authorize is Authorized, saying why.
+func Authorize(ctx context.Context, res Resolver, policyDomain, destDomain string) (Authorization, error) {
+	policyDomain = strings.ToLower(strings.TrimSuffix(policyDomain, "."))
 	if policyDomain == destDomain {
-		return true, nil
+		return SameOrganization, nil
 	}
-	po, err := dmarc.OrganizationalDomain(ctx, r.res, policyDomain)
+	po, err := dmarc.OrganizationalDomain(ctx, res, policyDomain)
 	if err != nil {
-		return false, err
+		return Unauthorized, err
 	}
-	do, err := dmarc.OrganizationalDomain(ctx, r.res, destDomain)
+	do, err := dmarc.OrganizationalDomain(ctx, res, destDomain)
 	if err != nil {
-		return false, err
+		return Unauthorized, err
 	}
 	if po == do {
-		return true, nil
+		return SameOrganization, nil
 	}
-	txts, err := r.res.LookupTXT(ctx, policyDomain+"._report._dmarc."+destDomain+".")
+	txts, err := res.LookupTXT(ctx, policyDomain+"._report._dmarc."+destDomain+".")
 	if err != nil {
 		var de *net.DNSError
 		if errors.As(err, &de) && de.IsNotFound {
-			return false, nil
+			return Unauthorized, nil
 		}
-		return false, err
+		return Unauthorized, err
 	}
 	for _, t := range txts {
 		if dmarc.IsRecord(t) {
-			return true, nil
+			return ExternalRecord, nil
 		}
 	}
-	return false, nil
+	return Unauthorized, nil
 }
 
 // spfRecords looks up the SPF records of domain for SPF-DNS.

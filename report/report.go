@@ -302,21 +302,21 @@ func (r *Reporter) SpoolAggregate(k store.Key, reportID, to string, msg []byte) 
 // ones that authorize it (the check failure reports make), at most max.
 func (r *Reporter) AggregateDestinations(ctx context.Context, policyDomain string, rua []dmarc.URI, max int) []string {
 	var out []string
-	for _, d := range destinations(rua) {
+	for _, d := range Destinations(rua) {
 		if len(out) >= max {
-			r.log.Info().Str("domain", policyDomain).Str("to", d.addr).Int("max", max).Msg("more aggregate report destinations than allowed; left out")
+			r.log.Info().Str("domain", policyDomain).Str("to", d.Address).Int("max", max).Msg("more aggregate report destinations than allowed; left out")
 			continue
 		}
-		ok, err := r.authorized(ctx, policyDomain, d.domain)
+		ok, err := r.authorized(ctx, policyDomain, d.Domain)
 		if err != nil {
-			r.log.Warn().Err(err).Str("domain", policyDomain).Str("to", d.addr).Msg("cannot verify external aggregate report destination; left out")
+			r.log.Warn().Err(err).Str("domain", policyDomain).Str("to", d.Address).Msg("cannot verify external aggregate report destination; left out")
 			continue
 		}
 		if !ok {
-			r.log.Info().Str("domain", policyDomain).Str("to", d.addr).Msg("external aggregate report destination has not authorized reports for this domain; left out")
+			r.log.Info().Str("domain", policyDomain).Str("to", d.Address).Msg("external aggregate report destination has not authorized reports for this domain; left out")
 			continue
 		}
-		out = append(out, d.addr)
+		out = append(out, d.Address)
 	}
 	return out
 }

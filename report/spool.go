@@ -275,7 +275,7 @@ func (r *Reporter) process(ctx context.Context, f *policy.Judged) {
 	v := &f.Verdict
 	log := r.log.With().Str("queue_id", f.QueueID).Str("domain", v.FromDomain()).Logger()
 
-	dests := destinations(v.DMARC.Record.RUF)
+	dests := Destinations(v.DMARC.Record.RUF)
 	if len(dests) == 0 {
 		r.suppress(ReasonNoDestination)
 		return
@@ -309,32 +309,32 @@ func (r *Reporter) process(ctx context.Context, f *policy.Judged) {
 	}
 	dedupBase := strings.Join([]string{f.ClientAddr(), strings.ToLower(v.FromDomain()), a.matched.String(), a.authFailure, strings.Join(a.alignment, ",")}, "|")
 	for _, d := range dests {
-		ok, err := r.authorized(ctx, policyDomain, d.domain)
+		ok, err := r.authorized(ctx, policyDomain, d.Domain)
 		if err != nil {
-			log.Warn().Err(err).Str("to", d.addr).Msg("cannot verify external report destination; not sent this time")
+			log.Warn().Err(err).Str("to", d.Address).Msg("cannot verify external report destination; not sent this time")
 		}
 		if !ok {
 			r.suppress(ReasonUnauthorized)
 			if err == nil {
-				log.Info().Str("to", d.addr).Msg("external report destination has not authorized reports for this domain; not sent")
+				log.Info().Str("to", d.Address).Msg("external report destination has not authorized reports for this domain; not sent")
 			}
 			continue
 		}
-		key := dedupBase + "|" + strings.ToLower(d.addr)
+		key := dedupBase + "|" + strings.ToLower(d.Address)
 		now := r.now()
 		cfg := r.conf()
-		reason := r.take(ctx, cfg, key, d.addr, now)
+		reason := r.take(ctx, cfg, key, d.Address, now)
 		if reason != "" {
 			r.suppress(reason)
-			log.Info().Str("to", d.addr).Str("reason", string(reason)).Msg("failure report not sent: suppressed by a limit or de-duplication")
+			log.Info().Str("to", d.Address).Str("reason", string(reason)).Msg("failure report not sent: suppressed by a limit or de-duplication")
 			continue
 		}
-		msg, err := build(f, a, []string{d.addr}, *cfg, now, false)
-		if err == nil && d.maxSize > 0 && uint64(len(msg)) > d.maxSize {
-			msg, err = build(f, a, []string{d.addr}, *cfg, now, true)
-			if err == nil && uint64(len(msg)) > d.maxSize {
+		msg, err := build(f, a, []string{d.Address}, *cfg, now, false)
+		if err == nil && d.MaxSize > 0 && uint64(len(msg)) > d.MaxSize {
+			msg, err = build(f, a, []string{d.Address}, *cfg, now, true)
+			if err == nil && uint64(len(msg)) > d.MaxSize {
 				r.suppress(ReasonTooBig)
-				log.Info().Str("to", d.addr).Uint64("max_size", d.maxSize).Int("size", len(msg)).Msg("failure report larger than the destination's size limit; not sent")
+				log.Info().Str("to", d.Address).Uint64("max_size", d.MaxSize).Int("size", len(msg)).Msg("failure report larger than the destination's size limit; not sent")
 				continue
 			}
 		}
@@ -343,6 +343,6 @@ func (r *Reporter) process(ctx context.Context, f *policy.Judged) {
 			log.Error().Err(err).Msg("cannot build failure report")
 			return
 		}
-		r.spool(f, d.addr, msg)
+		r.spool(f, d.Address, msg)
 	}
 }

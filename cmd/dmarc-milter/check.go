@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"regexp"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
+	"github.com/dmarc-milter/dmarc-milter/report"
 )
 
 // Exit status of check.
@@ -137,6 +137,10 @@ func check(cfg Config, domain string, selectors []string) (*checkReport, bool, e
 	case errors.Is(derr, dmarc.ErrNoRecord):
 		rep.DMARC.Error = "no DMARC record applies: receivers do not apply DMARC to this domain"
 		rep.Problems = append(rep.Problems, rep.DMARC.Error)
+	case errors.Is(derr, dmarc.ErrNoPolicy):
+		rep.DMARC.RecordAt = disc.Domain
+		rep.DMARC.Error = "the DMARC record at " + disc.Domain + " has no valid p (or an invalid sp or np) and no valid rua: receivers apply no DMARC processing (RFC 9989 section 4.10.1)"
+		rep.Problems = append(rep.Problems, rep.DMARC.Error)
 	case errors.Is(derr, dmarc.ErrTempError):
 		rep.DMARC.Error = derr.Error()
 		temp = true
@@ -154,14 +158,20 @@ func check(cfg Config, domain string, selectors []string) (*checkReport, bool, e
 				}
 			}
 		}
-		pol := rec.Policy
-		if disc.Domain != d {
-			pol = rec.SubdomainPolicy
-			if pol == "" {
-				pol = rec.Policy
+		// The library's selection of p, sp or np (RFC 9989 4.10.1).
+		exists := true
+		if rec.ExistenceMatters(d, disc.Domain) {
+			ok, err := tr.Exists(ctx, d)
+			if err != nil {
+				temp = true
 			}
+			exists = err != nil || ok
 		}
+		pol := rec.PolicyFor(d, disc.Domain, exists)
 		rep.DMARC.Policy = string(pol)
+		if !exists {
+			rep.DMARC.Policy += " (np: " + d + " does not exist)"
+		}
 		if rec.Testing {
 			rep.DMARC.Policy += " in testing mode (t=y): applied one step milder"
 		}
@@ -179,7 +189,7 @@ func check(cfg Config, domain string, selectors []string) (*checkReport, bool, e
 			uris []dmarc.URI
 		}{{"rua", rec.RUA}, {"ruf", rec.RUF}} {
 			for _, u := range list.uris {
-				for _, f := range checkDestination(ctx, tr, disc.Domain, list.tag, u.Address) {
+				for _, f := range checkDestination(ctx, tr, disc.Domain, list.tag, u) {
 					rep.DMARC.Destinations = append(rep.DMARC.Destinations, f.text)
 					if !f.ok {
 						rep.Warnings = append(rep.Warnings, f.text)
@@ -234,47 +244,35 @@ func check(cfg Config, domain string, selectors []string) (*checkReport, bool, e
 	return rep, temp, nil
 }
 
-// checkDestination says what is wrong with one rua or ruf URI of the
-// record at policyDomain: not mailto:, or an address outside the domain's
-// organization that has not authorized reports (RFC 9990 Section 4.4).
+// destFinding is what check says of one report destination.
 type destFinding struct {
 	text string
 	ok   bool
 }
 
-func checkDestination(ctx context.Context, r *tracer, policyDomain, tag, uri string) []destFinding {
-	u, err := url.Parse(uri)
-	if err != nil || !strings.EqualFold(u.Scheme, "mailto") {
-		return []destFinding{{text: fmt.Sprintf("%s %s: not a mailto: URI; dmarc-milter and most receivers send nothing there", tag, uri)}}
+// checkDestination says where the reports of one rua or ruf URI of the
+// record at policyDomain go, with the reporters' own rules
+// (report.Destinations, report.Authorized): nowhere for a URI that is not
+// mailto:, and an address outside the domain's organization only if it
+// authorized these reports (RFC 9990 Section 3, RFC 9991 Section 3).
+func checkDestination(ctx context.Context, r *tracer, policyDomain, tag string, u dmarc.URI) []destFinding {
+	dests := report.Destinations([]dmarc.URI{u})
+	if len(dests) == 0 {
+		return []destFinding{{text: fmt.Sprintf("%s %s: not a mailto: URI with an address; dmarc-milter and most receivers send nothing there", tag, u.Address)}}
 	}
-	addr := u.Opaque
 	var out []destFinding
-	for _, a := range strings.Split(addr, ",") {
-		at := strings.LastIndexByte(a, '@')
-		if at < 0 {
-			out = append(out, destFinding{text: fmt.Sprintf("%s %s: not an address", tag, a)})
-			continue
-		}
-		dest := strings.ToLower(strings.TrimSuffix(a[at+1:], "."))
-		po, err1 := dmarc.OrganizationalDomain(ctx, r, policyDomain)
-		do, err2 := dmarc.OrganizationalDomain(ctx, r, dest)
-		if err1 != nil || err2 != nil {
-			out = append(out, destFinding{text: fmt.Sprintf("%s %s: cannot tell whether it is inside the domain (DNS failure)", tag, a)})
-			continue
-		}
-		if po == do {
-			out = append(out, destFinding{text: fmt.Sprintf("%s %s: inside %s", tag, a, po), ok: true})
-			continue
-		}
-		txts, err := r.LookupTXT(ctx, policyDomain+"._report._dmarc."+dest+".")
-		ok := false
-		for _, t := range txts {
-			ok = ok || dmarc.IsRecord(t)
-		}
-		if err == nil && ok {
-			out = append(out, destFinding{text: fmt.Sprintf("%s %s: outside %s, and it has authorized these reports", tag, a, po), ok: true})
-		} else {
-			out = append(out, destFinding{text: fmt.Sprintf("%s %s is outside %s and has NOT authorized these reports (%s._report._dmarc.%s): receivers send none there", tag, a, po, policyDomain, dest)})
+	for _, dest := range dests {
+		a, err := report.Authorize(ctx, r, policyDomain, dest.Domain)
+		switch {
+		case err != nil:
+			out = append(out, destFinding{text: fmt.Sprintf("%s %s: cannot tell whether it may receive reports (DNS failure: %v)", tag, dest.Address, err)})
+		case a == report.SameOrganization:
+			out = append(out, destFinding{text: fmt.Sprintf("%s %s: inside %s", tag, dest.Address, policyDomain), ok: true})
+		case a == report.ExternalRecord:
+			out = append(out, destFinding{text: fmt.Sprintf("%s %s: outside %s, and it has authorized these reports", tag, dest.Address, policyDomain), ok: true})
+		default:
+			out = append(out, destFinding{text: fmt.Sprintf("%s %s is outside %s and has NOT authorized these reports (%s._report._dmarc.%s): receivers send none there",
+				tag, dest.Address, policyDomain, policyDomain, dest.Domain)})
 		}
 	}
 	return out

@@ -92,6 +92,24 @@ func TestCheck(t *testing.T) {
 	if out, code = run("absent.example"); code != checkProblems || !strings.Contains(out, "no DMARC record applies") {
 		t.Errorf("absent.example: exit %d\n%s", code, out)
 	}
+
+	// The library's policy selection (RFC 9989 4.10.1): p for the domain
+	// itself, sp for an existing subdomain, np for one that does not exist.
+	for _, tt := range []struct{ domain, policy string }{
+		{"org.example", "none"},
+		{"exists.org.example", "quarantine"},
+		{"ghost.org.example", "reject (np: ghost.org.example does not exist)"},
+	} {
+		out, _ := run(tt.domain, "--json")
+		var rep checkReport
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.DMARC.Policy != tt.policy {
+			t.Errorf("%s: policy %q, want %q (%v)\n%s", tt.domain, rep.DMARC.Policy, tt.policy, err, out)
+		}
+	}
+	// A record without a valid p and without rua: no DMARC processing.
+	if out, code = run("malformed.example"); code != checkProblems || !strings.Contains(out, "no DMARC processing") {
+		t.Errorf("malformed.example: exit %d\n%s", code, out)
+	}
 }
 
 // On a terminal the headings and findings are coloured.

@@ -140,6 +140,27 @@ type Record struct {
 	Warnings []string
 }
 
+// PolicyFor returns the policy this record, found at policyDomain, applies
+// to mail from authorDomain (both normalized), RFC 9989 Section 4.10.1:
+// "p" when the record is the Author Domain's own; for a subdomain, "sp" if
+// the Author Domain exists and "np" if it does not, each falling back as
+// Section 4.7 says. Evaluate and "dmarc-milter check" both use it.
+func (r *Record) PolicyFor(authorDomain, policyDomain string, exists bool) Policy {
+	switch {
+	case authorDomain == policyDomain:
+		return r.Policy
+	case exists:
+		return r.subdomainPolicy()
+	}
+	return r.nonexistentPolicy()
+}
+
+// ExistenceMatters reports whether PolicyFor depends on whether
+// authorDomain exists: only for a subdomain whose sp and np differ.
+func (r *Record) ExistenceMatters(authorDomain, policyDomain string) bool {
+	return authorDomain != policyDomain && r.subdomainPolicy() != r.nonexistentPolicy()
+}
+
 // subdomainPolicy is the policy for existing subdomains: "sp", else "p"
 // (RFC 9989 Section 4.7, "sp").
 func (r *Record) subdomainPolicy() Policy {

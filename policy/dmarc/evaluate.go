@@ -490,12 +490,8 @@ func (e *evaluation) aligned(c candidate, rec *Record, unknownRec bool, h map[st
 // the check fails, the existing-subdomain policy is returned with the
 // error. asked says whether existence mattered.
 func (e *evaluation) choosePolicy(policyDomain string, rec *Record, ex *bool) (p Policy, asked bool, err error) {
-	if e.from == policyDomain {
-		return rec.Policy, false, nil
-	}
-	sp, np := rec.subdomainPolicy(), rec.nonexistentPolicy()
-	if sp == np || e.in.Exists == nil {
-		return sp, false, nil
+	if !rec.ExistenceMatters(e.from, policyDomain) || e.in.Exists == nil {
+		return rec.PolicyFor(e.from, policyDomain, true), false, nil
 	}
 	if ex == nil {
 		if e.exists == nil && e.existErr == nil {
@@ -508,10 +504,7 @@ func (e *evaluation) choosePolicy(policyDomain string, rec *Record, ex *bool) (p
 		}
 		ex = e.exists
 	}
-	if ex != nil && !*ex {
-		return np, true, nil
-	}
-	return sp, true, nil
+	return rec.PolicyFor(e.from, policyDomain, ex == nil || *ex), true, nil
 }
 
 // chooseRecord picks the record that applies to an Author Domain without
