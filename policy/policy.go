@@ -6,10 +6,24 @@
 // Authentication-Results header field (RFC 8601).
 //
 // A message has one type from the session to the reports: the session
-// collects a Message, Decide judges it into a Verdict, and the Judged
+// collects a Message, Evaluator.Judge judges it into a Verdict, and the Judged
 // message (Message, Verdict, Authentication-Results) goes to the consumers
 // of verdicts. The sub-packages do one thing each: spf, dkim and dmarc;
 // DNS comes through a Resolver (package resolver).
+//
+// The words, one meaning each, from the domain's record to the MTA:
+//   - policy (dmarc.Policy): what a DMARC record publishes in p, sp or np;
+//     dmarc.Result.Policy is the one that applies to the message, Applied
+//     the same after the t=y downgrade;
+//   - requested (dmarc.Result.Requested, Verdict.Requested): what DMARC asks
+//     for this message, the applied policy when it failed and none
+//     otherwise;
+//   - action (Action): what the MTA is told, Verdict.Rule the rule that
+//     chose it (DMARC, a DNS failure, a bad From, forged
+//     Authentication-Results, an exemption), Verdict.Reply the SMTP reply;
+//   - judge (Evaluator.Judge): turn a Message into its Verdict;
+//   - disposition: only in RFC 9990's sense, the policy a receiver applied,
+//     in aggregate report rows (package report/aggregate).
 package policy
 
 import (
