@@ -282,7 +282,6 @@ func evaluate(cfg Config, raw []byte, ipText, helo, mailFrom string) (*evaluatio
 		Action: verdict.Action.String(), Rule: string(verdict.Rule),
 		DMARC:                 string(d.Status),
 		AuthenticationResults: j.AuthResults,
-		Trace:                 trace,
 	}
 	out.Verdict = "250: delivered"
 	switch verdict.Action {
