@@ -28,7 +28,7 @@ import (
 func TestBuildFields(t *testing.T) {
 	f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com; fo=1")
 	f.DKIM[0].Identifier = "signer@example.com"
-	cfg := testConfig(t)
+	cfg := testConfig(t).Config
 	now := time.Date(2026, 5, 4, 10, 12, 0, 0, time.UTC)
 	raw, err := Build(f, []string{"ruf@example.com"}, cfg, now)
 	if err != nil {
@@ -129,7 +129,7 @@ func TestBuildFields(t *testing.T) {
 }
 
 func TestBuildVariants(t *testing.T) {
-	cfg := testConfig(t)
+	cfg := testConfig(t).Config
 	now := time.Now()
 
 	t.Run("quarantine mark, SPF aligned failure, SPF-DNS", func(t *testing.T) {
@@ -229,7 +229,7 @@ func checkField(t *testing.T, p *parsedReport, name, want string) {
 }
 
 func TestRedaction(t *testing.T) {
-	cfg := testConfig(t)
+	cfg := testConfig(t).Config
 	cfg.RedactLocalParts = true
 	cfg.Include = IncludeMessage
 	f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com")
@@ -267,8 +267,8 @@ func TestConformanceStructure(t *testing.T) {
 		"ietf-draft-failure-reporting/dmarc-failure-report-example.draft24.eml",
 	}
 	f := failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com")
-	ours := parseReport(t, mustBuild(t, f, testConfig(t), time.Now()))
-	cfgMsg := testConfig(t)
+	ours := parseReport(t, mustBuild(t, f, testConfig(t).Config, time.Now()))
+	cfgMsg := testConfig(t).Config
 	cfgMsg.Include = IncludeMessage
 	f.Body = []byte("body\r\n")
 	oursMsg := parseReport(t, mustBuild(t, f, cfgMsg, time.Now()))
@@ -407,7 +407,7 @@ func TestReportHeaderBound(t *testing.T) {
 			}
 			f.HeaderTruncated = tc.truncated
 			f.Body = []byte("body\r\n")
-			cfg := testConfig(t).withDefaults()
+			cfg := testConfig(t).Config.withDefaults()
 			cfg.Include = IncludeMessage
 			msg, err := build(f, analyze(f, knownOrgDomain(&f.Verdict)), []string{"ruf@example.com"}, cfg, time.Now(), false)
 			if err != nil {
@@ -465,7 +465,7 @@ func TestOriginalSubjectAndParts(t *testing.T) {
 		}
 	}
 
-	raw := mustBuild(t, failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"), testConfig(t), time.Now())
+	raw := mustBuild(t, failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"), testConfig(t).Config, time.Now())
 	mr, err := mail.CreateReader(bytes.NewReader(raw))
 	if err != nil {
 		t.Fatal(err)

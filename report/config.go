@@ -1,10 +1,8 @@
 package report
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"time"
 
@@ -20,11 +18,6 @@ const (
 	DefaultGlobalLimit          = 300
 	DefaultGlobalWindow         = time.Hour
 	DefaultDedupWindow          = time.Hour
-	DefaultSMTP                 = "127.0.0.1:25"
-	DefaultMaxAttempts          = 10
-	DefaultMinBackoff           = time.Minute
-	DefaultMaxBackoff           = time.Hour
-	DefaultSMTPTimeout          = 2 * time.Minute
 
 	// externalCacheTTL is how long the answer of an external destination
 	// check is kept.
@@ -42,22 +35,11 @@ const (
 	IncludeMessage = "message" // message/rfc822, up to MaxMessageSize
 )
 
-// StartTLS values.
-const (
-	StartTLSOpportunistic = "opportunistic"
-	StartTLSRequired      = "required"
-	StartTLSOff           = "off"
-)
-
 // Config configures failure reports. See the package documentation for
 // the defaults.
 type Config struct {
 	// Enabled switches failure reports on.
 	Enabled bool
-	// Aggregate says aggregate reports (package aggregate) go through this
-	// Reporter's spool and sender: the spool and the sender then work
-	// even with failure reports off.
-	Aggregate bool
 	// From is the report address: From field and envelope sender. Required
 	// when Enabled.
 	From string
@@ -87,27 +69,6 @@ type Config struct {
 	GlobalLimit          int
 	GlobalWindow         time.Duration
 	DedupWindow          time.Duration
-
-	// SMTP is the relay, host:port.
-	SMTP string
-	// SMTPUser and SMTPPassword enable AUTH PLAIN.
-	SMTPUser, SMTPPassword string
-	// StartTLS is StartTLSOpportunistic, StartTLSRequired or StartTLSOff.
-	StartTLS string
-	// TLS, if set, is the client TLS configuration for STARTTLS (e.g. root
-	// CAs). With StartTLSRequired the relay's certificate is verified
-	// against it (system roots if nil) and the SMTP host name;
-	// opportunistic TLS does not verify certificates.
-	TLS *tls.Config
-	// SMTPTimeout bounds one delivery attempt.
-	SMTPTimeout time.Duration
-
-	MaxAttempts            int
-	MinBackoff, MaxBackoff time.Duration
-
-	// SpoolDir holds the reports waiting for delivery, normally
-	// <state-dir>/spool/failure.
-	SpoolDir string
 }
 
 // withDefaults returns c with zero values replaced by defaults.
@@ -139,27 +100,6 @@ func (c Config) withDefaults() Config {
 	if c.DedupWindow == 0 {
 		c.DedupWindow = DefaultDedupWindow
 	}
-	if c.SMTP == "" {
-		c.SMTP = DefaultSMTP
-	}
-	if c.StartTLS == "" {
-		c.StartTLS = StartTLSOpportunistic
-	}
-	if c.SMTPTimeout <= 0 {
-		c.SMTPTimeout = DefaultSMTPTimeout
-	}
-	if c.MaxAttempts <= 0 {
-		c.MaxAttempts = DefaultMaxAttempts
-	}
-	if c.MinBackoff <= 0 {
-		c.MinBackoff = DefaultMinBackoff
-	}
-	if c.MaxBackoff <= 0 {
-		c.MaxBackoff = DefaultMaxBackoff
-	}
-	if c.MaxBackoff < c.MinBackoff {
-		c.MaxBackoff = c.MinBackoff
-	}
 	return c
 }
 
@@ -175,17 +115,6 @@ func (c Config) check() error {
 	case IncludeHeaders, IncludeMessage:
 	default:
 		return fmt.Errorf("report: Include must be %q or %q, not %q", IncludeHeaders, IncludeMessage, c.Include)
-	}
-	switch c.StartTLS {
-	case StartTLSOpportunistic, StartTLSRequired, StartTLSOff:
-	default:
-		return fmt.Errorf("report: StartTLS must be %q, %q or %q, not %q", StartTLSOpportunistic, StartTLSRequired, StartTLSOff, c.StartTLS)
-	}
-	if _, _, err := net.SplitHostPort(c.SMTP); err != nil {
-		return fmt.Errorf("report: bad SMTP relay address %q: %w", c.SMTP, err)
-	}
-	if c.SpoolDir == "" {
-		return errors.New("report: SpoolDir is not set")
 	}
 	return nil
 }

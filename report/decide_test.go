@@ -17,6 +17,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
+	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 )
 
 func TestWantedMatrix(t *testing.T) {
@@ -159,9 +160,9 @@ func TestSubmitExclusions(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := testConfig(t)
 			if c.cfg != nil {
-				c.cfg(&cfg)
+				c.cfg(&cfg.Config)
 			}
-			r, err := New(cfg, newResolver(), testLogger(t), nil)
+			r, err := newWith(cfg, newResolver(), testLogger(t), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -174,7 +175,7 @@ func TestSubmitExclusions(t *testing.T) {
 			if st.Submitted != 1 {
 				t.Errorf("Submitted = %d", st.Submitted)
 			}
-			spooled := st.Spooled == 1 && len(spoolFiles(t, cfg.SpoolDir)) == 1
+			spooled := st.Spooled == 1 && len(spoolFiles(t, cfg.Out.Dir)) == 1
 			if c.reason == "" {
 				if !spooled || len(st.Suppressed) != 0 {
 					t.Errorf("not spooled: %v", st.Suppressed)
@@ -191,19 +192,23 @@ func TestSubmitExclusions(t *testing.T) {
 // processed runs the worker step for f and returns the spooled recipients.
 func processed(t *testing.T, r *Reporter, f *policy.Judged) []string {
 	t.Helper()
-	before := map[string]bool{}
-	r.mu.Lock()
-	for id := range r.pending {
-		before[id] = true
+	dir := r.out.Config().Dir
+	list := func() []outbox.Entry {
+		es, err := outbox.List(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return es
 	}
-	r.mu.Unlock()
+	before := map[string]bool{}
+	for _, e := range list() {
+		before[e.ID] = true
+	}
 	r.process(context.Background(), f)
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	var to []string
-	for id, e := range r.pending {
-		if !before[id] {
-			to = append(to, e.env.To)
+	for _, e := range list() {
+		if !before[e.ID] {
+			to = append(to, e.To)
 		}
 	}
 	slices.Sort(to)
@@ -212,7 +217,7 @@ func processed(t *testing.T, r *Reporter, f *policy.Judged) []string {
 
 func TestDestinations(t *testing.T) {
 	res := newResolver()
-	r, err := New(testConfig(t), res, testLogger(t), nil)
+	r, err := newWith(testConfig(t), res, testLogger(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +275,7 @@ func TestDestinations(t *testing.T) {
 func TestSizeLimit(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Include = IncludeMessage
-	r, err := New(cfg, newResolver(), testLogger(t), nil)
+	r, err := newWith(cfg, newResolver(), testLogger(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,19 +285,21 @@ func TestSizeLimit(t *testing.T) {
 		t.Fatalf("spooled for %v", got)
 	}
 	types := map[string]string{}
-	r.mu.Lock()
-	for _, e := range r.pending {
-		_, msg, err := readSpoolFile(e.path)
+	es, err := outbox.List(r.out.Config().Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		_, msg, err := outbox.Read(r.out.Config().Dir, e.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
 		p := parseReport(t, msg)
-		types[e.env.To] = p.types[2]
-		if e.env.To == "small@example.com" && len(msg) > 4096 {
+		types[e.To] = p.types[2]
+		if e.To == "small@example.com" && len(msg) > 4096 {
 			t.Errorf("report to small@ is %d bytes", len(msg))
 		}
 	}
-	r.mu.Unlock()
 	if types["big@example.com"] != "message/rfc822" || types["small@example.com"] != "text/rfc822-headers" {
 		t.Errorf("attachments: %v", types)
 	}
@@ -308,7 +315,7 @@ func TestRateLimitsAndDedup(t *testing.T) {
 	cfg.GlobalLimit, cfg.GlobalWindow = 5, time.Hour
 	cfg.DedupWindow = 10 * time.Minute
 	var logs testutil.SyncBuffer
-	r, err := New(cfg, newResolver(), zerolog.New(io.MultiWriter(&logs, zerolog.TestWriter{T: t})).Level(zerolog.InfoLevel), clk.now)
+	r, err := newWith(cfg, newResolver(), zerolog.New(io.MultiWriter(&logs, zerolog.TestWriter{T: t})).Level(zerolog.InfoLevel), clk.now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -374,7 +381,7 @@ func TestRateLimitsAndDedup(t *testing.T) {
 // against it (looked up for the report).
 func TestAlignmentNeedsOrgDomain(t *testing.T) {
 	cfg := testConfig(t)
-	r, err := New(cfg, newResolver(), testLogger(t), nil)
+	r, err := newWith(cfg, newResolver(), testLogger(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +389,7 @@ func TestAlignmentNeedsOrgDomain(t *testing.T) {
 	f.Verdict.DMARC.OrgDomain = ""
 	f.DKIM[0].Domain = "mail.example.com"
 	r.process(context.Background(), f)
-	files := spoolFiles(t, cfg.SpoolDir)
+	files := spoolFiles(t, cfg.Out.Dir)
 	if len(files) != 1 {
 		t.Fatalf("%d reports spooled", len(files))
 	}

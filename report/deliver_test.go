@@ -12,15 +12,16 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/smtpsink"
+	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 )
 
-// running starts r.Run and stops it when the test ends; stop stops it
-// early.
+// running starts the sender of r's outbox and stops it when the test
+// ends; stop stops it early.
 func running(t *testing.T, r *Reporter) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
+	done := make(chan struct{})
+	go func() { r.out.Run(ctx); close(done) }()
 	stopped := false
 	stop = func() {
 		if stopped {
@@ -38,9 +39,9 @@ func running(t *testing.T, r *Reporter) (stop func()) {
 	return stop
 }
 
-func newReporter(t *testing.T, cfg Config) *Reporter {
+func newReporter(t *testing.T, cfg testSetup) *Reporter {
 	t.Helper()
-	r, err := New(cfg, newResolver(), testLogger(t), nil)
+	r, err := newWith(cfg, newResolver(), testLogger(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +51,7 @@ func newReporter(t *testing.T, cfg Config) *Reporter {
 func TestDeliver(t *testing.T) {
 	sink := smtpsink.Start(t)
 	cfg := testConfig(t)
-	cfg.SMTP = sink.Addr
+	cfg.Out.SMTP = sink.Addr
 	r := newReporter(t, cfg)
 	running(t, r)
 
@@ -64,7 +65,7 @@ func TestDeliver(t *testing.T) {
 	if len(p.types) != 3 || p.feedback.Get("Feedback-Type") != "auth-failure" {
 		t.Errorf("report: %v %v", p.types, p.feedback.Map())
 	}
-	waitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.SpoolDir)) == 0 })
+	waitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.Out.Dir)) == 0 })
 	st := r.Stats()
 	if st.Submitted != 1 || st.Spooled != 1 || st.Sent != 1 || st.Dropped != 0 {
 		t.Errorf("stats %+v", st)
@@ -75,13 +76,13 @@ func TestRelayDownThenBack(t *testing.T) {
 	sink := smtpsink.Start(t)
 	sink.Stop()
 	cfg := testConfig(t)
-	cfg.SMTP = sink.Addr
+	cfg.Out.SMTP = sink.Addr
 	r := newReporter(t, cfg)
 	running(t, r)
 
 	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
 	waitFor(t, "retries", func() bool { return r.Stats().Retried >= 2 })
-	files := spoolFiles(t, cfg.SpoolDir)
+	files := spoolFiles(t, cfg.Out.Dir)
 	if len(files) != 1 {
 		t.Fatalf("spool holds %v", files)
 	}
@@ -94,7 +95,7 @@ func TestRelayDownThenBack(t *testing.T) {
 	}
 	sink.Restart(t)
 	sink.Wait(t, 1, 10*time.Second)
-	waitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.SpoolDir)) == 0 })
+	waitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.Out.Dir)) == 0 })
 	if st := r.Stats(); st.Sent != 1 || st.Dropped != 0 {
 		t.Errorf("stats %+v", st)
 	}
@@ -104,7 +105,7 @@ func TestTemporaryReplyRetried(t *testing.T) {
 	sink := smtpsink.Start(t)
 	sink.FailRcpt(smtpsink.Temp(451), 2)
 	cfg := testConfig(t)
-	cfg.SMTP = sink.Addr
+	cfg.Out.SMTP = sink.Addr
 	r := newReporter(t, cfg)
 	running(t, r)
 	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
@@ -127,7 +128,7 @@ func TestPermanentRefusalDropped(t *testing.T) {
 				sink.FailData(smtpsink.Perm(554), -1)
 			}
 			cfg := testConfig(t)
-			cfg.SMTP = sink.Addr
+			cfg.Out.SMTP = sink.Addr
 			r := newReporter(t, cfg)
 			running(t, r)
 			r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
@@ -138,7 +139,7 @@ func TestPermanentRefusalDropped(t *testing.T) {
 			if n := sink.Connections(); n != 1 {
 				t.Errorf("%d connections, want 1", n)
 			}
-			if f := spoolFiles(t, cfg.SpoolDir); len(f) != 0 {
+			if f := spoolFiles(t, cfg.Out.Dir); len(f) != 0 {
 				t.Errorf("spool holds %v", f)
 			}
 		})
@@ -149,8 +150,8 @@ func TestMaxAttempts(t *testing.T) {
 	sink := smtpsink.Start(t)
 	sink.FailData(smtpsink.Temp(452), -1)
 	cfg := testConfig(t)
-	cfg.SMTP = sink.Addr
-	cfg.MaxAttempts = 3
+	cfg.Out.SMTP = sink.Addr
+	cfg.Out.MaxAttempts = 3
 	r := newReporter(t, cfg)
 	running(t, r)
 	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
@@ -161,18 +162,8 @@ func TestMaxAttempts(t *testing.T) {
 	if n := sink.Connections(); n != 3 {
 		t.Errorf("%d attempts, want 3", n)
 	}
-	if f := spoolFiles(t, cfg.SpoolDir); len(f) != 0 {
+	if f := spoolFiles(t, cfg.Out.Dir); len(f) != 0 {
 		t.Errorf("spool holds %v", f)
-	}
-}
-
-func TestBackoff(t *testing.T) {
-	c := Config{MinBackoff: time.Minute, MaxBackoff: time.Hour}
-	want := []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute, 8 * time.Minute, 16 * time.Minute, 32 * time.Minute, time.Hour, time.Hour}
-	for i, w := range want {
-		if got := c.backoff(i + 1); got != w {
-			t.Errorf("backoff(%d) = %v, want %v", i+1, got, w)
-		}
 	}
 }
 
@@ -184,8 +175,8 @@ func TestUnwritableSpool(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := testConfig(t)
-	cfg.SpoolDir = filepath.Join(blocker, "spool")
-	if _, err := New(cfg, newResolver(), testLogger(t), nil); err == nil || !strings.Contains(err.Error(), "spool") {
+	cfg.Out.Dir = filepath.Join(blocker, "spool")
+	if _, err := newWith(cfg, newResolver(), testLogger(t), nil); err == nil || !strings.Contains(err.Error(), "spool") {
 		t.Errorf("New with an impossible spool: %v", err)
 	}
 
@@ -194,13 +185,13 @@ func TestUnwritableSpool(t *testing.T) {
 	// replaced by a file.)
 	sink := smtpsink.Start(t)
 	cfg = testConfig(t)
-	cfg.SMTP = sink.Addr
+	cfg.Out.SMTP = sink.Addr
 	r := newReporter(t, cfg)
 	running(t, r)
-	if err := os.RemoveAll(cfg.SpoolDir); err != nil {
+	if err := os.RemoveAll(cfg.Out.Dir); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(cfg.SpoolDir, nil, 0o600); err != nil {
+	if err := os.WriteFile(cfg.Out.Dir, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
@@ -243,17 +234,17 @@ func TestSubmitBurst(t *testing.T) {
 		if st := first.Stats(); st.Spooled != n || len(st.Suppressed) != 0 || st.SpoolErrors != 0 {
 			t.Fatalf("stats %+v", st)
 		}
-		if got := len(spoolFiles(t, cfg.SpoolDir)); got != n {
+		if got := len(spoolFiles(t, cfg.Out.Dir)); got != n {
 			t.Fatalf("%d reports spooled, want %d", got, n)
 		}
 		// The first Reporter is gone without a word; the next one sends
 		// everything.
 		sink := smtpsink.Start(t)
-		cfg.SMTP = sink.Addr
+		cfg.Out.SMTP = sink.Addr
 		second := newReporter(t, cfg)
 		running(t, second)
 		sink.Wait(t, n, 60*time.Second)
-		waitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.SpoolDir)) == 0 })
+		waitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.Out.Dir)) == 0 })
 		if st := second.Stats(); st.Sent != n {
 			t.Errorf("sent %d, want %d", st.Sent, n)
 		}
@@ -279,18 +270,18 @@ func TestRestartDeliversSpool(t *testing.T) {
 	sink := smtpsink.Start(t)
 	sink.Stop()
 	cfg := testConfig(t)
-	cfg.SMTP = sink.Addr
-	cfg.MinBackoff, cfg.MaxBackoff = time.Hour, time.Hour // no retry before the restart
+	cfg.Out.SMTP = sink.Addr
+	cfg.Out.MinBackoff, cfg.Out.MaxBackoff = time.Hour, time.Hour // no retry before the restart
 
 	first := newReporter(t, cfg)
 	stop := running(t, first)
 	first.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
 	waitFor(t, "the first attempt", func() bool { return first.Stats().Retried == 1 })
 	stop()
-	if err := os.WriteFile(filepath.Join(cfg.SpoolDir, tmpPrefix+"crashed"), []byte("{partial"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(cfg.Out.Dir, ".tmp-"+"crashed"), []byte("{partial"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(spoolFiles(t, cfg.SpoolDir)); n != 1 {
+	if n := len(spoolFiles(t, cfg.Out.Dir)); n != 1 {
 		t.Fatalf("%d reports spooled", n)
 	}
 
@@ -302,7 +293,7 @@ func TestRestartDeliversSpool(t *testing.T) {
 		t.Errorf("unexpected message delivered")
 	}
 	waitFor(t, "the spool to empty", func() bool {
-		des, _ := os.ReadDir(cfg.SpoolDir)
+		des, _ := os.ReadDir(cfg.Out.Dir)
 		return len(des) == 0
 	})
 	if st := second.Stats(); st.Sent != 1 {
@@ -314,7 +305,7 @@ func TestStartTLSAndAuth(t *testing.T) {
 	t.Run("opportunistic TLS with AUTH", func(t *testing.T) {
 		sink := smtpsink.StartWith(t, smtpsink.Options{STARTTLS: true, AuthUser: "u", AuthPassword: "p", RequireAuth: true})
 		cfg := testConfig(t)
-		cfg.SMTP, cfg.SMTPUser, cfg.SMTPPassword = sink.Addr, "u", "p"
+		cfg.Out.SMTP, cfg.Out.SMTPUser, cfg.Out.SMTPPassword = sink.Addr, "u", "p"
 		r := newReporter(t, cfg)
 		running(t, r)
 		r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
@@ -326,7 +317,7 @@ func TestStartTLSAndAuth(t *testing.T) {
 	t.Run("AUTH to loopback without TLS", func(t *testing.T) {
 		sink := smtpsink.StartWith(t, smtpsink.Options{AuthUser: "u", AuthPassword: "p", RequireAuth: true})
 		cfg := testConfig(t)
-		cfg.SMTP, cfg.SMTPUser, cfg.SMTPPassword = sink.Addr, "u", "p"
+		cfg.Out.SMTP, cfg.Out.SMTPUser, cfg.Out.SMTPPassword = sink.Addr, "u", "p"
 		r := newReporter(t, cfg)
 		running(t, r)
 		r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
@@ -337,7 +328,7 @@ func TestStartTLSAndAuth(t *testing.T) {
 	t.Run("required TLS not offered", func(t *testing.T) {
 		sink := smtpsink.Start(t)
 		cfg := testConfig(t)
-		cfg.SMTP, cfg.StartTLS = sink.Addr, StartTLSRequired
+		cfg.Out.SMTP, cfg.Out.StartTLS = sink.Addr, outbox.StartTLSRequired
 		r := newReporter(t, cfg)
 		running(t, r)
 		r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
@@ -349,7 +340,7 @@ func TestStartTLSAndAuth(t *testing.T) {
 	t.Run("required TLS, unverifiable certificate", func(t *testing.T) {
 		sink := smtpsink.StartWith(t, smtpsink.Options{STARTTLS: true})
 		cfg := testConfig(t)
-		cfg.SMTP, cfg.StartTLS = sink.Addr, StartTLSRequired
+		cfg.Out.SMTP, cfg.Out.StartTLS = sink.Addr, outbox.StartTLSRequired
 		r := newReporter(t, cfg)
 		running(t, r)
 		r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
@@ -365,11 +356,11 @@ func TestStartTLSAndAuth(t *testing.T) {
 func TestSetConfig(t *testing.T) {
 	sink := smtpsink.Start(t)
 	cfg := testConfig(t)
-	cfg.SMTP = sink.Addr
+	cfg.Out.SMTP = sink.Addr
 	r := newReporter(t, cfg)
 	running(t, r)
 
-	off := cfg
+	off := cfg.Config
 	off.Enabled = false
 	if err := r.SetConfig(off); err != nil {
 		t.Fatal(err)
@@ -379,7 +370,7 @@ func TestSetConfig(t *testing.T) {
 		t.Errorf("after switching reports off: suppressed(disabled) = %d, want 1", got)
 	}
 
-	bad := cfg
+	bad := cfg.Config
 	bad.From = "not an address"
 	if err := r.SetConfig(bad); err == nil {
 		t.Error("bad report address accepted")
@@ -387,14 +378,22 @@ func TestSetConfig(t *testing.T) {
 	if r.Config().Enabled {
 		t.Error("a rejected SetConfig changed the running configuration")
 	}
+	badOut := cfg.Out
+	badOut.From = "not an address"
+	if err := r.out.SetConfig(badOut); err == nil {
+		t.Error("bad envelope sender accepted by the outbox")
+	}
 
-	on := cfg
-	on.SpoolDir = "/elsewhere" // needs a restart: ignored
-	if err := r.SetConfig(on); err != nil {
+	on := cfg.Out
+	on.Dir = "/elsewhere" // needs a restart: ignored
+	if err := r.out.SetConfig(on); err != nil {
 		t.Fatal(err)
 	}
-	if r.Config().SpoolDir != cfg.SpoolDir {
-		t.Errorf("spool dir changed by SetConfig: %s", r.Config().SpoolDir)
+	if r.out.Config().Dir != cfg.Out.Dir {
+		t.Errorf("spool dir changed by SetConfig: %s", r.out.Config().Dir)
+	}
+	if err := r.SetConfig(cfg.Config); err != nil {
+		t.Fatal(err)
 	}
 	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
 	sink.Wait(t, 1, 10*time.Second)
@@ -405,13 +404,13 @@ func TestSetConfig(t *testing.T) {
 func TestSetConfigTurnsReportsOn(t *testing.T) {
 	sink := smtpsink.Start(t)
 	cfg := testConfig(t)
-	cfg.SMTP = sink.Addr
+	cfg.Out.SMTP = sink.Addr
 	off := cfg
 	off.Enabled = false
 	r := newReporter(t, off)
 	running(t, r)
 	time.Sleep(50 * time.Millisecond) // let Run start with reports off
-	if err := r.SetConfig(cfg); err != nil {
+	if err := r.SetConfig(cfg.Config); err != nil {
 		t.Fatal(err)
 	}
 	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
@@ -426,11 +425,11 @@ func TestShutdownDuringHungDelivery(t *testing.T) {
 	sink := smtpsink.Start(t)
 	sink.HangData()
 	cfg := testConfig(t)
-	cfg.SMTP = sink.Addr
+	cfg.Out.SMTP = sink.Addr
 	r := newReporter(t, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
+	done := make(chan struct{})
+	go func() { r.out.Run(ctx); close(done) }()
 
 	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
 	waitFor(t, "the delivery to hang in DATA", func() bool { return sink.InData() == 1 })
@@ -443,7 +442,7 @@ func TestShutdownDuringHungDelivery(t *testing.T) {
 		t.Fatal("Run did not return within 5 s of the shutdown while the relay hangs")
 	}
 	t.Logf("Run returned %v after the shutdown", time.Since(start))
-	files := spoolFiles(t, cfg.SpoolDir)
+	files := spoolFiles(t, cfg.Out.Dir)
 	if len(files) != 1 {
 		t.Fatalf("%d reports spooled after the shutdown, want 1", len(files))
 	}
@@ -453,28 +452,6 @@ func TestShutdownDuringHungDelivery(t *testing.T) {
 	}
 	if st := r.Stats(); st.Sent != 0 || st.Dropped != 0 || st.Retried != 0 {
 		t.Errorf("stats %+v", st)
-	}
-}
-
-// TestLoadSpoolKeepsWritesInProgress: the sender starts while sessions
-// already submit; at start it removes the temporary files a crashed
-// process left, never one this Reporter is writing.
-func TestLoadSpoolKeepsWritesInProgress(t *testing.T) {
-	cfg := testConfig(t)
-	r := newReporter(t, cfg)
-	mine := filepath.Join(cfg.SpoolDir, r.tmpPrefix+"123")
-	crashed := filepath.Join(cfg.SpoolDir, tmpPrefix+"20200101T000000.000000000-abcdef-123")
-	for _, p := range []string{mine, crashed} {
-		if err := os.WriteFile(p, []byte("{partial"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	r.loadSpool()
-	if _, err := os.Stat(mine); err != nil {
-		t.Errorf("a write in progress was removed: %v", err)
-	}
-	if _, err := os.Stat(crashed); !os.IsNotExist(err) {
-		t.Errorf("a crashed process's temporary file was kept: %v", err)
 	}
 }
 
@@ -491,9 +468,9 @@ func BenchmarkSubmit(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			cfg := testConfig(b)
-			cfg.SpoolDir = filepath.Join(b.TempDir(), "spool")
+			cfg.Out.Dir = filepath.Join(b.TempDir(), "spool")
 			cfg.PerDestinationLimit, cfg.GlobalLimit = 1<<30, 1<<30
-			r, err := New(cfg, newResolver(), zerolog.Nop(), nil)
+			r, err := newWith(cfg, newResolver(), zerolog.Nop(), nil)
 			if err != nil {
 				b.Fatal(err)
 			}

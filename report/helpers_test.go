@@ -19,6 +19,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
+	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 )
 
 func newResolver() *dnstest.Resolver {
@@ -85,17 +86,39 @@ func failure(t testing.TB, record string) *policy.Judged {
 	}
 }
 
-func testConfig(t testing.TB) Config {
-	return Config{
-		Enabled:      true,
-		From:         "dmarc-reports@mx.example.net",
-		ReportingMTA: "mx.example.net",
-		UserAgent:    "dmarc-milter/test",
-		SpoolDir:     filepath.Join(t.TempDir(), "spool", "failure"),
-		MinBackoff:   20 * time.Millisecond,
-		MaxBackoff:   100 * time.Millisecond,
-		SMTPTimeout:  5 * time.Second,
+// testSetup is the configuration of a Reporter and of its outbox.
+type testSetup struct {
+	Config
+	Out outbox.Config
+}
+
+func testConfig(t testing.TB) testSetup {
+	return testSetup{
+		Config: Config{
+			Enabled:      true,
+			From:         "dmarc-reports@mx.example.net",
+			ReportingMTA: "mx.example.net",
+			UserAgent:    "dmarc-milter/test",
+		},
+		Out: outbox.Config{
+			Dir:         filepath.Join(t.TempDir(), "spool"),
+			From:        "dmarc-reports@mx.example.net",
+			Hello:       "mx.example.net",
+			MinBackoff:  20 * time.Millisecond,
+			MaxBackoff:  100 * time.Millisecond,
+			SMTPTimeout: 5 * time.Second,
+		},
 	}
+}
+
+// newWith returns a Reporter of cfg with its own outbox, as the daemon
+// makes them.
+func newWith(cfg testSetup, res Resolver, log zerolog.Logger, now func() time.Time) (*Reporter, error) {
+	out, err := outbox.New(cfg.Out, log, now)
+	if err != nil {
+		return nil, err
+	}
+	return New(cfg.Config, res, out, log, now)
 }
 
 // testLogger writes to the test log.
@@ -179,11 +202,16 @@ func parseReport(t testing.TB, raw []byte) *parsedReport {
 // spoolFiles lists the report files in dir.
 func spoolFiles(t testing.TB, dir string) []string {
 	t.Helper()
-	m, err := filepath.Glob(filepath.Join(dir, "*"+spoolExt))
+	m, err := filepath.Glob(filepath.Join(dir, "*.report"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// readSpoolFile reads the spooled report at path (a spoolFiles name).
+func readSpoolFile(path string) (outbox.Entry, []byte, error) {
+	return outbox.Read(filepath.Dir(path), strings.TrimSuffix(filepath.Base(path), ".report"))
 }
 
 // waitFor polls cond until it holds or fails the test.

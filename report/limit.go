@@ -3,14 +3,26 @@ package report
 import (
 	"context"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dmarc-milter/dmarc-milter/report/store"
 )
 
-// limiter holds the de-duplication and rate limit state. The caller holds
-// Reporter.mu.
-type limiter struct {
+// A Limiter applies the failure-report limits (RFC 9991 Section 7 leaves
+// them to the receiver): Take decides whether a report with
+// de-duplication key key for dest may be sent now and, if so, counts it.
+// It returns "" for yes, otherwise one of the reasons store.LimitDuplicate,
+// store.LimitDestination and store.LimitGlobal (ReasonDuplicate,
+// ReasonDestLimit, ReasonGlobalLimit). Two implement it: MemoryLimiter,
+// this host's, and *store.Store, the fleet's (with PostgreSQL).
+type Limiter interface {
+	Take(ctx context.Context, key, dest string, now time.Time, l store.Limits) (string, error)
+}
+
+// MemoryLimiter is the Limiter of one host, in memory. It never fails.
+type MemoryLimiter struct {
+	mu     sync.Mutex
 	seen   map[string]time.Time   // dedup key -> when last sent
 	dest   map[string][]time.Time // destination -> send times in the window
 	global []time.Time
@@ -26,96 +38,84 @@ func windowCount(ts []time.Time, now time.Time, window time.Duration) []time.Tim
 	return ts[i:]
 }
 
-// allow says whether a report for dest with dedup key key may be sent now,
-// and why not.
-func (l *limiter) allow(cfg *Config, key, dest string, now time.Time) Reason {
-	if l.seen == nil {
-		l.seen = map[string]time.Time{}
-		l.dest = map[string][]time.Time{}
+// Take implements Limiter.
+func (m *MemoryLimiter) Take(_ context.Context, key, dest string, now time.Time, l store.Limits) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.seen == nil {
+		m.seen = map[string]time.Time{}
+		m.dest = map[string][]time.Time{}
 	}
 	dest = strings.ToLower(dest)
-	if cfg.DedupWindow > 0 {
-		if t, ok := l.seen[key]; ok && now.Sub(t) < cfg.DedupWindow {
-			return ReasonDuplicate
+	if l.Dedup > 0 {
+		if t, ok := m.seen[key]; ok && now.Sub(t) < l.Dedup {
+			return store.LimitDuplicate, nil
 		}
 	}
-	if cfg.PerDestinationLimit > 0 && cfg.PerDestinationWindow > 0 {
-		ts := windowCount(l.dest[dest], now, cfg.PerDestinationWindow)
-		l.dest[dest] = ts
-		if len(ts) >= cfg.PerDestinationLimit {
-			return ReasonDestLimit
+	if l.PerDest > 0 && l.PerDestWindow > 0 {
+		ts := windowCount(m.dest[dest], now, l.PerDestWindow)
+		m.dest[dest] = ts
+		if len(ts) >= l.PerDest {
+			return store.LimitDestination, nil
 		}
 	}
-	if cfg.GlobalLimit > 0 && cfg.GlobalWindow > 0 {
-		l.global = windowCount(l.global, now, cfg.GlobalWindow)
-		if len(l.global) >= cfg.GlobalLimit {
-			return ReasonGlobalLimit
+	if l.Global > 0 && l.GlobalWindow > 0 {
+		m.global = windowCount(m.global, now, l.GlobalWindow)
+		if len(m.global) >= l.Global {
+			return store.LimitGlobal, nil
 		}
 	}
-	return ""
-}
-
-// take decides whether a report for dest with dedup key key may be sent
-// now, and if so counts it: in the store when the Reporter has one (the
-// fleet's limits), else in memory. A store that cannot be reached falls
-// back to the limits in memory, logged.
-func (r *Reporter) take(ctx context.Context, cfg *Config, key, dest string, now time.Time) Reason {
-	if r.store != nil {
-		why, err := r.store.Take(ctx, key, dest, now, store.Limits{
-			Dedup:         cfg.DedupWindow,
-			PerDest:       cfg.PerDestinationLimit,
-			PerDestWindow: cfg.PerDestinationWindow,
-			Global:        cfg.GlobalLimit,
-			GlobalWindow:  cfg.GlobalWindow,
-		})
-		if err == nil {
-			switch why {
-			case store.LimitDuplicate:
-				return ReasonDuplicate
-			case store.LimitDestination:
-				return ReasonDestLimit
-			case store.LimitGlobal:
-				return ReasonGlobalLimit
-			}
-			return ""
-		}
-		r.log.Error().Err(err).Msg("cannot apply the shared failure-report limits; using this host's")
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	reason := r.limits.allow(cfg, key, dest, now)
-	if reason == "" {
-		r.limits.record(cfg, key, dest, now)
-	}
-	return reason
+	m.record(key, dest, now, l)
+	return "", nil
 }
 
 // record notes a report sent (spooled) now.
-func (l *limiter) record(cfg *Config, key, dest string, now time.Time) {
-	dest = strings.ToLower(dest)
-	if cfg.DedupWindow > 0 {
-		l.seen[key] = now
+func (m *MemoryLimiter) record(key, dest string, now time.Time, l store.Limits) {
+	if l.Dedup > 0 {
+		m.seen[key] = now
 		// Forget old keys now and then, so memory stays bounded by the
 		// number of distinct failures per window.
-		if len(l.seen) > 1000 {
-			for k, t := range l.seen {
-				if now.Sub(t) >= cfg.DedupWindow {
-					delete(l.seen, k)
+		if len(m.seen) > 1000 {
+			for k, t := range m.seen {
+				if now.Sub(t) >= l.Dedup {
+					delete(m.seen, k)
 				}
 			}
 		}
 	}
-	if cfg.PerDestinationLimit > 0 && cfg.PerDestinationWindow > 0 {
-		l.dest[dest] = append(l.dest[dest], now)
-		if len(l.dest) > 1000 {
-			for d, ts := range l.dest {
-				if len(windowCount(ts, now, cfg.PerDestinationWindow)) == 0 {
-					delete(l.dest, d)
+	if l.PerDest > 0 && l.PerDestWindow > 0 {
+		m.dest[dest] = append(m.dest[dest], now)
+		if len(m.dest) > 1000 {
+			for d, ts := range m.dest {
+				if len(windowCount(ts, now, l.PerDestWindow)) == 0 {
+					delete(m.dest, d)
 				}
 			}
 		}
 	}
-	if cfg.GlobalLimit > 0 && cfg.GlobalWindow > 0 {
-		l.global = append(l.global, now)
+	if l.Global > 0 && l.GlobalWindow > 0 {
+		m.global = append(m.global, now)
 	}
+}
+
+// limits are cfg's limits in the Limiter's terms.
+func (c *Config) limits() store.Limits {
+	return store.Limits{
+		Dedup:         c.DedupWindow,
+		PerDest:       c.PerDestinationLimit,
+		PerDestWindow: c.PerDestinationWindow,
+		Global:        c.GlobalLimit,
+		GlobalWindow:  c.GlobalWindow,
+	}
+}
+
+// take asks the Reporter's limiter. A shared limiter that cannot be
+// reached falls back to this host's, logged.
+func (r *Reporter) take(ctx context.Context, cfg *Config, key, dest string, now time.Time) Reason {
+	why, err := r.limiter.Take(ctx, key, dest, now, cfg.limits())
+	if err != nil {
+		r.log.Error().Err(err).Msg("cannot apply the shared failure-report limits; using this host's")
+		why, _ = r.local.Take(ctx, key, dest, now, cfg.limits())
+	}
+	return Reason(why)
 }

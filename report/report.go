@@ -3,7 +3,8 @@
 // asks for in "fo" (RFC 9989 Section 4.7), it writes an Abuse Reporting
 // Format message (RFC 5965) of feedback type auth-failure (RFC 6591, as
 // updated by RFC 9991 Section 4) inside a multipart/report (RFC 6522) and
-// mails it to the record's "ruf" destinations through an SMTP relay.
+// hands it, one message per "ruf" destination, to the outbox (package
+// report/outbox), which delivers it through the SMTP relay.
 //
 // A Reporter consumes the same policy.Judged message the session acted on,
 // before the MTA gets its answer (Submit), and decides itself whether it
@@ -13,10 +14,11 @@
 //     report says about them (analyze: Auth-Failure, Identity-Alignment, the
 //     signature described), which destinations may receive it (destinations,
 //     authorized: RFC 9991 Section 5's external destination check);
-//   - limit.go: rate limits and de-duplication;
+//   - limit.go: rate limits and de-duplication (Limiter: this host's in
+//     memory, or the fleet's in the store);
 //   - build.go and text.go: the report message (Build);
-//   - spool.go: the durable spool, written before Submit returns;
-//   - send.go: the sender loop, with retries and backoff.
+//   - process.go: one judged message to spooled reports, in the outbox
+//     before Submit returns.
 //
 // The rules, limits and guarantees an administrator relies on are in the
 // README ("Failure reports"); config.go holds the defaults.
@@ -32,7 +34,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmarc-milter/dmarc-milter/policy"
-	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
+	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 	"github.com/dmarc-milter/dmarc-milter/report/store"
 )
 
@@ -59,88 +61,96 @@ const (
 	ReasonDomain         Reason = "domain-not-reported" // deny list, or not in the allow list
 	ReasonNoDestination  Reason = "no-destination"      // no mailto: URI in ruf
 	ReasonUnauthorized   Reason = "unauthorized-destination"
-	ReasonDuplicate      Reason = "duplicate"
-	ReasonDestLimit      Reason = "destination-rate-limit"
-	ReasonGlobalLimit    Reason = "global-rate-limit"
+	ReasonDuplicate      Reason = store.LimitDuplicate
+	ReasonDestLimit      Reason = store.LimitDestination
+	ReasonGlobalLimit    Reason = store.LimitGlobal
 	ReasonTooBig         Reason = "too-big" // over the destination's !size
 	ReasonBuildError     Reason = "build-error"
 )
 
 // Stats are the Reporter's counters since New. Suppressed counts messages
 // (for reasons that concern the whole message) and destinations (for the
-// per-destination reasons: unauthorized, duplicate, limits, too-big).
+// per-destination reasons: unauthorized, duplicate, limits, too-big). The
+// outbox's counters of failure reports come with them.
 type Stats struct {
-	Submitted   uint64
-	Suppressed  map[Reason]uint64
-	Spooled     uint64 // reports written to the spool
-	SpoolErrors uint64 // reports lost because the spool could not be written
-	Sent        uint64
-	Retried     uint64 // delivery attempts that failed temporarily
-	Dropped     uint64 // refused permanently, or out of attempts
+	Submitted  uint64
+	Suppressed map[Reason]uint64
+	outbox.Stats
 }
 
-// Reporter decides, builds, spools and sends failure reports.
+// Kind is the outbox kind of failure reports.
+const Kind = "failure"
+
+// Reporter decides and builds failure reports, and spools them in the
+// outbox.
 type Reporter struct {
-	cfg  atomic.Pointer[Config] // replaced by SetConfig
-	res  Resolver
-	log  zerolog.Logger
-	now  func() time.Time
-	wake chan struct{}
-	// tmpPrefix names this Reporter's temporary spool files.
-	tmpPrefix string
-	keepBody  int
+	cfg      atomic.Pointer[Config] // replaced by SetConfig
+	res      Resolver
+	out      *outbox.Outbox
+	log      zerolog.Logger
+	now      func() time.Time
+	keepBody int
 
-	mu      sync.Mutex
-	stats   Stats
-	pending map[string]*entry // spooled reports by id
-	limits  limiter
-	authz   map[string]authzEntry
+	// limiter applies the limits (local, or the store's when UseLimiter
+	// gave one); local is the fallback when the store cannot be reached.
+	limiter Limiter
+	local   *MemoryLimiter
 
-	// store, if set, holds the limits and the aggregate report claims.
-	store *store.Store
-	owner string
+	mu    sync.Mutex
+	stats Stats
+	authz map[string]authzEntry
 }
 
-// New returns a Reporter. With cfg.Enabled it checks the configuration and
-// creates the spool directory, failing if it cannot write there (the caller
-// should then log loudly and run without reports). A disabled Reporter
-// counts every Submit as suppressed and sends nothing. now is the clock (nil:
+// New returns a Reporter that spools its reports in out. With cfg.Enabled
+// it checks the configuration (the caller should then log loudly and run
+// without reports); a disabled Reporter counts every Submit as suppressed.
+// out may be nil only while reports are disabled. now is the clock (nil:
 // time.Now).
-func New(cfg Config, r Resolver, log zerolog.Logger, now func() time.Time) (*Reporter, error) {
+func New(cfg Config, r Resolver, out *outbox.Outbox, log zerolog.Logger, now func() time.Time) (*Reporter, error) {
 	cfg = cfg.withDefaults()
 	if now == nil {
 		now = time.Now
 	}
 	rp := &Reporter{
-		res:  r,
-		log:  log.With().Str("component", "failure-report").Logger(),
-		now:  now,
-		wake: make(chan struct{}, 1),
-		// The prefix tells this instance's files in the making from a
-		// crashed one's.
-		tmpPrefix: tmpPrefix + newID(now()) + "-",
-		pending:   map[string]*entry{},
-		authz:     map[string]authzEntry{},
-		stats:     Stats{Suppressed: map[Reason]uint64{}},
+		res:   r,
+		out:   out,
+		log:   log.With().Str("component", "failure-report").Logger(),
+		now:   now,
+		local: &MemoryLimiter{},
+		authz: map[string]authzEntry{},
+		stats: Stats{Suppressed: map[Reason]uint64{}},
 	}
+	rp.limiter = rp.local
 	rp.cfg.Store(&cfg)
-	if !cfg.spoolOn() {
+	if !cfg.Enabled {
 		return rp, nil
 	}
-	if cfg.Enabled && cfg.Include == IncludeMessage {
+	if cfg.Include == IncludeMessage {
 		rp.keepBody = cfg.MaxMessageSize
 	}
-	if err := cfg.check(); err != nil {
-		return nil, err
-	}
-	if r == nil {
-		return nil, errors.New("report: no resolver")
-	}
-	if err := prepareSpool(cfg.SpoolDir); err != nil {
+	if err := rp.usable(cfg); err != nil {
 		return nil, err
 	}
 	return rp, nil
 }
+
+// usable reports what keeps an enabled cfg from working.
+func (r *Reporter) usable(cfg Config) error {
+	if err := cfg.check(); err != nil {
+		return err
+	}
+	if r.res == nil {
+		return errors.New("report: no resolver")
+	}
+	if r.out == nil {
+		return errors.New("report: no outbox")
+	}
+	return nil
+}
+
+// UseLimiter makes the Reporter apply its limits through l, the store's
+// (shared by the fleet with PostgreSQL). Call it before the first Submit.
+func (r *Reporter) UseLimiter(l Limiter) { r.limiter = l }
 
 // Config returns the configuration with defaults applied.
 func (r *Reporter) Config() Config { return *r.cfg.Load() }
@@ -148,38 +158,19 @@ func (r *Reporter) Config() Config { return *r.cfg.Load() }
 func (r *Reporter) conf() *Config { return r.cfg.Load() }
 
 // SetConfig replaces the configuration (SIGHUP reload): switch, limits,
-// lists, content and relay settings take effect for the next report; the
-// spool directory stays as it was at New. On error the
-// running configuration is kept.
+// lists and content take effect for the next report. On error the running
+// configuration is kept.
 func (r *Reporter) SetConfig(cfg Config) error {
 	cfg = cfg.withDefaults()
-	old := r.cfg.Load()
-	cfg.SpoolDir = old.SpoolDir
-	if cfg.spoolOn() {
-		if err := cfg.check(); err != nil {
-			return err
-		}
-		if r.res == nil {
-			return errors.New("report: no resolver")
-		}
-		if err := prepareSpool(cfg.SpoolDir); err != nil {
+	if cfg.Enabled {
+		if err := r.usable(cfg); err != nil {
 			return err
 		}
 	}
 	// Rate-limit and dedup history carries over: a reload is no way
 	// around the limits.
 	r.cfg.Store(&cfg)
-	if cfg.spoolOn() && !old.spoolOn() {
-		r.loadSpool() // reports left from before reports were turned off
-	}
 	return nil
-}
-
-// SpoolSize is how many reports wait in the spool.
-func (r *Reporter) SpoolSize() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.pending)
 }
 
 // Stats returns a copy of the counters.
@@ -190,6 +181,9 @@ func (r *Reporter) Stats() Stats {
 	s.Suppressed = make(map[Reason]uint64, len(r.stats.Suppressed))
 	for k, v := range r.stats.Suppressed {
 		s.Suppressed[k] = v
+	}
+	if r.out != nil {
+		s.Stats = r.out.Stats(Kind)
 	}
 	return s
 }
@@ -232,91 +226,3 @@ func (r *Reporter) Submit(j *policy.Judged) {
 // attached, else none. It follows the configuration given to New; a reload
 // does not change it.
 func (r *Reporter) KeepBody() int { return r.keepBody }
-
-// Run runs the sender that delivers spooled reports. It first picks up
-// every report already in the spool. It returns as soon as ctx ends: a
-// delivery under way is cut short and its report stays spooled.
-func (r *Reporter) Run(ctx context.Context) error {
-	// The loop runs even while reports are off, so that a reload that
-	// turns them on (SetConfig) needs no restart.
-	if r.spoolOn() {
-		r.loadSpool()
-	}
-	r.sendLoop(ctx)
-	return nil
-}
-
-// spoolOn: the spool and sender work (failure or aggregate reports on).
-func (c *Config) spoolOn() bool { return c.Enabled || c.Aggregate }
-
-func (r *Reporter) spoolOn() bool { return r.conf().spoolOn() }
-
-// UseStore makes the Reporter share its failure-report limits and
-// de-duplication through st (with PostgreSQL, across the fleet), and
-// check, before it delivers a spooled aggregate report, that owner (this
-// host) still holds that report's claim. Call it before Run.
-func (r *Reporter) UseStore(st *store.Store, owner string) {
-	r.store, r.owner = st, owner
-}
-
-// stillOwner reports whether this host may deliver a spooled aggregate
-// report: it holds the report's claim in the store (marking it done if a
-// crash came between spooling and marking). Without a store, or when the
-// store cannot be reached (then the report is delivered: a duplicate is
-// better than a loss), it is true.
-func (r *Reporter) stillOwner(ctx context.Context, env envelope) bool {
-	if r.store == nil {
-		return true
-	}
-	ok, err := r.store.Done(ctx, store.Key{Period: env.Period, Domain: env.Domain}, r.owner, env.ReportID, r.now())
-	if err != nil {
-		r.log.Error().Err(err).Str("report_id", env.ReportID).Msg("cannot check the aggregate report's claim in the store; delivering it")
-		return true
-	}
-	return ok
-}
-
-// SpoolAggregate writes one aggregate report for one recipient to the
-// durable spool, to be delivered like failure reports (retries, backoff, a
-// 5xx final). k and reportID name the report's claim in the store; a zero
-// k.Period (a report resent by hand) is delivered without the check.
-func (r *Reporter) SpoolAggregate(k store.Key, reportID, to string, msg []byte) error {
-	now := r.now()
-	env := envelope{
-		ID:          newID(now),
-		From:        r.envelopeFrom(),
-		To:          to,
-		Domain:      k.Domain,
-		Created:     now,
-		NextAttempt: now,
-		Kind:        kindAggregate,
-		Period:      k.Period,
-		ReportID:    reportID,
-	}
-	return r.spoolEnvelope(env, msg)
-}
-
-// AggregateDestinations returns the addresses of the "mailto:" URIs of rua
-// (RFC 9990 Section 4.5; other schemes are ignored) that may receive
-// reports about policyDomain: all of its own organization's, and external
-// ones that authorize it (the check failure reports make), at most max.
-func (r *Reporter) AggregateDestinations(ctx context.Context, policyDomain string, rua []dmarc.URI, max int) []string {
-	var out []string
-	for _, d := range Destinations(rua) {
-		if len(out) >= max {
-			r.log.Info().Str("domain", policyDomain).Str("to", d.Address).Int("max", max).Msg("more aggregate report destinations than allowed; left out")
-			continue
-		}
-		ok, err := r.authorized(ctx, policyDomain, d.Domain)
-		if err != nil {
-			r.log.Warn().Err(err).Str("domain", policyDomain).Str("to", d.Address).Msg("cannot verify external aggregate report destination; left out")
-			continue
-		}
-		if !ok {
-			r.log.Info().Str("domain", policyDomain).Str("to", d.Address).Msg("external aggregate report destination has not authorized reports for this domain; left out")
-			continue
-		}
-		out = append(out, d.Address)
-	}
-	return out
-}

@@ -13,9 +13,8 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
-	"github.com/dmarc-milter/dmarc-milter/report"
 	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
+	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 	"github.com/dmarc-milter/dmarc-milter/report/store"
 	"github.com/dmarc-milter/dmarc-milter/resolver"
 )
@@ -61,14 +60,20 @@ func reportAggregate(args []string, stdout, stderr io.Writer) int {
 	}
 	defer st.Close()
 	logger := zerolog.New(stderr).With().Timestamp().Logger()
-	var reporter *report.Reporter
+	// With --send the reports go into the daemon's outbox; its running
+	// sender delivers them (this command only spools).
+	var ob *outbox.Outbox
+	var res *resolver.Resolver
 	if *send {
-		if reporter, err = sendingReporter(cfg, logger); err != nil {
+		if res, err = commandResolver(cfg); err == nil {
+			ob, err = outbox.New(outboxConfig(cfg), logger, nil)
+		}
+		if err != nil {
 			fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
 			return 1
 		}
 	}
-	snd := aggregate.NewSender(aggregateConfig(cfg), st, reporter, logger, nil)
+	snd := aggregate.NewSender(aggregateConfig(cfg), st, ob, res, logger, nil)
 	keys, err := st.Keys(ctx, from, until, strings.ToLower(*domain))
 	if err != nil {
 		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
@@ -99,39 +104,19 @@ func reportAggregate(args []string, stdout, stderr io.Writer) int {
 		if !*send {
 			continue
 		}
-		var rua []dmarc.URI
-		for _, u := range rep.Published.RUA {
-			rua = append(rua, dmarc.URI{Address: u})
+		to, err := snd.Deliver(ctx, rep, false)
+		if err != nil {
+			fmt.Fprintf(stderr, "dmarc-milter: %s: %v\n", k, err)
+			status = 1
 		}
-		for _, to := range reporter.AggregateDestinations(ctx, k.Domain, rua, cfg.AggregateMaxDestinations) {
-			msg, err := snd.Message(rep, to)
-			if err == nil {
-				err = reporter.SpoolAggregate(store.Key{Domain: k.Domain}, rep.ID(), to, msg)
-			}
-			if err != nil {
-				fmt.Fprintf(stderr, "dmarc-milter: %s to %s: %v\n", k, to, err)
-				status = 1
-				continue
-			}
-			fmt.Fprintf(stdout, "\tspooled to %s\n", to)
+		for _, a := range to {
+			fmt.Fprintf(stdout, "\tspooled to %s\n", a)
 		}
 	}
 	if len(keys) == 0 {
 		fmt.Fprintln(stderr, "dmarc-milter: no aggregate report rows in that time")
 	}
 	return status
-}
-
-// sendingReporter is a Reporter that only spools (its sender does not run
-// here: the daemon's does).
-func sendingReporter(cfg Config, logger zerolog.Logger) (*report.Reporter, error) {
-	res, err := commandResolver(cfg)
-	if err != nil {
-		return nil, err
-	}
-	rc := reportConfig(cfg)
-	rc.Aggregate = true
-	return report.New(rc, res, logger, nil)
 }
 
 // commandResolver is the resolver of a one-off command (report aggregate,

@@ -310,7 +310,11 @@ func evaluate(cfg Config, raw []byte, ipText, helo, mailFrom string) (*evaluatio
 	}
 	if row, pub, ok := aggregate.RowOf(j, aggregateFacts(cfg)); ok && cfg.AggregateReports {
 		out.Aggregate = &evalRow{Domain: pub.Domain, Row: row}
-		say("aggregate report: counted for %s, reported to %s", pub.Domain, strings.Join(pub.RUA, ", "))
+		var rua []string
+		for _, u := range pub.RUA {
+			rua = append(rua, u.Address)
+		}
+		say("aggregate report: counted for %s, reported to %s", pub.Domain, strings.Join(rua, ", "))
 	} else {
 		say("aggregate report: not counted")
 	}

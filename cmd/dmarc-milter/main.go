@@ -35,6 +35,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/report"
 	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
+	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 	"github.com/dmarc-milter/dmarc-milter/resolver"
 	"github.com/dmarc-milter/dmarc-milter/session"
 )
@@ -285,18 +286,24 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		defer st.Close()
 	}
 
-	// Reports are written to the spool and sent by a background worker,
-	// never in the milter's reply path. A reporter that cannot start
-	// (unwritable spool) is logged loudly and mail flows without it.
-	rc := reportConfig(cfg)
-	rc.Aggregate = cfg.AggregateReports && st != nil
-	reporter, err := report.New(rc, res, logger, nil)
+	// Reports are written to the outbox's spool and sent by its worker,
+	// never in the milter's reply path. An outbox or reporter that cannot
+	// start (unwritable spool, bad settings) is logged loudly and mail
+	// flows without reports.
+	out, err := outbox.New(outboxConfig(cfg), logger, nil)
 	if err != nil {
-		logger.Error().Err(err).Str("state_dir", cfg.StateDir).Msg("REPORTS DISABLED: cannot start the reporter; mail is still checked")
-		reporter = nil
+		logger.Error().Err(err).Str("state_dir", cfg.StateDir).Msg("REPORTS DISABLED: cannot start the outbox; mail is still checked")
+		out = nil
+	}
+	var reporter *report.Reporter
+	if out != nil {
+		if reporter, err = report.New(reportConfig(cfg), res, out, logger, nil); err != nil {
+			logger.Error().Err(err).Msg("FAILURE REPORTS DISABLED: cannot start the reporter; mail is still checked")
+			reporter = nil
+		}
 	}
 	if reporter != nil && st != nil {
-		reporter.UseStore(st, owner(cfg))
+		reporter.UseLimiter(st)
 	}
 	reportCtx, stopReports := context.WithCancel(context.Background())
 	defer stopReports()
@@ -306,35 +313,35 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	settings.DKIMKeys = dkim.NewKeyCache(dkimKeyCacheSize)
 	// Prometheus metrics: the session reports each message; the rest is
 	// read from the parts at scrape time.
-	src := &sources{res: res}
-	if reporter != nil {
-		src.reporter = reporter
-	}
+	src := &sources{res: res, outbox: out, reporter: reporter}
 	met := newMetrics(src)
 	settings.Metrics = met
 	if reporter != nil {
 		settings.Consumers = append(settings.Consumers, reporter)
 		settings.KeepBody = reporter.KeepBody()
-		go func() { reporter.Run(reportCtx); close(reportsDone) }()
-	} else {
-		close(reportsDone)
 	}
 	// Aggregate reports: every judged message is counted (in memory, then
 	// in the store in batches), and the reports of ended periods are sent.
+	// The Sender registers its claim check with the outbox before it runs.
 	recordCtx, stopRecording := context.WithCancel(context.Background())
 	defer stopRecording()
 	recordDone := make(chan struct{})
-	if reporter != nil && st != nil && cfg.AggregateReports {
+	if out != nil && st != nil && cfg.AggregateReports {
 		rec := aggregate.NewRecorder(st, time.Duration(cfg.AggregateInterval), time.Duration(cfg.AggregateFlushInterval),
 			aggregateFacts(cfg), logger, nil)
 		settings.Consumers = append(settings.Consumers, rec)
 		src.recorder = rec
 		go func() { rec.Run(recordCtx); close(recordDone) }()
-		snd := aggregate.NewSender(aggregateConfig(cfg), st, reporter, logger, nil)
+		snd := aggregate.NewSender(aggregateConfig(cfg), st, out, res, logger, nil)
 		go snd.Run(reportCtx)
 		logger.Info().Str("store", st.Where).Str("interval", time.Duration(cfg.AggregateInterval).String()).Msg("aggregate reports on")
 	} else {
 		close(recordDone)
+	}
+	if out != nil {
+		go func() { out.Run(reportCtx); close(reportsDone) }()
+	} else {
+		close(reportsDone)
 	}
 	srv := &milter.Server{
 		NewHandler: session.NewHandler(settings),
@@ -390,7 +397,7 @@ wait:
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
 				daemon.SdNotify(false, daemon.SdNotifyReloading)
-				cfg = reload(args, cfg, listening, ev, reporter, logger, levels)
+				cfg = reload(args, cfg, listening, ev, out, reporter, logger, levels)
 				daemon.SdNotify(false, daemon.SdNotifyReady)
 				continue
 			}
@@ -426,14 +433,21 @@ wait:
 // running configuration; settings that need a restart are named in the log
 // whenever the file differs from what is running (running: the
 // configuration the daemon started with), not from the previous reload.
-func reload(args []string, old, running Config, ev *policy.Evaluator, reporter *report.Reporter, logger zerolog.Logger, levels *levelWriter) Config {
+func reload(args []string, old, running Config, ev *policy.Evaluator, out *outbox.Outbox, reporter *report.Reporter, logger zerolog.Logger, levels *levelWriter) Config {
 	cfg, err := parseFlags(args, io.Discard)
 	if err != nil {
 		logger.Error().Err(err).Msg("reload failed; keeping the running configuration")
 		return old
 	}
+	if out != nil {
+		if err := out.SetConfig(outboxConfig(cfg)); err != nil {
+			logger.Error().Err(err).Msg("reload failed: report relay settings; keeping the running configuration")
+			return old
+		}
+	}
 	if reporter != nil {
 		if err := reporter.SetConfig(reportConfig(cfg)); err != nil {
+			out.SetConfig(outboxConfig(old))
 			logger.Error().Err(err).Msg("reload failed: report settings; keeping the running configuration")
 			return old
 		}

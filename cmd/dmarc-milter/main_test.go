@@ -465,7 +465,7 @@ func TestFailureReportSurvivesKill9(t *testing.T) {
 	if elapsed := time.Since(start); elapsed > 2*time.Second {
 		t.Errorf("the milter reply waited %v for the dead relay", elapsed)
 	}
-	spool := filepath.Join(state, "spool", "failure")
+	spool := filepath.Join(state, "spool")
 	var files []string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		files, _ = filepath.Glob(filepath.Join(spool, "*"))
@@ -550,7 +550,7 @@ func TestSIGTERMWithHungRelay(t *testing.T) {
 		t.Fatalf("still running %v after SIGTERM with shutdown_timeout 2s", time.Since(start))
 	}
 	t.Logf("stopped %v after SIGTERM", time.Since(start))
-	if files, _ := filepath.Glob(filepath.Join(state, "spool", "failure", "*.report")); len(files) == 0 {
+	if files, _ := filepath.Glob(filepath.Join(state, "spool", "*.report")); len(files) == 0 {
 		t.Error("the report whose delivery was cut short is no longer spooled")
 	}
 }
@@ -576,7 +576,7 @@ func TestFailureReportSurvivesKill9AfterReply(t *testing.T) {
 	}
 	d.cmd.Process.Signal(syscall.SIGKILL)
 	d.cmd.Wait()
-	files, _ := filepath.Glob(filepath.Join(state, "spool", "failure", "*.report"))
+	files, _ := filepath.Glob(filepath.Join(state, "spool", "*.report"))
 	if len(files) != 2 {
 		t.Fatalf("%d reports in the spool right after the answer, want 2", len(files))
 	}

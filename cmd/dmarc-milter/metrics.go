@@ -13,6 +13,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/report"
 	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
+	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 	"github.com/dmarc-milter/dmarc-milter/resolver"
 	"github.com/dmarc-milter/dmarc-milter/session"
 )
@@ -37,6 +38,7 @@ type sources struct {
 	res      *resolver.Resolver
 	srv      *milter.Server
 	reporter *report.Reporter
+	outbox   *outbox.Outbox
 	recorder *aggregate.Recorder
 }
 
@@ -117,17 +119,19 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if s := c.src.srv; s != nil {
 		gauge(descConns, float64(s.ActiveConns()))
 	}
-	if r := c.src.reporter; r != nil {
-		st := r.Stats()
+	if o := c.src.outbox; o != nil {
+		st := o.Stats("")
 		counter(descReports, float64(st.Spooled), "spooled")
 		counter(descReports, float64(st.Sent), "sent")
 		counter(descReports, float64(st.Retried), "retried")
 		counter(descReports, float64(st.Dropped), "dropped")
 		counter(descReports, float64(st.SpoolErrors), "spool_errors")
-		for reason, n := range st.Suppressed {
+		gauge(descSpool, float64(o.Size()))
+	}
+	if r := c.src.reporter; r != nil {
+		for reason, n := range r.Stats().Suppressed {
 			counter(descSuppressed, float64(n), string(reason))
 		}
-		gauge(descSpool, float64(r.SpoolSize()))
 	}
 	if r := c.src.recorder; r != nil {
 		st := r.Stats()

@@ -17,7 +17,7 @@ import (
 
 	"github.com/dmarc-milter/dmarc-milter/internal/miltertest"
 	"github.com/dmarc-milter/dmarc-milter/internal/testutil"
-	"github.com/dmarc-milter/dmarc-milter/report"
+	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 	"github.com/dmarc-milter/dmarc-milter/report/store"
 )
 
@@ -141,7 +141,7 @@ max_header_fields = 20
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("spool list: %v", err)
 	}
-	var spooled []report.SpoolEntry
+	var spooled []outbox.Entry
 	if err := json.Unmarshal(out.Bytes(), &spooled); err != nil {
 		t.Fatalf("spool list --json: %v\n%s", err, out.String())
 	}

@@ -13,17 +13,51 @@ import (
 
 	"github.com/dmarc-milter/dmarc-milter/report"
 	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
+	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 	"github.com/dmarc-milter/dmarc-milter/report/store"
 )
 
+// reportingMTA is the host name reports give (Reporting-MTA, Message-ID,
+// EHLO): the system's, else the authserv-id.
+func reportingMTA(cfg Config) string {
+	if host, _ := os.Hostname(); host != "" {
+		return host
+	}
+	return cfg.AuthservID
+}
+
+// spoolDir is the outbox's directory; legacySpoolDirs are those of earlier
+// versions, whose reports move there at start.
+func spoolDir(cfg Config) string { return filepath.Join(cfg.StateDir, "spool") }
+
+func legacySpoolDirs(cfg Config) []string {
+	return []string{filepath.Join(cfg.StateDir, "spool", "failure")}
+}
+
+// outboxConfig maps the daemon's settings to the outbox's: the spool and
+// the relay, for failure and aggregate reports alike.
+func outboxConfig(cfg Config) outbox.Config {
+	return outbox.Config{
+		Dir:          spoolDir(cfg),
+		Legacy:       legacySpoolDirs(cfg),
+		From:         cfg.ReportFrom,
+		Hello:        reportingMTA(cfg),
+		SMTP:         cfg.ReportSMTP,
+		SMTPUser:     cfg.ReportSMTPUser,
+		SMTPPassword: cfg.ReportSMTPPassword,
+		StartTLS:     cfg.ReportStartTLS.Value,
+		MaxAttempts:  cfg.ReportMaxAttempts,
+		MinBackoff:   time.Duration(cfg.ReportMinBackoff),
+		MaxBackoff:   time.Duration(cfg.ReportMaxBackoff),
+	}
+}
+
 // reportConfig maps the daemon's settings to the failure reporter's.
 func reportConfig(cfg Config) report.Config {
-	host, _ := os.Hostname()
 	rc := report.Config{
 		Enabled:              cfg.FailureReports,
-		Aggregate:            cfg.AggregateReports,
 		From:                 cfg.ReportFrom,
-		ReportingMTA:         host,
+		ReportingMTA:         reportingMTA(cfg),
 		AuthservID:           cfg.AuthservID,
 		UserAgent:            "dmarc-milter/" + version,
 		Include:              cfg.FailureReportInclude.Value,
@@ -36,17 +70,6 @@ func reportConfig(cfg Config) report.Config {
 		GlobalLimit:          cfg.FailureReportGlobal,
 		GlobalWindow:         time.Duration(cfg.FailureReportGlobalWindow),
 		DedupWindow:          time.Duration(cfg.FailureReportDedupWindow),
-		SMTP:                 cfg.ReportSMTP,
-		SMTPUser:             cfg.ReportSMTPUser,
-		SMTPPassword:         cfg.ReportSMTPPassword,
-		StartTLS:             cfg.ReportStartTLS.Value,
-		MaxAttempts:          cfg.ReportMaxAttempts,
-		MinBackoff:           time.Duration(cfg.ReportMinBackoff),
-		MaxBackoff:           time.Duration(cfg.ReportMaxBackoff),
-		SpoolDir:             filepath.Join(cfg.StateDir, "spool", "failure"),
-	}
-	if rc.ReportingMTA == "" {
-		rc.ReportingMTA = cfg.AuthservID
 	}
 	for _, p := range cfg.FailureReportExcludeNetworks {
 		rc.ExcludeNetworks = append(rc.ExcludeNetworks, p.Prefix)

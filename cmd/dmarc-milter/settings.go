@@ -19,6 +19,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/report"
+	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 	"github.com/dmarc-milter/dmarc-milter/resolver"
 	"github.com/dmarc-milter/dmarc-milter/session"
 )
@@ -112,7 +113,7 @@ var settings = []setting{
 	// Reports.
 	{Key: "state_dir", Flag: true, Default: `"/var/lib/dmarc-milter"`, Restart: true,
 		Usage: "directory of the report spool and database"},
-	{Key: "report_smtp", Flag: true, Default: str(report.DefaultSMTP),
+	{Key: "report_smtp", Flag: true, Default: str(outbox.DefaultSMTP),
 		Usage: "SMTP relay outgoing reports are handed to, HOST:PORT"},
 	{Key: "report_from", Flag: true, Default: `"postmaster@` + hostToken + `"`, Check: checkReportFrom,
 		Usage: "From address (and envelope sender) of outgoing reports"},
@@ -120,13 +121,13 @@ var settings = []setting{
 		Usage: "AUTH PLAIN user at the relay (sent only over TLS or to a loopback relay)"},
 	{Key: "report_smtp_password", Default: `""`,
 		Usage: "AUTH PLAIN password at the relay"},
-	{Key: "report_starttls", Default: str(report.StartTLSOpportunistic), Choices: []string{report.StartTLSOpportunistic, report.StartTLSRequired, report.StartTLSOff},
+	{Key: "report_starttls", Default: str(outbox.StartTLSOpportunistic), Choices: []string{outbox.StartTLSOpportunistic, outbox.StartTLSRequired, outbox.StartTLSOff},
 		Usage: "STARTTLS to the relay: opportunistic (certificate not verified), required (verified) or off"},
-	{Key: "report_max_attempts", Default: num(report.DefaultMaxAttempts), Min: 1,
+	{Key: "report_max_attempts", Default: num(outbox.DefaultMaxAttempts), Min: 1,
 		Usage: "delivery attempts of a report before it is dropped (a 5xx is final at once)"},
-	{Key: "report_min_backoff", Default: dur(report.DefaultMinBackoff), Min: 1,
+	{Key: "report_min_backoff", Default: dur(outbox.DefaultMinBackoff), Min: 1,
 		Usage: "first retry delay, doubling per attempt"},
-	{Key: "report_max_backoff", Default: dur(report.DefaultMaxBackoff), Min: 1, Check: checkBackoffs,
+	{Key: "report_max_backoff", Default: dur(outbox.DefaultMaxBackoff), Min: 1, Check: checkBackoffs,
 		Usage: "longest retry delay"},
 	{Key: "failure_reports", Flag: true, Default: `true`,
 		Usage: "send DMARC failure reports (RFC 9991) to the ruf= addresses of domains whose fo= matches"},

@@ -6,11 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"path/filepath"
 	"text/tabwriter"
 	"time"
 
-	"github.com/dmarc-milter/dmarc-milter/report"
+	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 )
 
 // spoolCommand is "dmarc-milter spool list | show ID | retry ID | drop ID":
@@ -50,20 +49,27 @@ func spoolCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
 		return 2
 	}
-	dir := filepath.Join(cfg.StateDir, "spool", "failure")
+	dir := spoolDir(cfg)
+	// Reports an earlier version left in its own spool directory move here,
+	// as the daemon moves them at start (renames: safe beside it).
+	for _, old := range legacySpoolDirs(cfg) {
+		if _, err := outbox.Migrate(old, dir); err != nil {
+			fmt.Fprintf(stderr, "dmarc-milter: spool: %v\n", err)
+		}
+	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "dmarc-milter: spool %s %s: %v\n", verb, id, err)
 		return 1
 	}
 	switch verb {
 	case "list":
-		entries, err := report.ListSpool(dir)
+		entries, err := outbox.List(dir)
 		if err != nil {
 			return fail(err)
 		}
 		if *asJSON {
 			if entries == nil {
-				entries = []report.SpoolEntry{}
+				entries = []outbox.Entry{}
 			}
 			return writeJSON(stdout, entries)
 		}
@@ -76,27 +82,27 @@ func spoolCommand(args []string, stdout, stderr io.Writer) int {
 		tw.Flush()
 		fmt.Fprintf(stdout, "%d reports in %s\n", len(entries), dir)
 	case "show":
-		e, msg, err := report.ReadSpool(dir, id)
+		e, msg, err := outbox.Read(dir, id)
 		if err != nil {
 			return fail(err)
 		}
 		if *asJSON {
 			return writeJSON(stdout, struct {
-				report.SpoolEntry
+				outbox.Entry
 				Message string `json:"message"`
 			}{e, string(msg)})
 		}
-		fmt.Fprintf(stdout, "ID: %s\nKind: %s\nDomain: %s\nFrom: %s\nTo: %s\nQueue ID: %s\nReport ID: %s\nCreated: %s\nAttempts: %d\nNext attempt: %s\nLast error: %s\n\n",
-			e.ID, e.Kind, e.Domain, e.From, e.To, e.QueueID, e.ReportID, e.Created.Format(time.RFC3339), e.Attempts,
+		fmt.Fprintf(stdout, "ID: %s\nKind: %s\nDomain: %s\nFrom: %s\nTo: %s\nQueue ID: %s\nTag: %s\nCreated: %s\nAttempts: %d\nNext attempt: %s\nLast error: %s\n\n",
+			e.ID, e.Kind, e.Domain, e.From, e.To, e.QueueID, e.Tag, e.Created.Format(time.RFC3339), e.Attempts,
 			e.NextAttempt.Format(time.RFC3339), e.LastError)
 		stdout.Write(msg)
 	case "retry":
-		if err := report.RetrySpool(dir, id, time.Now()); err != nil {
+		if err := outbox.Retry(dir, id, time.Now()); err != nil {
 			return fail(err)
 		}
 		fmt.Fprintf(stdout, "%s: due now (the daemon sends it within a minute)\n", id)
 	case "drop":
-		if err := report.DropSpool(dir, id); err != nil {
+		if err := outbox.Drop(dir, id); err != nil {
 			return fail(err)
 		}
 		fmt.Fprintf(stdout, "%s: dropped\n", id)

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dmarc-milter/dmarc-milter/report"
+	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 )
 
 // The spool commands, run beside a daemon whose relay is down: list (text
@@ -40,7 +40,7 @@ func TestSpoolCommands(t *testing.T) {
 		}
 		return out.String(), errb.String(), code
 	}
-	var entries []report.SpoolEntry
+	var entries []outbox.Entry
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		out, _, _ := cli("list", "--json")
 		json.Unmarshal([]byte(out), &entries)
@@ -65,7 +65,7 @@ func TestSpoolCommands(t *testing.T) {
 		t.Errorf("retry: %d", code)
 	}
 	out, _, _ := cli("show", e.ID, "--json")
-	var shown report.SpoolEntry
+	var shown outbox.Entry
 	json.Unmarshal([]byte(out), &shown)
 	if time.Since(shown.NextAttempt) > time.Minute || shown.Attempts != e.Attempts {
 		t.Errorf("after retry: %+v", shown)

@@ -29,6 +29,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 	"github.com/dmarc-milter/dmarc-milter/report"
+	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 	"github.com/dmarc-milter/dmarc-milter/report/store"
 )
 
@@ -237,7 +238,7 @@ func TestReportRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	snd := NewSender(Config{Interval: day, Meta: meta, From: "dmarc-reports@mx.example.net"}, st, nil, testLogger(t), nil)
+	snd := NewSender(Config{Interval: day, Meta: meta, From: "dmarc-reports@mx.example.net"}, st, nil, nil, testLogger(t), nil)
 	for domain, n := range counts {
 		rep, err := snd.Build(context.Background(), store.Key{Period: t0.Unix(), Domain: domain})
 		if err != nil {
@@ -312,7 +313,7 @@ func TestSizeBound(t *testing.T) {
 	if err := rec.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	snd := NewSender(Config{Interval: day, Meta: meta, MaxSize: 4096}, st, nil, testLogger(t), nil)
+	snd := NewSender(Config{Interval: day, Meta: meta, MaxSize: 4096}, st, nil, nil, testLogger(t), nil)
 	rep, err := snd.Build(context.Background(), store.Key{Period: t0.Unix(), Domain: "example.com"})
 	if err != nil {
 		t.Fatal(err)
@@ -481,24 +482,28 @@ func attachments(t *testing.T, name string, raw []byte) [][]byte {
 	return out
 }
 
-// startReporter runs a Reporter (the failure reporter's spool and sender)
-// relaying to sink, sharing st.
-func startReporter(t *testing.T, sink *smtpsink.Sink, st *store.Store, owner, spoolDir string) (*report.Reporter, func()) {
-	t.Helper()
-	res := &dnstest.Resolver{TXT: map[string][]string{
+// testResolver publishes the policies of the sender tests (the external
+// destination check looks them up).
+func testResolver() *dnstest.Resolver {
+	return &dnstest.Resolver{TXT: map[string][]string{
 		"_dmarc.example.com.": {"v=DMARC1; p=reject; rua=mailto:agg@example.com"},
 		"_dmarc.example.org.": {"v=DMARC1; p=none; rua=mailto:agg@example.org"},
 	}}
-	rep, err := report.New(report.Config{
-		Aggregate: true, From: "dmarc-reports@mx.example.net", ReportingMTA: "mx.example.net",
-		SMTP: sink.Addr, SpoolDir: spoolDir, StartTLS: report.StartTLSOff,
+}
+
+// newOutbox is an outbox (the spool and sender every report leaves from)
+// relaying to sink; its sender is not started.
+func newOutbox(t *testing.T, sink *smtpsink.Sink, spoolDir string) *outbox.Outbox {
+	t.Helper()
+	out, err := outbox.New(outbox.Config{
+		Dir: spoolDir, From: "dmarc-reports@mx.example.net", Hello: "mx.example.net",
+		SMTP: sink.Addr, StartTLS: outbox.StartTLSOff,
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SMTPTimeout: 5 * time.Second,
-	}, res, testLogger(t), nil)
+	}, testLogger(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep.UseStore(st, owner)
-	return rep, func() {}
+	return out
 }
 
 func run(t *testing.T, f func(ctx context.Context)) (stop func()) {
@@ -525,11 +530,11 @@ func TestSendThroughSpool(t *testing.T) {
 	if err := rec.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	rep, _ := startReporter(t, sink, st, "host-a", filepath.Join(t.TempDir(), "spool"))
-	run(t, func(ctx context.Context) { rep.Run(ctx) })
+	out := newOutbox(t, sink, filepath.Join(t.TempDir(), "spool"))
+	run(t, func(ctx context.Context) { out.Run(ctx) })
 	now := t0
 	clock := func() time.Time { return now }
-	snd := NewSender(Config{Interval: day, Meta: meta, From: "dmarc-reports@mx.example.net", MaxDestinations: 2, Owner: "host-a"}, st, rep, testLogger(t), clock)
+	snd := NewSender(Config{Interval: day, Meta: meta, From: "dmarc-reports@mx.example.net", MaxDestinations: 2, Owner: "host-a"}, st, out, testResolver(), testLogger(t), clock)
 	now = t0.Add(23 * time.Hour)
 	snd.SendDue(context.Background())
 	time.Sleep(200 * time.Millisecond)
@@ -583,15 +588,15 @@ func TestFleet(t *testing.T) {
 	type host struct {
 		st  *store.Store
 		rec *Recorder
-		rep *report.Reporter
+		out *outbox.Outbox
 		snd *Sender
 	}
 	var hosts []host
 	for i, name := range []string{"mx1", "mx2", "mx3"} {
 		st := openStore(t, dsn)
-		rep, _ := startReporter(t, sink, st, name, filepath.Join(t.TempDir(), "spool"))
-		h := host{st: st, rec: NewRecorder(st, interval, time.Hour, Facts{}, testLogger(t), clock), rep: rep,
-			snd: NewSender(Config{Interval: interval, Meta: meta, From: "dmarc-reports@mx.example.net", MaxDestinations: 2, Owner: name}, st, rep, testLogger(t), clock)}
+		out := newOutbox(t, sink, filepath.Join(t.TempDir(), "spool"))
+		h := host{st: st, rec: NewRecorder(st, interval, time.Hour, Facts{}, testLogger(t), clock), out: out,
+			snd: NewSender(Config{Interval: interval, Meta: meta, From: "dmarc-reports@mx.example.net", MaxDestinations: 2, Owner: name}, st, out, testResolver(), testLogger(t), clock)}
 		for range 3 + i {
 			j := judged(t, "example.com", "v=DMARC1; p=reject; rua=mailto:agg@example.com", "192.0.2.1", dmarc.Pass, policy.Accept)
 			j.Arrival = t0.Add(time.Second)
@@ -615,7 +620,7 @@ func TestFleet(t *testing.T) {
 	}
 	wg.Wait()
 	for _, h := range hosts {
-		run(t, func(ctx context.Context) { h.rep.Run(ctx) })
+		run(t, func(ctx context.Context) { h.out.Run(ctx) })
 	}
 	msgs := sink.Wait(t, 1, 10*time.Second)
 	time.Sleep(time.Second) // mx1's copy would arrive now
@@ -628,5 +633,37 @@ func TestFleet(t *testing.T) {
 		if err != nil || len(f.Records) != 1 || f.Records[0].Row.Count != 3+4+5 {
 			t.Errorf("the report does not hold every host's messages: %+v %v", f, err)
 		}
+	}
+}
+
+// A rua URI keeps its legacy size limit from the record to the sender
+// (stored as an object when it has one); the policies stored by earlier
+// versions, rua as plain strings, still read.
+func TestPublishedURIs(t *testing.T) {
+	rec, err := dmarc.ParseRecord("v=DMARC1; p=reject; rua=mailto:big@example.com,mailto:small@example.com!10k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := judged(t, "example.com", "v=DMARC1; p=reject; rua=mailto:agg@example.com", "192.0.2.1", dmarc.Fail, policy.Reject)
+	j.Verdict.DMARC.Record = rec
+	_, pub, ok := RowOf(j, Facts{})
+	if !ok || len(pub.RUA) != 2 || pub.RUA[1].MaxSize != 10<<10 {
+		t.Fatalf("published rua %+v (%v)", pub.RUA, ok)
+	}
+	data := marshalPublished(pub)
+	if !strings.Contains(data, `"mailto:big@example.com"`) || !strings.Contains(data, `"max_size":10240`) {
+		t.Errorf("stored as %s", data)
+	}
+	var back Published
+	if err := json.Unmarshal([]byte(data), &back); err != nil || len(back.RUA) != 2 || back.RUA[1] != pub.RUA[1] {
+		t.Errorf("read back %+v %v", back.RUA, err)
+	}
+	var old Published
+	if err := json.Unmarshal([]byte(`{"domain":"example.com","p":"reject","rua":["mailto:agg@example.com"]}`), &old); err != nil ||
+		len(old.RUA) != 1 || old.RUA[0].Address != "mailto:agg@example.com" {
+		t.Errorf("an earlier version's policy: %+v %v", old.RUA, err)
+	}
+	if ds := report.Destinations(back.uris()); len(ds) != 2 || ds[1].MaxSize != 10<<10 {
+		t.Errorf("destinations %+v", ds)
 	}
 }

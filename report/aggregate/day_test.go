@@ -88,7 +88,7 @@ func BenchmarkDay(b *testing.B) {
 		}
 		recorded := time.Since(start)
 		start = time.Now()
-		snd := NewSender(Config{Interval: day, Meta: meta}, st, nil, zerolog.Nop(), nil)
+		snd := NewSender(Config{Interval: day, Meta: meta}, st, nil, nil, zerolog.Nop(), nil)
 		keys, err := st.Keys(context.Background(), t0, t0.Add(day), "")
 		if err != nil {
 			b.Fatal(err)

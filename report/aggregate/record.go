@@ -1,8 +1,9 @@
 // Package aggregate makes DMARC aggregate reports (RFC 9990): it records
 // one row of facts for every judged message into the store (Recorder),
 // and after each period builds one report per policy domain from the rows
-// of every host and hands it to the failure reporter's durable spool and
-// sender (Sender). The XML follows RFC 9990's schema
+// of every host and puts one message per authorized rua destination in
+// the outbox (package report/outbox), whose sender asks the claim check
+// before delivering (Sender). The XML follows RFC 9990's schema
 // (urn:ietf:params:xml:ns:dmarc-2.0); the message is a gzip attachment
 // named and titled as RFC 9990 Section 4.5 says.
 //
@@ -85,16 +86,59 @@ type AuthDKIM struct {
 // Published is the policy published (RFC 9990 PolicyPublishedType), with
 // the rua URIs the report goes to.
 type Published struct {
-	Domain    string   `json:"domain"`
-	P         string   `json:"p"`
-	SP        string   `json:"sp,omitempty"`
-	NP        string   `json:"np,omitempty"`
-	ADKIM     string   `json:"adkim"`
-	ASPF      string   `json:"aspf"`
-	FO        string   `json:"fo"`
-	Testing   string   `json:"testing"`
-	Discovery string   `json:"discovery"`
-	RUA       []string `json:"rua"`
+	Domain    string `json:"domain"`
+	P         string `json:"p"`
+	SP        string `json:"sp,omitempty"`
+	NP        string `json:"np,omitempty"`
+	ADKIM     string `json:"adkim"`
+	ASPF      string `json:"aspf"`
+	FO        string `json:"fo"`
+	Testing   string `json:"testing"`
+	Discovery string `json:"discovery"`
+	RUA       []URI  `json:"rua"`
+}
+
+// URI is a rua URI as published, with its legacy "!size" limit
+// (dmarc.URI): what the report's destinations are made of
+// (report.Destinations). In the store it is the URI alone as a JSON
+// string, or {"uri":..., "max_size":...} when it has a size.
+type URI dmarc.URI
+
+// MarshalJSON implements json.Marshaler.
+func (u URI) MarshalJSON() ([]byte, error) {
+	if u.MaxSize == 0 {
+		return json.Marshal(u.Address)
+	}
+	return json.Marshal(struct {
+		URI     string `json:"uri"`
+		MaxSize uint64 `json:"max_size"`
+	}{u.Address, u.MaxSize})
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (u *URI) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		*u = URI{}
+		return json.Unmarshal(b, &u.Address)
+	}
+	var v struct {
+		URI     string `json:"uri"`
+		MaxSize uint64 `json:"max_size"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*u = URI{Address: v.URI, MaxSize: v.MaxSize}
+	return nil
+}
+
+// uris returns the rua URIs as dmarc.URIs.
+func (p *Published) uris() []dmarc.URI {
+	out := make([]dmarc.URI, len(p.RUA))
+	for i, u := range p.RUA {
+		out[i] = dmarc.URI(u)
+	}
+	return out
 }
 
 // Period returns the start of the period t falls in: periods are interval
@@ -145,7 +189,7 @@ func RowOf(j *policy.Judged, f Facts) (Row, Published, bool) {
 	}
 	for _, u := range rec.RUA {
 		if strings.HasPrefix(strings.ToLower(u.Address), "mailto:") {
-			pub.RUA = append(pub.RUA, u.Address)
+			pub.RUA = append(pub.RUA, URI(u))
 		}
 	}
 	if len(pub.RUA) == 0 {

@@ -12,8 +12,8 @@ import (
 	"github.com/emersion/go-message/mail"
 	"github.com/rs/zerolog"
 
-	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 	"github.com/dmarc-milter/dmarc-milter/report"
+	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 	"github.com/dmarc-milter/dmarc-milter/report/store"
 )
 
@@ -43,26 +43,67 @@ type Config struct {
 
 // Sender builds and sends the reports of ended periods: for each policy
 // domain and period one host of the fleet claims the report in the store,
-// builds it from the rows of all hosts, spools one message per rua address
-// and marks the report done. A host that dies between claim and done
-// loses the claim when its lease runs out, and another host sends the
-// report; a host that comes back after that drops what it had spooled
-// (report.Reporter checks the claim before each delivery), so the report is
-// neither lost nor doubled.
+// builds it from the rows of all hosts, puts one message per authorized
+// rua address in the outbox (package report/outbox) and marks the report
+// done. A host that dies between claim and done loses the claim when its
+// lease runs out, and another host sends the report; a host that comes
+// back after that drops what it had spooled (the outbox asks the Sender's
+// claim check before each delivery), so the report is neither lost nor
+// doubled.
 type Sender struct {
 	cfg Config
 	st  *store.Store
-	rep *report.Reporter
+	out *outbox.Outbox
+	res report.Resolver
 	log zerolog.Logger
 	now func() time.Time
 }
 
-// NewSender returns a Sender. now is the clock (nil: time.Now).
-func NewSender(cfg Config, st *store.Store, rep *report.Reporter, log zerolog.Logger, now func() time.Time) *Sender {
+// Kind is the outbox kind of aggregate reports.
+const Kind = "aggregate"
+
+// NewSender returns a Sender that spools into out (nil: it only builds)
+// and checks external destinations through res. With out it registers its
+// claim check as out's hook for aggregate reports. now is the clock (nil:
+// time.Now).
+func NewSender(cfg Config, st *store.Store, out *outbox.Outbox, res report.Resolver, log zerolog.Logger, now func() time.Time) *Sender {
 	if now == nil {
 		now = time.Now
 	}
-	return &Sender{cfg: cfg, st: st, rep: rep, log: log.With().Str("component", "aggregate-report").Logger(), now: now}
+	s := &Sender{cfg: cfg, st: st, out: out, res: res, log: log.With().Str("component", "aggregate-report").Logger(), now: now}
+	if out != nil {
+		out.BeforeDelivery(Kind, s.stillOwner)
+	}
+	return s
+}
+
+// tag names a report's claim in its spooled messages: "period report-id".
+func tag(k store.Key, reportID string) string { return fmt.Sprintf("%d %s", k.Period, reportID) }
+
+// stillOwner is the outbox hook: whether this host may deliver a spooled
+// aggregate report, that is, it holds the report's claim in the store
+// (marking it done if a crash came between spooling and marking). A report
+// without a claim (resent by hand, or spooled by an earlier version) is
+// delivered; so is one whose claim cannot be checked: a duplicate is
+// better than a loss.
+func (s *Sender) stillOwner(ctx context.Context, env outbox.Envelope) bool {
+	var period int64
+	var reportID string
+	if _, err := fmt.Sscanf(env.Tag, "%d %s", &period, &reportID); err != nil || period == 0 {
+		return true
+	}
+	ok, err := s.st.Done(ctx, store.Key{Period: period, Domain: env.Domain}, s.cfg.Owner, reportID, s.now())
+	if err != nil {
+		s.log.Error().Err(err).Str("report_id", reportID).Msg("cannot check the aggregate report's claim in the store; delivering it")
+		return true
+	}
+	if !ok {
+		// Another host took this report over while this one was down
+		// (its claim ran out): that host sends it.
+		s.log.Warn().Str("report_id", reportID).Str("domain", env.Domain).Str("to", env.To).
+			Msg("aggregate report sent by another host of the fleet; this copy dropped")
+	}
+	return ok
 }
 
 // lease is how long a claim holds: long enough to build and spool a report,
@@ -143,22 +184,9 @@ func (s *Sender) Send(ctx context.Context, k store.Key) error {
 	if err != nil {
 		return err
 	}
-	var rua []dmarc.URI
-	for _, u := range rep.Published.RUA {
-		rua = append(rua, dmarc.URI{Address: u})
-	}
-	dests := s.rep.AggregateDestinations(ctx, k.Domain, rua, s.cfg.MaxDestinations)
-	if len(dests) == 0 {
-		log.Info().Strs("rua", rep.Published.RUA).Msg("no authorized destination for the aggregate report; not sent")
-	}
-	for _, to := range dests {
-		msg, err := s.Message(rep, to)
-		if err != nil {
-			return err
-		}
-		if err := s.rep.SpoolAggregate(k, rep.ID(), to, msg); err != nil {
-			return fmt.Errorf("spooling the report to %s: %w", to, err)
-		}
+	dests, err := s.Deliver(ctx, rep, true)
+	if err != nil {
+		return err
 	}
 	done, err := s.st.Done(ctx, k, s.cfg.Owner, rep.ID(), s.now())
 	if err != nil {
@@ -175,6 +203,53 @@ func (s *Sender) Send(ctx context.Context, k store.Key) error {
 	ev.Str("report_id", rep.ID()).Int("records", rep.Records).Int64("messages", rep.Messages).Int("size", len(rep.Gzip)).
 		Strs("to", dests).Msg("aggregate report spooled")
 	return nil
+}
+
+// Deliver puts one message of rep per authorized rua destination in the
+// outbox (at most MaxDestinations; RFC 9990 Section 3: external ones must
+// authorize the policy domain, report.Authorized) and returns the
+// addresses. claimed says the Sender holds rep's claim: its messages carry
+// it for the check before delivery; a report resent by hand carries none.
+func (s *Sender) Deliver(ctx context.Context, rep *Report, claimed bool) ([]string, error) {
+	domain := rep.Key.Domain
+	log := s.log.With().Str("domain", domain).Logger()
+	var out []string
+	for _, d := range report.Destinations(rep.Published.uris()) {
+		if len(out) >= s.cfg.MaxDestinations {
+			log.Info().Str("to", d.Address).Int("max", s.cfg.MaxDestinations).Msg("more aggregate report destinations than allowed; left out")
+			continue
+		}
+		ok, err := report.Authorized(ctx, s.res, domain, d.Domain)
+		if err != nil {
+			log.Warn().Err(err).Str("to", d.Address).Msg("cannot verify external aggregate report destination; left out")
+			continue
+		}
+		if !ok {
+			log.Info().Str("to", d.Address).Msg("external aggregate report destination has not authorized reports for this domain; left out")
+			continue
+		}
+		msg, err := s.Message(rep, d.Address)
+		if err != nil {
+			return out, err
+		}
+		if d.MaxSize > 0 && uint64(len(msg)) > d.MaxSize {
+			log.Warn().Str("to", d.Address).Uint64("max_size", d.MaxSize).Int("size", len(msg)).
+				Msg("aggregate report larger than the destination's size limit; not sent there")
+			continue
+		}
+		it := outbox.Item{Kind: Kind, To: d.Address, Domain: domain, Message: msg}
+		if claimed {
+			it.Tag = tag(rep.Key, rep.ID())
+		}
+		if _, err := s.out.Put(it); err != nil {
+			return out, fmt.Errorf("spooling the report to %s: %w", d.Address, err)
+		}
+		out = append(out, d.Address)
+	}
+	if len(out) == 0 {
+		log.Info().Any("rua", rep.Published.RUA).Msg("no authorized destination for the aggregate report; not sent")
+	}
+	return out, nil
 }
 
 // ErrNoRows is returned by Build for a report without rows.

@@ -19,11 +19,13 @@ type Limits struct {
 	GlobalWindow  time.Duration
 }
 
-// Reasons Take gives for a report it refuses.
+// Reasons Take gives for a report it refuses: the failure reporter's
+// reasons (report.ReasonDuplicate, ReasonDestLimit, ReasonGlobalLimit) and
+// the labels of its metrics, one set for both limiters.
 const (
 	LimitDuplicate   = "duplicate"
-	LimitDestination = "destination"
-	LimitGlobal      = "global"
+	LimitDestination = "destination-rate-limit"
+	LimitGlobal      = "global-rate-limit"
 )
 
 // Take decides, for the whole fleet that shares the store, whether a

@@ -1,4 +1,4 @@
-package report
+package outbox
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
@@ -17,50 +16,39 @@ import (
 // maxIdle is the longest the sender sleeps without looking at the spool.
 const maxIdle = time.Minute
 
-func (r *Reporter) envelopeFrom() string {
-	from := r.conf().From
-	a, err := mail.ParseAddress(from)
-	if err != nil {
-		return from
-	}
-	return a.Address
-}
-
 // sendLoop delivers due reports until ctx ends.
-func (r *Reporter) sendLoop(ctx context.Context) {
+func (o *Outbox) sendLoop(ctx context.Context) {
 	for {
-		for _, e := range r.due() {
+		for _, e := range o.due() {
 			if ctx.Err() != nil {
 				return
 			}
-			r.attempt(ctx, e)
+			o.attempt(ctx, e)
 		}
 		wait := maxIdle
-		if next, ok := r.nextDue(); ok {
-			wait = min(max(next.Sub(r.now()), 0), maxIdle)
+		if next, ok := o.nextDue(); ok {
+			wait = min(max(next.Sub(o.now()), 0), maxIdle)
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
-		case <-r.wake:
+		case <-o.wake:
 		case <-t.C:
-			if r.spoolOn() {
-				r.scanSpool(false)
-			}
+			o.scanSpool(false)
 		}
 		t.Stop()
 	}
 }
 
 // due returns the reports whose next attempt has come, oldest first.
-func (r *Reporter) due() []*entry {
-	now := r.now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
+func (o *Outbox) due() []*entry {
+	now := o.now()
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	var out []*entry
-	for _, e := range r.pending {
+	for _, e := range o.pending {
 		if !e.env.NextAttempt.After(now) {
 			out = append(out, e)
 		}
@@ -69,11 +57,11 @@ func (r *Reporter) due() []*entry {
 	return out
 }
 
-func (r *Reporter) nextDue() (time.Time, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+func (o *Outbox) nextDue() (time.Time, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	var next time.Time
-	for _, e := range r.pending {
+	for _, e := range o.pending {
 		if next.IsZero() || e.env.NextAttempt.Before(next) {
 			next = e.env.NextAttempt
 		}
@@ -81,10 +69,10 @@ func (r *Reporter) nextDue() (time.Time, bool) {
 	return next, !next.IsZero()
 }
 
-func (r *Reporter) forget(e *entry) {
-	r.mu.Lock()
-	delete(r.pending, e.env.ID)
-	r.mu.Unlock()
+func (o *Outbox) forget(e *entry) {
+	o.mu.Lock()
+	delete(o.pending, e.env.ID)
+	o.mu.Unlock()
 }
 
 // backoff is the wait after the n-th failed attempt: MinBackoff doubling up
@@ -100,59 +88,60 @@ func (c *Config) backoff(n int) time.Duration {
 // attempt tries to deliver one report and updates the spool. A delivery
 // cut short because ctx ended (shutdown) leaves the report spooled as it
 // was, for the next start.
-func (r *Reporter) attempt(ctx context.Context, e *entry) {
+func (o *Outbox) attempt(ctx context.Context, e *entry) {
 	// One configuration for the whole attempt, even if a reload comes
 	// in the middle of it.
-	cfg := r.conf()
+	cfg := o.conf()
 	env, msg, err := readSpoolFile(e.path)
 	if err != nil {
-		r.log.Error().Err(err).Str("path", e.path).Msg("spooled failure report vanished or is unreadable; dropped")
-		r.forget(e)
-		r.count(func(s *Stats) { s.Dropped++ })
-		r.removeSpoolFile(e.path)
+		o.log.Error().Err(err).Str("path", e.path).Msg("spooled report vanished or is unreadable; dropped")
+		o.forget(e)
+		o.counter(e.env.Kind).dropped.Add(1)
+		o.removeSpoolFile(e.path)
 		return
 	}
-	log := r.log.With().Str("id", env.ID).Str("to", env.To).Str("domain", env.Domain).Str("queue_id", env.QueueID).
-		Str("kind", env.noun()).Logger()
-	if env.Kind == kindAggregate && env.Period != 0 && !r.stillOwner(ctx, env) {
-		// Another host took this report over while this one was down
-		// (its claim ran out): that host sends it.
-		r.forget(e)
-		r.removeSpoolFile(e.path)
-		log.Warn().Str("report_id", env.ReportID).Msg("aggregate report sent by another host of the fleet; this copy dropped")
+	c := o.counter(env.Kind)
+	log := o.log.With().Str("id", env.ID).Str("to", env.To).Str("domain", env.Domain).Str("queue_id", env.QueueID).
+		Str("kind", env.Kind).Logger()
+	o.mu.Lock()
+	hook := o.hooks[env.Kind]
+	o.mu.Unlock()
+	if hook != nil && !hook(ctx, env) {
+		o.forget(e)
+		o.removeSpoolFile(e.path)
 		return
 	}
-	err = r.deliver(ctx, cfg, env.From, env.To, msg)
+	err = deliver(ctx, cfg, env.From, env.To, msg)
 	if err != nil && ctx.Err() != nil {
 		log.Info().Err(err).Msg("shutting down during a delivery; the report stays spooled for the next start")
 		return
 	}
 	env.Attempts++
 	if err == nil {
-		r.forget(e)
-		r.count(func(s *Stats) { s.Sent++ })
-		r.removeSpoolFile(e.path)
+		o.forget(e)
+		c.sent.Add(1)
+		o.removeSpoolFile(e.path)
 		log.Info().Int("attempts", env.Attempts).Msg(env.noun() + " sent")
 		return
 	}
 	var se *smtp.SMTPError
 	if errors.As(err, &se) && se.Code >= 500 && se.Code < 600 && isTransactionError(err) {
-		r.forget(e)
-		r.count(func(s *Stats) { s.Dropped++ })
-		r.removeSpoolFile(e.path)
+		o.forget(e)
+		c.dropped.Add(1)
+		o.removeSpoolFile(e.path)
 		log.Error().Err(err).Int("attempts", env.Attempts).Msg(env.noun() + " refused permanently by the relay; dropped")
 		return
 	}
 	if env.Attempts >= cfg.MaxAttempts {
-		r.forget(e)
-		r.count(func(s *Stats) { s.Dropped++ })
-		r.removeSpoolFile(e.path)
+		o.forget(e)
+		c.dropped.Add(1)
+		o.removeSpoolFile(e.path)
 		log.Error().Err(err).Int("attempts", env.Attempts).Msg(env.noun() + " not delivered after the last attempt; dropped")
 		return
 	}
 	env.LastError = err.Error()
-	env.NextAttempt = r.now().Add(cfg.backoff(env.Attempts))
-	r.count(func(s *Stats) { s.Retried++ })
+	env.NextAttempt = o.now().Add(cfg.backoff(env.Attempts))
+	c.retried.Add(1)
 	ev := log.Warn()
 	if !errors.As(err, &se) {
 		// No SMTP reply at all: the relay is down or unreachable.
@@ -160,14 +149,14 @@ func (r *Reporter) attempt(ctx context.Context, e *entry) {
 	}
 	ev.Err(err).Str("relay", cfg.SMTP).Int("attempts", env.Attempts).Time("next_attempt", env.NextAttempt).
 		Msg(env.noun() + " not delivered; will retry")
-	if werr := writeSpoolFile(e.path, r.tmpPrefix, env, msg); werr != nil {
+	if werr := writeSpoolFile(e.path, o.tmpPrefix, env, msg); werr != nil {
 		// The old file stays, with its old attempt count; the in-memory
 		// state below still paces the retries.
 		log.Error().Err(werr).Str("path", e.path).Msg("cannot update spooled " + env.noun())
 	}
-	r.mu.Lock()
+	o.mu.Lock()
 	e.env = env
-	r.mu.Unlock()
+	o.mu.Unlock()
 }
 
 // transactionError marks an SMTP reply to MAIL, RCPT or DATA: a 5xx there
@@ -187,7 +176,7 @@ func isTransactionError(err error) bool {
 // ctx ends (shutdown) the connection is closed at once, whatever the relay
 // is doing: a relay that hangs mid-DATA must not hold up a shutdown, and
 // the report is still in the spool.
-func (r *Reporter) deliver(ctx context.Context, cfg *Config, from, to string, msg []byte) error {
+func deliver(ctx context.Context, cfg *Config, from, to string, msg []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, cfg.SMTPTimeout)
 	defer cancel()
 
@@ -245,7 +234,7 @@ func dial(ctx context.Context, cfg *Config) (*smtp.Client, net.Conn, error) {
 	closeOnDone := func(cn net.Conn) func() bool { return context.AfterFunc(ctx, func() { cn.Close() }) }
 	stop := closeOnDone(conn)
 	defer func() { stop() }()
-	if err := c.Hello(cfg.ReportingMTA); err != nil {
+	if err := c.Hello(cfg.Hello); err != nil {
 		c.Close()
 		return nil, nil, fmt.Errorf("EHLO: %w", err)
 	}
@@ -275,7 +264,7 @@ func dial(ctx context.Context, cfg *Config) (*smtp.Client, net.Conn, error) {
 			}
 			c.CommandTimeout = cfg.SMTPTimeout
 			c.SubmissionTimeout = cfg.SMTPTimeout
-			if err := c.Hello(cfg.ReportingMTA); err != nil {
+			if err := c.Hello(cfg.Hello); err != nil {
 				c.Close()
 				return nil, nil, fmt.Errorf("EHLO after STARTTLS: %w", err)
 			}
