@@ -126,55 +126,104 @@ func StripAddressCFWS(s string) (string, error) {
 
 func stripCFWS(s string, angles bool) (string, error) {
 	var b strings.Builder
-	inQuote, inLiteral := false, false
-	for i := 0; i < len(s); i++ {
+	skipWSP := false
+	end := Walk(s, func(i int, ctx Context, edge bool) bool {
 		c := s[i]
 		switch {
-		case (inQuote || inLiteral) && c == '\\' && i+1 < len(s):
-			b.WriteByte(c)
-			i++
-			c = s[i]
-		case inQuote:
-			inQuote = c != '"'
-		case inLiteral:
-			inLiteral = c != ']'
-		case c == '"':
-			inQuote = true
-		case c == '[':
-			inLiteral = true
-		case c == '(':
-			depth, j := 0, i
-			for ; j < len(s); j++ {
-				if s[j] == '\\' {
-					j++
-					continue
-				}
-				if s[j] == '(' {
-					depth++
-				} else if s[j] == ')' {
-					depth--
-					if depth == 0 {
-						break
-					}
-				}
+		case ctx == Comment:
+			if edge && c == ')' {
+				b.WriteByte(' ') // CFWS separates what surrounds it
 			}
-			if j >= len(s) {
-				return b.String(), ErrUnterminatedComment
-			}
-			i = j
-			c = ' '
+			return true
+		case ctx != Plain:
+		case skipWSP && (c == ' ' || c == '\t'):
+			return true
 		case angles && c == '<':
 			b.WriteByte(c)
-			for i+1 < len(s) && (s[i+1] == ' ' || s[i+1] == '\t') {
-				i++
-			}
-			continue
+			skipWSP = true
+			return true
 		case angles && c == '>':
 			t := strings.TrimRight(b.String(), " \t")
 			b.Reset()
 			b.WriteString(t)
 		}
+		skipWSP = false
 		b.WriteByte(c)
+		return true
+	})
+	if end == Comment {
+		return b.String(), ErrUnterminatedComment
 	}
 	return b.String(), nil
+}
+
+// Context is where a byte of a header field value stands (RFC 5322
+// Section 3.2): outside any construct, or in a quoted string, a comment
+// or a domain literal.
+type Context uint8
+
+// Contexts.
+const (
+	Plain Context = iota
+	Quoted
+	Comment
+	Literal
+)
+
+// Walk calls f with the index and context of each byte of s, in order,
+// until f returns false, and returns the context it ended in (not Plain:
+// s ends inside a construct). The delimiters belong to the construct they
+// open or close ('"', '(' and ')' of every nesting level, '[' and ']');
+// edge is set for the two that open and close it (the outermost
+// parentheses of a comment);
+// a quoted-pair ("\" and the byte after it) in a quoted string, comment
+// or domain literal is reported as two bytes of it, so an escaped
+// delimiter never ends one. Comments nest. It is the one scanner of these
+// rules: comment stripping here and the From field's group and route
+// checks (package dmarc) use it.
+func Walk(s string, f func(i int, ctx Context, edge bool) bool) Context {
+	ctx, depth := Plain, 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if ctx != Plain && c == '\\' && i+1 < len(s) {
+			if !f(i, ctx, false) || !f(i+1, ctx, false) {
+				return ctx
+			}
+			i++
+			continue
+		}
+		cur, edge := ctx, false
+		switch ctx {
+		case Plain:
+			switch c {
+			case '"':
+				ctx, cur, edge = Quoted, Quoted, true
+			case '(':
+				ctx, cur, edge, depth = Comment, Comment, true, 1
+			case '[':
+				ctx, cur, edge = Literal, Literal, true
+			}
+		case Quoted:
+			if c == '"' {
+				ctx, edge = Plain, true
+			}
+		case Literal:
+			if c == ']' {
+				ctx, edge = Plain, true
+			}
+		case Comment:
+			switch c {
+			case '(':
+				depth++
+			case ')':
+				if depth--; depth == 0 {
+					ctx, edge = Plain, true
+				}
+			}
+		}
+		if !f(i, cur, edge) {
+			return ctx
+		}
+	}
+	return ctx
 }

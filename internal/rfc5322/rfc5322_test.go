@@ -102,3 +102,32 @@ func TestStripAddressCFWS(t *testing.T) {
 		}
 	}
 }
+
+// Walk gives each byte its context: a quoted-pair never ends a construct,
+// comments nest, and the edge marks the delimiters that open and close.
+func TestWalk(t *testing.T) {
+	for _, tt := range []struct {
+		in, want string // want: one letter a byte, p(lain) q(uoted) c(omment) l(iteral), upper case on an edge
+		end      Context
+	}{
+		{in: `a"b\"c"d`, want: "pQqqqqQp"},
+		{in: `x(a(b)c)y`, want: "pCcccccCp"},
+		{in: `(a\)b)`, want: "CccccC"},
+		{in: `[1.2\]]z`, want: "LlllllLp"},
+		{in: `"open`, want: "Qqqqq", end: Quoted},
+		{in: `((a)`, want: "Cccc", end: Comment},
+	} {
+		var b []byte
+		end := Walk(tt.in, func(i int, ctx Context, edge bool) bool {
+			c := "pqcl"[ctx]
+			if edge {
+				c -= 'a' - 'A'
+			}
+			b = append(b, c)
+			return true
+		})
+		if string(b) != tt.want || end != tt.end {
+			t.Errorf("Walk(%q) = %s, ends %d; want %s, %d", tt.in, b, end, tt.want, tt.end)
+		}
+	}
+}

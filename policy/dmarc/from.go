@@ -114,19 +114,13 @@ func ParseFrom(fromHeaderValues []string) (Author, error) {
 // already gone (stripCFWS).
 func stripObsRoute(s string) (string, error) {
 	var b strings.Builder
-	inQuote := false
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case inQuote && c == '\\' && i+1 < len(s):
-			b.WriteByte(c)
-			i++
-			c = s[i]
-		case inQuote:
-			inQuote = c != '"'
-		case c == '"':
-			inQuote = true
-		case c == '<':
+	var err error
+	skip := -1 // the route's last byte, ":"
+	rfc5322.Walk(s, func(i int, ctx rfc5322.Context, _ bool) bool {
+		if i <= skip {
+			return true
+		}
+		if ctx == rfc5322.Plain && s[i] == '<' {
 			j := i + 1
 			for j < len(s) && (s[j] == ' ' || s[j] == '\t' || s[j] == ',') {
 				j++
@@ -134,14 +128,19 @@ func stripObsRoute(s string) (string, error) {
 			if j < len(s) && s[j] == '@' {
 				end := strings.IndexAny(s[j:], ":>")
 				if end < 0 || s[j+end] != ':' {
-					return "", fmt.Errorf("%w: unterminated route in angle address", ErrUnparseableFrom)
+					err = fmt.Errorf("%w: unterminated route in angle address", ErrUnparseableFrom)
+					return false
 				}
 				b.WriteByte('<')
-				i = j + end // at the ":"
-				continue
+				skip = j + end
+				return true
 			}
 		}
-		b.WriteByte(c)
+		b.WriteByte(s[i])
+		return true
+	})
+	if err != nil {
+		return "", err
 	}
 	return b.String(), nil
 }
@@ -186,40 +185,23 @@ func stripCFWS(s string) (string, error) {
 // hasGroup reports whether an address list uses group syntax: a ":" outside
 // quoted strings, comments, angle brackets and domain literals.
 func hasGroup(s string) bool {
-	var inQuote bool
-	var comment, angle, literal int
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '\\' && (inQuote || comment > 0 || literal > 0):
-			i++ // Quoted pair.
-		case inQuote:
-			inQuote = c != '"'
-		case comment > 0:
-			switch c {
-			case '(':
-				comment++
-			case ')':
-				comment--
-			}
-		case c == '"':
-			inQuote = true
-		case c == '(':
-			comment++
-		case c == '[':
-			literal++
-		case c == ']' && literal > 0:
-			literal--
-		case literal > 0:
+	angle, group := 0, false
+	rfc5322.Walk(s, func(i int, ctx rfc5322.Context, _ bool) bool {
+		if ctx != rfc5322.Plain {
+			return true
+		}
+		switch c := s[i]; {
 		case c == '<':
 			angle++
 		case c == '>' && angle > 0:
 			angle--
 		case c == ':' && angle == 0:
-			return true
+			group = true
+			return false
 		}
-	}
-	return false
+		return true
+	})
+	return group
 }
 
 // InDomainList reports whether domain is one of the domains of list, or a
