@@ -309,13 +309,13 @@ func TestSizeLimit(t *testing.T) {
 }
 
 func TestRateLimitsAndDedup(t *testing.T) {
-	clk := &clock{t: time.Date(2026, 5, 4, 0, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 5, 4, 0, 0, 0, 0, time.UTC))
 	cfg := testConfig(t)
 	cfg.PerDestinationLimit, cfg.PerDestinationWindow = 3, time.Hour
 	cfg.GlobalLimit, cfg.GlobalWindow = 5, time.Hour
 	cfg.DedupWindow = 10 * time.Minute
 	var logs testutil.SyncBuffer
-	r, err := newWith(cfg, newResolver(), zerolog.New(io.MultiWriter(&logs, zerolog.TestWriter{T: t})).Level(zerolog.InfoLevel), clk.now)
+	r, err := newWith(cfg, newResolver(), zerolog.New(io.MultiWriter(&logs, zerolog.TestWriter{T: t})).Level(zerolog.InfoLevel), clk.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,7 +366,7 @@ func TestRateLimitsAndDedup(t *testing.T) {
 		t.Errorf("global limit not counted: %v", r.Stats().Suppressed)
 	}
 	// An hour later the windows have moved on; the duplicate is old too.
-	clk.advance(time.Hour + time.Second)
+	clk.Advance(time.Hour + time.Second)
 	if got := processed(t, r, from("192.0.2.1", "mailto:a@example.com")); len(got) != 1 {
 		t.Errorf("after the window: %v", got)
 	}

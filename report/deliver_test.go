@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/smtpsink"
+	"github.com/dmarc-milter/dmarc-milter/internal/testutil"
 	"github.com/dmarc-milter/dmarc-milter/report/outbox"
 )
 
@@ -65,7 +66,7 @@ func TestDeliver(t *testing.T) {
 	if len(p.types) != 3 || p.feedback.Get("Feedback-Type") != "auth-failure" {
 		t.Errorf("report: %v %v", p.types, p.feedback.Map())
 	}
-	waitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.Out.Dir)) == 0 })
+	testutil.WaitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.Out.Dir)) == 0 })
 	st := r.Stats()
 	if st.Submitted != 1 || st.Spooled != 1 || st.Sent != 1 || st.Dropped != 0 {
 		t.Errorf("stats %+v", st)
@@ -81,7 +82,7 @@ func TestRelayDownThenBack(t *testing.T) {
 	running(t, r)
 
 	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
-	waitFor(t, "retries", func() bool { return r.Stats().Retried >= 2 })
+	testutil.WaitFor(t, "retries", func() bool { return r.Stats().Retried >= 2 })
 	files := spoolFiles(t, cfg.Out.Dir)
 	if len(files) != 1 {
 		t.Fatalf("spool holds %v", files)
@@ -95,7 +96,7 @@ func TestRelayDownThenBack(t *testing.T) {
 	}
 	sink.Restart(t)
 	sink.Wait(t, 1, 10*time.Second)
-	waitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.Out.Dir)) == 0 })
+	testutil.WaitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.Out.Dir)) == 0 })
 	if st := r.Stats(); st.Sent != 1 || st.Dropped != 0 {
 		t.Errorf("stats %+v", st)
 	}
@@ -132,7 +133,7 @@ func TestPermanentRefusalDropped(t *testing.T) {
 			r := newReporter(t, cfg)
 			running(t, r)
 			r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
-			waitFor(t, "the drop", func() bool { return r.Stats().Dropped == 1 })
+			testutil.WaitFor(t, "the drop", func() bool { return r.Stats().Dropped == 1 })
 			if st := r.Stats(); st.Retried != 0 || st.Sent != 0 {
 				t.Errorf("stats %+v", st)
 			}
@@ -155,7 +156,7 @@ func TestMaxAttempts(t *testing.T) {
 	r := newReporter(t, cfg)
 	running(t, r)
 	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
-	waitFor(t, "the drop", func() bool { return r.Stats().Dropped == 1 })
+	testutil.WaitFor(t, "the drop", func() bool { return r.Stats().Dropped == 1 })
 	if st := r.Stats(); st.Retried != 2 || st.Sent != 0 {
 		t.Errorf("stats %+v", st)
 	}
@@ -203,7 +204,7 @@ func TestUnwritableSpool(t *testing.T) {
 	if d := time.Since(start); d > 100*time.Millisecond {
 		t.Errorf("Submit took %v", d)
 	}
-	waitFor(t, "spool errors", func() bool { return r.Stats().SpoolErrors == 3 })
+	testutil.WaitFor(t, "spool errors", func() bool { return r.Stats().SpoolErrors == 3 })
 	if st := r.Stats(); st.Spooled != 0 {
 		t.Errorf("stats %+v", st)
 	}
@@ -244,7 +245,7 @@ func TestSubmitBurst(t *testing.T) {
 		second := newReporter(t, cfg)
 		running(t, second)
 		sink.Wait(t, n, 60*time.Second)
-		waitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.Out.Dir)) == 0 })
+		testutil.WaitFor(t, "the spool to empty", func() bool { return len(spoolFiles(t, cfg.Out.Dir)) == 0 })
 		if st := second.Stats(); st.Sent != n {
 			t.Errorf("sent %d, want %d", st.Sent, n)
 		}
@@ -276,7 +277,7 @@ func TestRestartDeliversSpool(t *testing.T) {
 	first := newReporter(t, cfg)
 	stop := running(t, first)
 	first.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
-	waitFor(t, "the first attempt", func() bool { return first.Stats().Retried == 1 })
+	testutil.WaitFor(t, "the first attempt", func() bool { return first.Stats().Retried == 1 })
 	stop()
 	if err := os.WriteFile(filepath.Join(cfg.Out.Dir, ".tmp-"+"crashed"), []byte("{partial"), 0o600); err != nil {
 		t.Fatal(err)
@@ -292,7 +293,7 @@ func TestRestartDeliversSpool(t *testing.T) {
 	if !strings.Contains(string(msgs[0].Data), "DMARC failure report for example.com from 192.0.2.1") {
 		t.Errorf("unexpected message delivered")
 	}
-	waitFor(t, "the spool to empty", func() bool {
+	testutil.WaitFor(t, "the spool to empty", func() bool {
 		des, _ := os.ReadDir(cfg.Out.Dir)
 		return len(des) == 0
 	})
@@ -332,7 +333,7 @@ func TestStartTLSAndAuth(t *testing.T) {
 		r := newReporter(t, cfg)
 		running(t, r)
 		r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
-		waitFor(t, "a retry", func() bool { return r.Stats().Retried >= 1 })
+		testutil.WaitFor(t, "a retry", func() bool { return r.Stats().Retried >= 1 })
 		if len(sink.Messages()) != 0 {
 			t.Errorf("sent without TLS")
 		}
@@ -344,7 +345,7 @@ func TestStartTLSAndAuth(t *testing.T) {
 		r := newReporter(t, cfg)
 		running(t, r)
 		r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
-		waitFor(t, "a retry", func() bool { return r.Stats().Retried >= 1 })
+		testutil.WaitFor(t, "a retry", func() bool { return r.Stats().Retried >= 1 })
 		if len(sink.Messages()) != 0 {
 			t.Errorf("sent over an unverified TLS session")
 		}
@@ -432,7 +433,7 @@ func TestShutdownDuringHungDelivery(t *testing.T) {
 	go func() { r.out.Run(ctx); close(done) }()
 
 	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
-	waitFor(t, "the delivery to hang in DATA", func() bool { return sink.InData() == 1 })
+	testutil.WaitFor(t, "the delivery to hang in DATA", func() bool { return sink.InData() == 1 })
 	time.Sleep(100 * time.Millisecond) // the message is written; the reply never comes
 	start := time.Now()
 	cancel()

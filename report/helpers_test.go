@@ -6,7 +6,6 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -126,24 +125,6 @@ func testLogger(t testing.TB) zerolog.Logger {
 	return zerolog.New(zerolog.TestWriter{T: t}).Level(zerolog.DebugLevel)
 }
 
-// clock is an injectable clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // parsedReport is a report read back with go-message.
 type parsedReport struct {
 	header   message.Header
@@ -212,16 +193,4 @@ func spoolFiles(t testing.TB, dir string) []string {
 // readSpoolFile reads the spooled report at path (a spoolFiles name).
 func readSpoolFile(path string) (outbox.Entry, []byte, error) {
 	return outbox.Read(filepath.Dir(path), strings.TrimSuffix(filepath.Base(path), ".report"))
-}
-
-// waitFor polls cond until it holds or fails the test.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/internal/testutil"
 )
 
 // The resolver is used by blitiri.com.ar/go/spf.
@@ -46,24 +47,6 @@ sp\ ace\@x IN A 192.0.2.4
 esc      IN TXT "q\"b\\s\200\009" "\1x"
 1.2.0.192.in-addr.arpa. IN PTR mx1.example.test.
 `
-
-// clock is a settable clock for cache expiry tests.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 func newResolver(t *testing.T, cfg Config, servers ...string) *Resolver {
 	t.Helper()
@@ -193,7 +176,7 @@ func isNotFound(err error) bool {
 
 func TestTTLExpiry(t *testing.T) {
 	srv := dnstest.NewServer(t, testZone)
-	clk := &clock{t: time.Unix(1_700_000_000, 0)}
+	clk := testutil.NewClock(time.Unix(1_700_000_000, 0))
 	r := newResolver(t, Config{Now: clk.Now, MaxTTL: 100 * time.Second}, srv.Addr)
 	ctx := context.Background()
 
@@ -232,7 +215,7 @@ func TestTTLExpiry(t *testing.T) {
 
 func TestNegativeCaching(t *testing.T) {
 	srv := dnstest.NewServer(t, testZone)
-	clk := &clock{t: time.Unix(1_700_000_000, 0)}
+	clk := testutil.NewClock(time.Unix(1_700_000_000, 0))
 	r := newResolver(t, Config{Now: clk.Now}, srv.Addr)
 	ctx := context.Background()
 
@@ -390,7 +373,7 @@ func TestPrefetch(t *testing.T) {
 func TestServfail(t *testing.T) {
 	srv := dnstest.NewServer(t, testZone)
 	srv.SetServfail("example.test", dns.TypeTXT)
-	clk := &clock{t: time.Unix(1_700_000_000, 0)}
+	clk := testutil.NewClock(time.Unix(1_700_000_000, 0))
 	r := newResolver(t, Config{Attempts: 1, Now: clk.Now}, srv.Addr)
 
 	lookup := func() {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 )
@@ -82,4 +83,48 @@ func Sign(t TB, raw, domain, selector, keyPath string, canon msgdkim.Canonicaliz
 		t.Fatalf("sign: %v", err)
 	}
 	return out.String()
+}
+
+// Clock is a settable clock, safe for concurrent use; its Now is a
+// func() time.Time for the packages that take a clock.
+type Clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+// NewClock returns a Clock at t.
+func NewClock(t time.Time) *Clock { return &Clock{t: t} }
+
+// Now returns the clock's time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+// Advance moves the clock on by d.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// Set sets the clock to t.
+func (c *Clock) Set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
+// WaitFor polls cond every few milliseconds until it holds, and fails the
+// test after 10 seconds: for what a background worker does by itself.
+func WaitFor(t TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

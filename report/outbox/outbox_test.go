@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/smtpsink"
+	"github.com/dmarc-milter/dmarc-milter/internal/testutil"
 )
 
 func testConfig(t *testing.T) Config {
@@ -40,17 +41,6 @@ func run(t *testing.T, o *Outbox) {
 	done := make(chan struct{})
 	go func() { o.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestBackoff(t *testing.T) {
@@ -87,7 +77,7 @@ func TestPutDeliverAndHook(t *testing.T) {
 		}
 	}
 	msgs := sink.Wait(t, 2, 10*time.Second)
-	waitFor(t, "the spool to empty", func() bool { return o.Size() == 0 })
+	testutil.WaitFor(t, "the spool to empty", func() bool { return o.Size() == 0 })
 	got := map[string]bool{}
 	for _, m := range msgs {
 		if m.From != "dmarc-reports@mx.example.net" {
