@@ -3,11 +3,7 @@
 package e2e
 
 import (
-	"bytes"
-	"compress/gzip"
 	"fmt"
-	"io"
-	"mime"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,8 +11,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	gomail "github.com/emersion/go-message/mail"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/smtpsink"
 	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
@@ -137,31 +131,11 @@ func TestAggregateReports(t *testing.T) {
 // to a message.
 func attachedReport(t *testing.T, data []byte) (string, []byte) {
 	t.Helper()
-	mr, err := gomail.CreateReader(bytes.NewReader(data))
+	name, x, err := aggregate.ReadMessage(data)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v in:\n%s", err, data)
 	}
-	for {
-		part, err := mr.NextPart()
-		if err != nil {
-			break
-		}
-		ct, params, _ := mime.ParseMediaType(part.Header.Get("Content-Type"))
-		if ct != "application/gzip" {
-			continue
-		}
-		zr, err := gzip.NewReader(part.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		x, err := io.ReadAll(zr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return params["name"], x
-	}
-	t.Fatalf("no application/gzip part in:\n%s", data)
-	return "", nil
+	return name, x
 }
 
 // mailDMARC parses a report message with Debian's Mail::DMARC

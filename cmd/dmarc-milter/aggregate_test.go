@@ -2,11 +2,8 @@ package main
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"fmt"
-	"io"
-	"mime"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,8 +11,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/emersion/go-message/mail"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/pgtest"
 	"github.com/dmarc-milter/dmarc-milter/internal/smtpsink"
@@ -159,30 +154,14 @@ func TestAggregateSent(t *testing.T) {
 // reportOf returns the aggregate report attached to a message.
 func reportOf(t *testing.T, data []byte) *aggregate.Feedback {
 	t.Helper()
-	mr, err := mail.CreateReader(bytes.NewReader(data))
-	if err != nil {
-		t.Fatal(err)
+	_, x, err := aggregate.ReadMessage(data)
+	if err == nil {
+		var f *aggregate.Feedback
+		if f, err = aggregate.Parse(x); err == nil {
+			return f
+		}
 	}
-	for {
-		p, err := mr.NextPart()
-		if err != nil {
-			break
-		}
-		if ct, _, _ := mime.ParseMediaType(p.Header.Get("Content-Type")); ct != "application/gzip" {
-			continue
-		}
-		zr, err := gzip.NewReader(p.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		x, _ := io.ReadAll(zr)
-		f, err := aggregate.Parse(x)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
-	t.Fatalf("no gzip report in:\n%s", data)
+	t.Fatalf("%v in:\n%s", err, data)
 	return nil
 }
 

@@ -269,6 +269,18 @@ func TestReportRoundTrip(t *testing.T) {
 		if unz, _ := io.ReadAll(zr); !bytes.Equal(unz, rep.XML) {
 			t.Errorf("%s: gzip does not hold the XML", domain)
 		}
+		// The message reads back (ReadMessage, what the daemon and e2e
+		// tests read reports with): the attachment's name and the XML.
+		msg, err := snd.Message(rep, "agg@"+domain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name, x, err := ReadMessage(msg); err != nil || name != rep.FileName(meta.Submitter) || !bytes.Equal(x, rep.XML) {
+			t.Errorf("%s: read back %q (%d bytes) %v, want %q", domain, name, len(x), err, rep.FileName(meta.Submitter))
+		}
+	}
+	if _, _, err := ReadMessage([]byte("Subject: x\r\n\r\nno attachment\r\n")); err == nil {
+		t.Error("a message without a report read as one")
 	}
 }
 

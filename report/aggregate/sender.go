@@ -2,10 +2,13 @@ package aggregate
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
+	"mime"
 	"time"
 
 	"github.com/emersion/go-message"
@@ -348,4 +351,34 @@ func (s *Sender) Message(rep *Report, to string) ([]byte, error) {
 		return nil, fmt.Errorf("aggregate: %w", err)
 	}
 	return buf.Bytes(), nil
+}
+
+// ReadMessage reads an aggregate report message as Message writes it (RFC
+// 9990 Section 4.5): the file name and the XML of its first
+// application/gzip attachment. It is what the tests read our reports with.
+func ReadMessage(data []byte) (name string, xml []byte, err error) {
+	mr, err := mail.CreateReader(bytes.NewReader(data))
+	if err != nil {
+		return "", nil, fmt.Errorf("aggregate: reading the report message: %w", err)
+	}
+	for {
+		part, err := mr.NextPart()
+		if err != nil {
+			break
+		}
+		ct, params, _ := mime.ParseMediaType(part.Header.Get("Content-Type"))
+		if ct != "application/gzip" {
+			continue
+		}
+		zr, err := gzip.NewReader(part.Body)
+		if err != nil {
+			return "", nil, fmt.Errorf("aggregate: the report's gzip: %w", err)
+		}
+		x, err := io.ReadAll(zr)
+		if err != nil {
+			return "", nil, fmt.Errorf("aggregate: the report's gzip: %w", err)
+		}
+		return params["name"], x, nil
+	}
+	return "", nil, errors.New("aggregate: no application/gzip part in the message")
 }
