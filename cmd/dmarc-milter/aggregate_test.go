@@ -18,27 +18,37 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/report/store"
 )
 
-// recorded sums the aggregate rows of pass.example in the store.
-func recorded(t *testing.T, dsn, stateDir string) int64 {
+// storedRows returns the aggregate rows in the store (of domain, "" for
+// every domain): each row's policy domain, data and count.
+func storedRows(t *testing.T, dsn, stateDir, domain string) []store.Row {
 	t.Helper()
-	st, err := store.Open(context.Background(), dsn, stateDir)
+	ctx := context.Background()
+	st, err := store.Open(ctx, dsn, stateDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	keys, err := st.Keys(context.Background(), time.Unix(0, 0), time.Now().Add(time.Hour), "pass.example")
+	keys, err := st.Keys(ctx, time.Unix(0, 0), time.Now().Add(time.Hour), domain)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var n int64
+	var out []store.Row
 	for _, k := range keys {
-		rows, err := st.Rows(context.Background(), k)
+		rows, err := st.Rows(ctx, k)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, r := range rows {
-			n += r.Count
-		}
+		out = append(out, rows...)
+	}
+	return out
+}
+
+// recorded sums the aggregate rows of pass.example in the store.
+func recorded(t *testing.T, dsn, stateDir string) int64 {
+	t.Helper()
+	var n int64
+	for _, r := range storedRows(t, dsn, stateDir, "pass.example") {
+		n += r.Count
 	}
 	return n
 }
@@ -46,9 +56,6 @@ func recorded(t *testing.T, dsn, stateDir string) int64 {
 // SIGTERM loses no recorded message; kill -9 loses at most the messages of
 // the last aggregate_flush_interval.
 func TestAggregateDurability(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon")
-	}
 	dnsSrv, bin := daemonPrereqs(t)
 	state := t.TempDir()
 	sock := filepath.Join(t.TempDir(), "m.sock")
@@ -117,9 +124,6 @@ func TestAggregateDurability(t *testing.T) {
 // The report of a period goes out once it ended: one gzip report to the
 // domain's rua address, holding the messages of the period.
 func TestAggregateSent(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon")
-	}
 	dnsSrv, bin := daemonPrereqs(t)
 	sink := smtpsink.Start(t)
 	sock := filepath.Join(t.TempDir(), "m.sock")
@@ -169,11 +173,8 @@ func reportOf(t *testing.T, data []byte) *aggregate.Feedback {
 // period with both hosts' messages; the host that sends it killed in the
 // middle of the delivery and restarted, still exactly one report.
 func TestAggregateFleet(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon")
-	}
-	dsn := pgtest.Start(t)
 	dnsSrv, bin := daemonPrereqs(t)
+	dsn := pgtest.Start(t)
 	sink := smtpsink.Start(t)
 	sink.HangData()
 	conf := writeFile(t, fmt.Sprintf("aggregate_interval = \"4s\"\naggregate_send_window = \"0s\"\nfailure_reports = false\nstore = %q\n", dsn))

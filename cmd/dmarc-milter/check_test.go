@@ -16,9 +16,6 @@ import (
 // the tree walk, the policy, SPF with its counts, each key's verdict, the
 // findings, plain output when piped, JSON, and the exit status.
 func TestCheck(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon")
-	}
 	_, bin := daemonPrereqs(t)
 	var zones []string
 	for _, f := range []string{"../../testdata/zones/example.zone", "../../testdata/zones/seed.zone"} {

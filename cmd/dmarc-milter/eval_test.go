@@ -13,9 +13,6 @@ import (
 // the trace of DNS questions and rules, defaults from the message, and
 // the exit status.
 func TestEval(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon")
-	}
 	dnsSrv, bin := daemonPrereqs(t)
 	conf := writeFile(t, fmt.Sprintf("dns = [%q]\nauthserv_id = \"mx.cli.example\"\n", dnsSrv.Addr))
 	spoofMsg := writeFile(t, "Return-Path: <ceo@pass.example>\n"+

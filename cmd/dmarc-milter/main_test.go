@@ -206,9 +206,12 @@ func stripChoices(c Config) Config {
 }
 
 // daemonPrereqs starts a DNS server for the test zone and builds the
-// daemon, for the tests that run the real binary.
+// daemon, for the tests that run the real binary (skipped with -short).
 func daemonPrereqs(t *testing.T) (*dnstest.Server, string) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the daemon")
+	}
 	zone, err := dnstest.LoadZoneFile("../../testdata/zones/example.zone")
 	if err != nil {
 		t.Fatal(err)
@@ -232,9 +235,6 @@ func buildDaemon(t *testing.T) string {
 // connections on a unix socket (replacing a stale one, with the configured
 // mode) and drains and exits 0 on SIGTERM.
 func TestServeUnixSocketAndSIGTERM(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon")
-	}
 	dnsSrv, bin := daemonPrereqs(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "milter.sock")
@@ -378,9 +378,6 @@ func spoof(t *testing.T, network, addr string) int {
 // SIGHUP reloads the policy without dropping connections; a bad file keeps
 // the running configuration and says why.
 func TestReload(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon")
-	}
 	dnsSrv, bin := daemonPrereqs(t)
 	sock := filepath.Join(t.TempDir(), "m.sock")
 	conf := writeFile(t, "monitor = false\n")
@@ -443,9 +440,6 @@ func TestVersion(t *testing.T) {
 // A failure report spooled while the relay is down survives kill -9 and is
 // delivered by the next start; the milter's reply never waits for it.
 func TestFailureReportSurvivesKill9(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon")
-	}
 	dnsSrv, bin := daemonPrereqs(t)
 	sink := smtpsink.Start(t)
 	sink.Stop() // the relay is down
@@ -517,9 +511,6 @@ func TestFailureReportSurvivesKill9(t *testing.T) {
 // SMTP client's own timeout is minutes), and the report stays spooled for
 // the next start.
 func TestSIGTERMWithHungRelay(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon")
-	}
 	dnsSrv, bin := daemonPrereqs(t)
 	sink := smtpsink.Start(t)
 	sink.HangData()
@@ -559,9 +550,6 @@ func TestSIGTERMWithHungRelay(t *testing.T) {
 // moment the MTA has its answer. The reports of that message were made
 // durable before the answer, so the next start delivers them.
 func TestFailureReportSurvivesKill9AfterReply(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon")
-	}
 	dnsSrv, bin := daemonPrereqs(t)
 	sink := smtpsink.Start(t)
 	sink.Stop() // nothing is delivered before the kill

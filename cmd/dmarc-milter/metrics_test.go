@@ -85,9 +85,6 @@ func TestGrafanaDashboard(t *testing.T) {
 // /metrics after real traffic: the messages, stages, DNS, connections,
 // reports and aggregate rows are counted.
 func TestMetrics(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon")
-	}
 	dnsSrv, bin := daemonPrereqs(t)
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os/exec"
@@ -11,14 +10,12 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/miltertest"
 	"github.com/dmarc-milter/dmarc-milter/internal/testutil"
 	"github.com/dmarc-milter/dmarc-milter/report/outbox"
-	"github.com/dmarc-milter/dmarc-milter/report/store"
 )
 
 // eval runs the daemon's pipeline: a set of messages sent through the
@@ -29,9 +26,6 @@ import (
 // Authentication-Results (the session's own reject), a bad From,
 // quarantine, DKIM and SPF passes and a spoof.
 func TestEvalMatchesDaemon(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon")
-	}
 	dnsSrv, bin := daemonPrereqs(t)
 	state := t.TempDir()
 	sock := filepath.Join(t.TempDir(), "m.sock")
@@ -169,25 +163,10 @@ max_header_fields = 20
 	if err := d.cmd.Wait(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)
 	}
-	st, err := store.Open(context.Background(), "", state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	keys, err := st.Keys(context.Background(), time.Unix(0, 0), time.Now().Add(time.Hour), "")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var fromDaemon, fromEval []string
-	for _, k := range keys {
-		rows, err := st.Rows(context.Background(), k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rows {
-			for range r.Count {
-				fromDaemon = append(fromDaemon, k.Domain+" "+r.Data)
-			}
+	for _, r := range storedRows(t, "", state, "") {
+		for range r.Count {
+			fromDaemon = append(fromDaemon, r.Key.Domain+" "+r.Data)
 		}
 	}
 	for _, ev := range evals {

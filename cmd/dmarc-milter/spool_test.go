@@ -17,9 +17,6 @@ import (
 // and JSON), show, retry and drop, and a clear exit status for an unknown
 // report.
 func TestSpoolCommands(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon")
-	}
 	dnsSrv, bin := daemonPrereqs(t)
 	state := t.TempDir()
 	conf := writeFile(t, fmt.Sprintf("state_dir = %q\nreport_smtp = \"127.0.0.1:9\"\nreport_min_backoff = \"1h\"\nreport_max_backoff = \"2h\"\naggregate_reports = false\n", state))
