@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"strings"
 	"testing"
 
@@ -28,15 +27,8 @@ func TestCheck(t *testing.T) {
 	dnsSrv := dnstest.NewServer(t, zones...)
 	conf := writeFile(t, fmt.Sprintf("dns = [%q]\n", dnsSrv.Addr))
 	run := func(args ...string) (string, int) {
-		var out, errb bytes.Buffer
-		cmd := exec.Command(bin, append([]string{"check"}, append(args, "--config", conf)...)...)
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-		return out.String() + errb.String(), code
+		out, errOut, code := runBin(bin, append([]string{"check"}, append(args, "--config", conf)...)...)
+		return out + errOut, code
 	}
 
 	out, code := run("pass.example", "--selector", "sel1", "--selector", "ed", "--selector", "weak", "--selector", "missing")

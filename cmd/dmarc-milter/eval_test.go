@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"strings"
 	"testing"
 )
@@ -20,15 +18,7 @@ func TestEval(t *testing.T) {
 		"From: CEO <ceo@pass.example>\nTo: rcpt@cli.example\nSubject: wire the money\n\nPlease.\n")
 	legitMsg := writeFile(t, "From: Alice <alice@pass.example>\nTo: rcpt@cli.example\nSubject: hello\n\nHi.\n")
 	eval := func(args ...string) (string, string, int) {
-		var out, errb bytes.Buffer
-		cmd := exec.Command(bin, append([]string{"eval", "--config", conf}, args...)...)
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-		return out.String(), errb.String(), code
+		return runBin(bin, append([]string{"eval", "--config", conf}, args...)...)
 	}
 
 	out, errOut, code := eval(spoofMsg)

@@ -219,6 +219,17 @@ func daemonPrereqs(t *testing.T) (*dnstest.Server, string) {
 	return dnstest.NewServer(t, zone), buildDaemon(t)
 }
 
+// runBin runs the binary with args and returns its output and exit status.
+func runBin(bin string, args ...string) (stdout, stderr string, code int) {
+	var out, errb bytes.Buffer
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if ee, ok := cmd.Run().(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	}
+	return out.String(), errb.String(), code
+}
+
 // buildDaemon builds the real binary once per test run.
 func buildDaemon(t *testing.T) string {
 	t.Helper()

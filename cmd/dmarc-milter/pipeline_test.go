@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -98,14 +96,11 @@ max_header_fields = 20
 		}
 		daemon[qid] = got
 
-		file := writeFile(t, c.raw)
-		var out, errb bytes.Buffer
-		cmd := exec.Command(bin, "eval", "--config", conf, "--json", "--ip", c.ip, "--helo", "client.example", "--mail-from", c.mailFrom, file)
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		cmd.Run() // the exit status says the action; the JSON says more
+		// The exit status says the action; the JSON says more.
+		out, errOut, _ := runBin(bin, "eval", "--config", conf, "--json", "--ip", c.ip, "--helo", "client.example", "--mail-from", c.mailFrom, writeFile(t, c.raw))
 		var ev evaluation
-		if err := json.Unmarshal(out.Bytes(), &ev); err != nil {
-			t.Fatalf("%s: eval --json: %v\n%s%s", c.name, err, out.String(), errb.String())
+		if err := json.Unmarshal([]byte(out), &ev); err != nil {
+			t.Fatalf("%s: eval --json: %v\n%s%s", c.name, err, out, errOut)
 		}
 		evals[qid] = &ev
 
@@ -129,15 +124,10 @@ max_header_fields = 20
 
 	// Failure reports: spooled for the messages eval says are wanted,
 	// none for the others.
-	var out bytes.Buffer
-	cmd := exec.Command(bin, "spool", "list", "--json", "--config", conf)
-	cmd.Stdout = &out
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("spool list: %v", err)
-	}
+	out, errOut, code := runBin(bin, "spool", "list", "--json", "--config", conf)
 	var spooled []outbox.Entry
-	if err := json.Unmarshal(out.Bytes(), &spooled); err != nil {
-		t.Fatalf("spool list --json: %v\n%s", err, out.String())
+	if err := json.Unmarshal([]byte(out), &spooled); err != nil || code != 0 {
+		t.Fatalf("spool list --json: exit %d %v\n%s%s", code, err, out, errOut)
 	}
 	reported := map[string]bool{}
 	for _, e := range spooled {

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -27,15 +25,7 @@ func TestSpoolCommands(t *testing.T) {
 		t.Fatalf("spoof: %d", code)
 	}
 	cli := func(args ...string) (string, string, int) {
-		var out, errb bytes.Buffer
-		cmd := exec.Command(bin, append(append([]string{"spool"}, args...), "--config", conf)...)
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-		return out.String(), errb.String(), code
+		return runBin(bin, append(append([]string{"spool"}, args...), "--config", conf)...)
 	}
 	var entries []outbox.Entry
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
