@@ -27,9 +27,7 @@ import (
 // within a minute), to every authorized rua address. It claims nothing:
 // the daemon's own sends are not affected.
 func reportAggregate(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("dmarc-milter report aggregate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "TOML configuration `file` (the daemon's)")
+	fs, configPath := commandFlags("report aggregate", "the daemon's", stderr)
 	fromText := fs.String("from", "", "first day or instant of the periods, `DATE` (YYYY-MM-DD or RFC 3339)")
 	untilText := fs.String("until", "", "end (exclusive) of the periods, `DATE` (YYYY-MM-DD or RFC 3339)")
 	domain := fs.String("domain", "", "only the reports of this policy `domain`")
@@ -143,6 +141,16 @@ func parseDate(s string) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("%q is neither YYYY-MM-DD nor RFC 3339", s)
 	}
 	return t, nil
+}
+
+// commandFlags is the flag set of an operator command, name as "dmarc-milter
+// NAME", writing its errors to stderr, with the --config flag every
+// command has (the daemon's file, what of it the command reads said in
+// what).
+func commandFlags(name, what string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet("dmarc-milter "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs, fs.String("config", "", "TOML configuration `file` ("+what+")")
 }
 
 // loadConfig is the configuration serve would run with, without flags.

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -57,9 +56,7 @@ type checkDKIM struct {
 // checkCommand is "dmarc-milter check DOMAIN [--selector S ...]": what a
 // receiver sees for a domain, through the daemon's resolver and rules.
 func checkCommand(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("dmarc-milter check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "TOML configuration `file` (for its resolvers)")
+	fs, configPath := commandFlags("check", "for its resolvers", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
 	var selectors []string
 	fs.Func("selector", "a DKIM `selector` to check (repeatable)", func(s string) error {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -33,9 +32,7 @@ const (
 // for a message file, with the configuration in force, and a trace of
 // every DNS question and rule applied.
 func evalCommand(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("dmarc-milter eval", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "TOML configuration `file` (the daemon's)")
+	fs, configPath := commandFlags("eval", "the daemon's", stderr)
 	ipText := fs.String("ip", "", "the SMTP client's `address` (default: from the message's last Received field)")
 	helo := fs.String("helo", "", "the client's HELO `name` (default: from the message's last Received field)")
 	mailFrom := fs.String("mail-from", "", "the MAIL FROM `address` (default: the message's Return-Path; <> for the null sender)")

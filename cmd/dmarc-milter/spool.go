@@ -25,9 +25,7 @@ func spoolCommand(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	verb := args[0]
-	fs := flag.NewFlagSet("dmarc-milter spool "+verb, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "TOML configuration `file` (the daemon's)")
+	fs, configPath := commandFlags("spool "+verb, "the daemon's", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
 	rest := args[1:]
 	var id string
