@@ -40,6 +40,21 @@ func running(t *testing.T, r *Reporter) (stop func()) {
 	return stop
 }
 
+// sendOne starts a Reporter relaying to sink, its configuration changed by
+// mod (if set), and submits one message that wants a report.
+func sendOne(t *testing.T, sink *smtpsink.Sink, mod func(*testSetup)) (*Reporter, testSetup) {
+	t.Helper()
+	cfg := testConfig(t)
+	cfg.Out.SMTP = sink.Addr
+	if mod != nil {
+		mod(&cfg)
+	}
+	r := newReporter(t, cfg)
+	running(t, r)
+	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+	return r, cfg
+}
+
 func newReporter(t *testing.T, cfg testSetup) *Reporter {
 	t.Helper()
 	r, err := newWith(cfg, newResolver(), testLogger(t), nil)
@@ -105,11 +120,7 @@ func TestRelayDownThenBack(t *testing.T) {
 func TestTemporaryReplyRetried(t *testing.T) {
 	sink := smtpsink.Start(t)
 	sink.FailRcpt(smtpsink.Temp(451), 2)
-	cfg := testConfig(t)
-	cfg.Out.SMTP = sink.Addr
-	r := newReporter(t, cfg)
-	running(t, r)
-	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+	r, _ := sendOne(t, sink, nil)
 	sink.Wait(t, 1, 10*time.Second)
 	if st := r.Stats(); st.Retried != 2 {
 		t.Errorf("Retried = %d, want 2", st.Retried)
@@ -128,11 +139,7 @@ func TestPermanentRefusalDropped(t *testing.T) {
 			case "data":
 				sink.FailData(smtpsink.Perm(554), -1)
 			}
-			cfg := testConfig(t)
-			cfg.Out.SMTP = sink.Addr
-			r := newReporter(t, cfg)
-			running(t, r)
-			r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+			r, cfg := sendOne(t, sink, nil)
 			testutil.WaitFor(t, "the drop", func() bool { return r.Stats().Dropped == 1 })
 			if st := r.Stats(); st.Retried != 0 || st.Sent != 0 {
 				t.Errorf("stats %+v", st)
@@ -150,12 +157,7 @@ func TestPermanentRefusalDropped(t *testing.T) {
 func TestMaxAttempts(t *testing.T) {
 	sink := smtpsink.Start(t)
 	sink.FailData(smtpsink.Temp(452), -1)
-	cfg := testConfig(t)
-	cfg.Out.SMTP = sink.Addr
-	cfg.Out.MaxAttempts = 3
-	r := newReporter(t, cfg)
-	running(t, r)
-	r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+	r, cfg := sendOne(t, sink, func(c *testSetup) { c.Out.MaxAttempts = 3 })
 	testutil.WaitFor(t, "the drop", func() bool { return r.Stats().Dropped == 1 })
 	if st := r.Stats(); st.Retried != 2 || st.Sent != 0 {
 		t.Errorf("stats %+v", st)
@@ -305,11 +307,7 @@ func TestRestartDeliversSpool(t *testing.T) {
 func TestStartTLSAndAuth(t *testing.T) {
 	t.Run("opportunistic TLS with AUTH", func(t *testing.T) {
 		sink := smtpsink.StartWith(t, smtpsink.Options{STARTTLS: true, AuthUser: "u", AuthPassword: "p", RequireAuth: true})
-		cfg := testConfig(t)
-		cfg.Out.SMTP, cfg.Out.SMTPUser, cfg.Out.SMTPPassword = sink.Addr, "u", "p"
-		r := newReporter(t, cfg)
-		running(t, r)
-		r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+		sendOne(t, sink, func(c *testSetup) { c.Out.SMTPUser, c.Out.SMTPPassword = "u", "p" })
 		m := sink.Wait(t, 1, 10*time.Second)[0]
 		if !m.TLS || m.AuthUser != "u" {
 			t.Errorf("TLS %v, user %q", m.TLS, m.AuthUser)
@@ -317,22 +315,14 @@ func TestStartTLSAndAuth(t *testing.T) {
 	})
 	t.Run("AUTH to loopback without TLS", func(t *testing.T) {
 		sink := smtpsink.StartWith(t, smtpsink.Options{AuthUser: "u", AuthPassword: "p", RequireAuth: true})
-		cfg := testConfig(t)
-		cfg.Out.SMTP, cfg.Out.SMTPUser, cfg.Out.SMTPPassword = sink.Addr, "u", "p"
-		r := newReporter(t, cfg)
-		running(t, r)
-		r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+		sendOne(t, sink, func(c *testSetup) { c.Out.SMTPUser, c.Out.SMTPPassword = "u", "p" })
 		if m := sink.Wait(t, 1, 10*time.Second)[0]; m.TLS || m.AuthUser != "u" {
 			t.Errorf("TLS %v, user %q", m.TLS, m.AuthUser)
 		}
 	})
 	t.Run("required TLS not offered", func(t *testing.T) {
 		sink := smtpsink.Start(t)
-		cfg := testConfig(t)
-		cfg.Out.SMTP, cfg.Out.StartTLS = sink.Addr, outbox.StartTLSRequired
-		r := newReporter(t, cfg)
-		running(t, r)
-		r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+		r, _ := sendOne(t, sink, func(c *testSetup) { c.Out.StartTLS = outbox.StartTLSRequired })
 		testutil.WaitFor(t, "a retry", func() bool { return r.Stats().Retried >= 1 })
 		if len(sink.Messages()) != 0 {
 			t.Errorf("sent without TLS")
@@ -340,11 +330,7 @@ func TestStartTLSAndAuth(t *testing.T) {
 	})
 	t.Run("required TLS, unverifiable certificate", func(t *testing.T) {
 		sink := smtpsink.StartWith(t, smtpsink.Options{STARTTLS: true})
-		cfg := testConfig(t)
-		cfg.Out.SMTP, cfg.Out.StartTLS = sink.Addr, outbox.StartTLSRequired
-		r := newReporter(t, cfg)
-		running(t, r)
-		r.Submit(failure(t, "v=DMARC1; p=reject; ruf=mailto:ruf@example.com"))
+		r, _ := sendOne(t, sink, func(c *testSetup) { c.Out.StartTLS = outbox.StartTLSRequired })
 		testutil.WaitFor(t, "a retry", func() bool { return r.Stats().Retried >= 1 })
 		if len(sink.Messages()) != 0 {
 			t.Errorf("sent over an unverified TLS session")
