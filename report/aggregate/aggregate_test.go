@@ -663,7 +663,7 @@ func TestPublishedURIs(t *testing.T) {
 		t.Fatalf("published rua %+v (%v)", pub.RUA, ok)
 	}
 	data := marshalPublished(pub)
-	if !strings.Contains(data, `"mailto:big@example.com"`) || !strings.Contains(data, `"max_size":10240`) {
+	if !strings.Contains(data, `"uri":"mailto:big@example.com"}`) || !strings.Contains(data, `"max_size":10240`) {
 		t.Errorf("stored as %s", data)
 	}
 	var back Published

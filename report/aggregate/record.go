@@ -98,21 +98,13 @@ type Published struct {
 	RUA       []URI  `json:"rua"`
 }
 
-// URI is a rua URI as published, with its legacy "!size" limit
-// (dmarc.URI): what the report's destinations are made of
-// (report.Destinations). In the store it is the URI alone as a JSON
-// string, or {"uri":..., "max_size":...} when it has a size.
-type URI dmarc.URI
-
-// MarshalJSON implements json.Marshaler.
-func (u URI) MarshalJSON() ([]byte, error) {
-	if u.MaxSize == 0 {
-		return json.Marshal(u.Address)
-	}
-	return json.Marshal(struct {
-		URI     string `json:"uri"`
-		MaxSize uint64 `json:"max_size"`
-	}{u.Address, u.MaxSize})
+// URI is a rua URI as published, with its legacy "!size" limit: what the
+// report's destinations are made of (report.Destinations). The store
+// holds {"uri":..., "max_size":...}; policies stored by earlier versions
+// hold the URI alone, as a string, and still read.
+type URI struct {
+	Address string `json:"uri"`
+	MaxSize uint64 `json:"max_size,omitempty"`
 }
 
 // UnmarshalJSON implements json.Unmarshaler.
@@ -121,22 +113,15 @@ func (u *URI) UnmarshalJSON(b []byte) error {
 		*u = URI{}
 		return json.Unmarshal(b, &u.Address)
 	}
-	var v struct {
-		URI     string `json:"uri"`
-		MaxSize uint64 `json:"max_size"`
-	}
-	if err := json.Unmarshal(b, &v); err != nil {
-		return err
-	}
-	*u = URI{Address: v.URI, MaxSize: v.MaxSize}
-	return nil
+	type plain URI // without this method
+	return json.Unmarshal(b, (*plain)(u))
 }
 
 // uris returns the rua URIs as dmarc.URIs.
 func (p *Published) uris() []dmarc.URI {
 	out := make([]dmarc.URI, len(p.RUA))
 	for i, u := range p.RUA {
-		out[i] = dmarc.URI(u)
+		out[i] = dmarc.URI{Address: u.Address, MaxSize: u.MaxSize}
 	}
 	return out
 }
@@ -189,7 +174,7 @@ func RowOf(j *policy.Judged, f Facts) (Row, Published, bool) {
 	}
 	for _, u := range rec.RUA {
 		if strings.HasPrefix(strings.ToLower(u.Address), "mailto:") {
-			pub.RUA = append(pub.RUA, URI(u))
+			pub.RUA = append(pub.RUA, URI{Address: u.Address, MaxSize: u.MaxSize})
 		}
 	}
 	if len(pub.RUA) == 0 {
