@@ -185,6 +185,15 @@ func (p *pass) connect(t *testing.T, tr *transcript, addr, helo string) *smtpCli
 	return c
 }
 
+// deliver sends m from addr (HELO helo) in an SMTP session of its own.
+func (p *pass) deliver(t *testing.T, addr, helo, mailFrom string, m mail) outcome {
+	t.Helper()
+	c := p.connect(t, p.begin(t), addr, helo)
+	o := c.send(t, mailFrom, mailboxAddr, m.raw)
+	c.quit(t)
+	return o
+}
+
 // mail is a test message.
 type mail struct {
 	id  string // Message-ID, with the angle brackets
@@ -344,11 +353,8 @@ func TestPostfix(t *testing.T) {
 // testReject: a message failing DMARC for a p=reject domain is refused with
 // 550 5.7.1 in reply to the end of DATA.
 func testReject(t *testing.T, p *pass) {
-	tr := p.begin(t)
-	c := p.connect(t, tr, attackerIP, "attacker.example")
 	m := newMail(t, []string{"From: Pass <ceo@pass.example>", "Subject: wire the money"}, "Please.\r\n")
-	o := c.send(t, "ceo@pass.example", mailboxAddr, m.raw)
-	c.quit(t)
+	o := p.deliver(t, attackerIP, "attacker.example", "ceo@pass.example", m)
 	wantReject(t, o)
 	p.rejected = m.id
 	if !strings.Contains(o.Reply.Text, "pass.example") {
@@ -403,11 +409,8 @@ func sinkDump(s *smtpsink.Sink) string {
 // testQuarantine: a message failing DMARC for a p=quarantine domain is
 // accepted and lands in Postfix's hold queue.
 func testQuarantine(t *testing.T, p *pass) {
-	tr := p.begin(t)
-	c := p.connect(t, tr, attackerIP, "attacker.example")
 	m := newMail(t, []string{"From: <billing@quarantine.example>", "Subject: invoice"}, "Attached.\r\n")
-	o := c.send(t, "billing@quarantine.example", mailboxAddr, m.raw)
-	c.quit(t)
+	o := p.deliver(t, attackerIP, "attacker.example", "billing@quarantine.example", m)
 	wantAccepted(t, o)
 	wantVerdict(t, p.milter.verdictFor(t, o.QueueID), attackerIP, "fail", "quarantine")
 	var where []string
@@ -426,8 +429,6 @@ func testQuarantine(t *testing.T, p *pass) {
 // header field the client sent, and the fields forged with our authserv-id
 // (any case, with a comment) removed while a foreign one stays.
 func testPassDelivered(t *testing.T, p *pass) {
-	tr := p.begin(t)
-	c := p.connect(t, tr, legitIP, legitHelo)
 	m := newMail(t, []string{
 		"Authentication-Results: other.example; spf=pass smtp.mailfrom=pass.example",
 		"Authentication-Results: " + authservID + "; dmarc=pass header.from=pass.example",
@@ -435,8 +436,7 @@ func testPassDelivered(t *testing.T, p *pass) {
 		"From: Alice <alice@pass.example>",
 		"Subject: hello",
 	}, "Hello.\r\n")
-	o := c.send(t, "alice@pass.example", mailboxAddr, m.raw)
-	c.quit(t)
+	o := p.deliver(t, legitIP, legitHelo, "alice@pass.example", m)
 	wantAccepted(t, o)
 	v := p.milter.verdictFor(t, o.QueueID)
 	wantVerdict(t, v, legitIP, "pass", "accept")
@@ -485,15 +485,12 @@ func testPassDelivered(t *testing.T, p *pass) {
 // dkimsign with key s and canonicalization canon, passes DKIM and so DMARC
 // although SPF fails, and is delivered.
 func testDKIM(t *testing.T, p *pass, s signer, canon string) {
-	tr := p.begin(t)
-	c := p.connect(t, tr, relayIP, otherHelo)
 	m := dkimSign(t, newMail(t, []string{
 		"From: \"Alice\r\n  Example\"\r\n\t<alice@pass.example>",
 		"Subject: a subject folded\r\n over  three\r\n\tlines  ",
 		"X-Mailer:   spaced   out",
 	}, "First line.  \r\n\r\n.A line starting with a dot\r\nTrailing white space \t\r\n\r\n\r\n"), s, canon)
-	o := c.send(t, "bounce@pass.example", mailboxAddr, m.raw)
-	c.quit(t)
+	o := p.deliver(t, relayIP, otherHelo, "bounce@pass.example", m)
 	wantAccepted(t, o)
 	v := p.milter.verdictFor(t, o.QueueID)
 	wantVerdict(t, v, relayIP, "pass", "accept")
@@ -514,15 +511,12 @@ func testDKIM(t *testing.T, p *pass, s signer, canon string) {
 // testTwoFrom: a message with two From fields is refused (RFC 9989: no
 // single author domain to evaluate).
 func testTwoFrom(t *testing.T, p *pass) {
-	tr := p.begin(t)
-	c := p.connect(t, tr, legitIP, legitHelo)
 	m := newMail(t, []string{
 		"From: Alice <alice@pass.example>",
 		"From: Mallory <mallory@quarantine.example>",
 		"Subject: two authors",
 	}, "Hello.\r\n")
-	o := c.send(t, "alice@pass.example", mailboxAddr, m.raw)
-	c.quit(t)
+	o := p.deliver(t, legitIP, legitHelo, "alice@pass.example", m)
 	wantReject(t, o)
 	v := p.milter.verdictFor(t, p.postfix.queueIDOf(t, m.id))
 	if v.Action != "reject" || v.FromError == "" {

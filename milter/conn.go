@@ -16,6 +16,8 @@ import (
 	"time"
 
 	gomilter "github.com/emersion/go-milter"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/defaults"
 )
 
 // Protocol version we speak (Sendmail 8.14+ / Postfix 2.6+).
@@ -236,15 +238,9 @@ func (c *Conn) setReadDeadline(d time.Duration) {
 
 func (s *Server) timeouts() Timeouts {
 	t := s.Timeouts
-	if t.Idle <= 0 {
-		t.Idle = DefaultTimeouts.Idle
-	}
-	if t.Read <= 0 {
-		t.Read = DefaultTimeouts.Read
-	}
-	if t.Write <= 0 {
-		t.Write = DefaultTimeouts.Write
-	}
+	t.Idle = defaults.Positive(t.Idle, DefaultTimeouts.Idle)
+	t.Read = defaults.Positive(t.Read, DefaultTimeouts.Read)
+	t.Write = defaults.Positive(t.Write, DefaultTimeouts.Write)
 	return t
 }
 

@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -365,34 +366,15 @@ var (
 // unknown outcome, then reject, quarantine, none; for the same
 // disposition, fail before temperror, permerror, none and pass.
 func stricter(a, b dmarc.Result) bool {
-	ra, rb := strictness(a), strictness(b)
-	return ra > rb
+	return strictness(a) > strictness(b)
 }
 
+// strictness orders results: the index in each list, least strict first,
+// plus one, so that values outside them count as least strict of all.
 func strictness(r dmarc.Result) int {
-	d := 0
-	switch r.Requested {
-	case "":
-		d = 4
-	case dmarc.PolicyReject:
-		d = 3
-	case dmarc.PolicyQuarantine:
-		d = 2
-	case dmarc.PolicyNone:
-		d = 1
-	}
-	st := 0
-	switch r.Status {
-	case dmarc.Fail:
-		st = 4
-	case dmarc.TempError:
-		st = 3
-	case dmarc.PermError:
-		st = 2
-	case dmarc.None:
-		st = 1
-	}
-	return d*10 + st
+	requested := []dmarc.Policy{dmarc.PolicyNone, dmarc.PolicyQuarantine, dmarc.PolicyReject, ""}
+	status := []dmarc.Status{dmarc.None, dmarc.PermError, dmarc.TempError, dmarc.Fail}
+	return (slices.Index(requested, r.Requested)+1)*10 + slices.Index(status, r.Status) + 1
 }
 
 // exemptDomains reports whether every Author Domain is in ExemptDomains

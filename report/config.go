@@ -1,6 +1,7 @@
 package report
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -73,33 +74,15 @@ type Config struct {
 
 // withDefaults returns c with zero values replaced by defaults.
 func (c Config) withDefaults() Config {
-	if c.UserAgent == "" {
-		c.UserAgent = DefaultUserAgent
-	}
-	if c.Include == "" {
-		c.Include = IncludeHeaders
-	}
-	if c.MaxMessageSize == 0 {
-		c.MaxMessageSize = DefaultMaxMessageSize
-	}
-	if c.AuthservID == "" {
-		c.AuthservID = c.ReportingMTA
-	}
-	if c.PerDestinationLimit == 0 {
-		c.PerDestinationLimit = DefaultPerDestinationLimit
-	}
-	if c.PerDestinationWindow == 0 {
-		c.PerDestinationWindow = DefaultPerDestinationWindow
-	}
-	if c.GlobalLimit == 0 {
-		c.GlobalLimit = DefaultGlobalLimit
-	}
-	if c.GlobalWindow == 0 {
-		c.GlobalWindow = DefaultGlobalWindow
-	}
-	if c.DedupWindow == 0 {
-		c.DedupWindow = DefaultDedupWindow
-	}
+	c.UserAgent = cmp.Or(c.UserAgent, DefaultUserAgent)
+	c.Include = cmp.Or(c.Include, IncludeHeaders)
+	c.MaxMessageSize = cmp.Or(c.MaxMessageSize, DefaultMaxMessageSize)
+	c.AuthservID = cmp.Or(c.AuthservID, c.ReportingMTA)
+	c.PerDestinationLimit = cmp.Or(c.PerDestinationLimit, DefaultPerDestinationLimit)
+	c.PerDestinationWindow = cmp.Or(c.PerDestinationWindow, DefaultPerDestinationWindow)
+	c.GlobalLimit = cmp.Or(c.GlobalLimit, DefaultGlobalLimit)
+	c.GlobalWindow = cmp.Or(c.GlobalWindow, DefaultGlobalWindow)
+	c.DedupWindow = cmp.Or(c.DedupWindow, DefaultDedupWindow)
 	return c
 }
 

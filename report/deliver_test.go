@@ -127,46 +127,36 @@ func TestTemporaryReplyRetried(t *testing.T) {
 	}
 }
 
-func TestPermanentRefusalDropped(t *testing.T) {
-	for _, stage := range []string{"mail", "rcpt", "data"} {
-		t.Run(stage, func(t *testing.T) {
+// TestDropped: a permanent refusal drops the report at once; temporary
+// ones do after MaxAttempts. Either way the spool file goes.
+func TestDropped(t *testing.T) {
+	tests := []struct {
+		name        string
+		fail        func(*smtpsink.Sink)
+		maxAttempts int
+		connections int
+	}{
+		{name: "permanent at MAIL", fail: func(s *smtpsink.Sink) { s.FailMail(smtpsink.Perm(550), -1) }, connections: 1},
+		{name: "permanent at RCPT", fail: func(s *smtpsink.Sink) { s.FailRcpt(smtpsink.Perm(550), -1) }, connections: 1},
+		{name: "permanent at DATA", fail: func(s *smtpsink.Sink) { s.FailData(smtpsink.Perm(554), -1) }, connections: 1},
+		{name: "temporary, MaxAttempts 3", fail: func(s *smtpsink.Sink) { s.FailData(smtpsink.Temp(452), -1) }, maxAttempts: 3, connections: 3},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
 			sink := smtpsink.Start(t)
-			switch stage {
-			case "mail":
-				sink.FailMail(smtpsink.Perm(550), -1)
-			case "rcpt":
-				sink.FailRcpt(smtpsink.Perm(550), -1)
-			case "data":
-				sink.FailData(smtpsink.Perm(554), -1)
-			}
-			r, cfg := sendOne(t, sink, nil)
+			tc.fail(sink)
+			r, cfg := sendOne(t, sink, func(c *testSetup) { c.Out.MaxAttempts = tc.maxAttempts })
 			testutil.WaitFor(t, "the drop", func() bool { return r.Stats().Dropped == 1 })
-			if st := r.Stats(); st.Retried != 0 || st.Sent != 0 {
-				t.Errorf("stats %+v", st)
+			if st := r.Stats(); st.Retried != uint64(tc.connections-1) || st.Sent != 0 {
+				t.Errorf("stats %+v, want %d retries", st, tc.connections-1)
 			}
-			if n := sink.Connections(); n != 1 {
-				t.Errorf("%d connections, want 1", n)
+			if n := sink.Connections(); n != tc.connections {
+				t.Errorf("%d connections, want %d", n, tc.connections)
 			}
 			if f := spoolFiles(t, cfg.Out.Dir); len(f) != 0 {
 				t.Errorf("spool holds %v", f)
 			}
 		})
-	}
-}
-
-func TestMaxAttempts(t *testing.T) {
-	sink := smtpsink.Start(t)
-	sink.FailData(smtpsink.Temp(452), -1)
-	r, cfg := sendOne(t, sink, func(c *testSetup) { c.Out.MaxAttempts = 3 })
-	testutil.WaitFor(t, "the drop", func() bool { return r.Stats().Dropped == 1 })
-	if st := r.Stats(); st.Retried != 2 || st.Sent != 0 {
-		t.Errorf("stats %+v", st)
-	}
-	if n := sink.Connections(); n != 3 {
-		t.Errorf("%d attempts, want 3", n)
-	}
-	if f := spoolFiles(t, cfg.Out.Dir); len(f) != 0 {
-		t.Errorf("spool holds %v", f)
 	}
 }
 

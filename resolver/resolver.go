@@ -26,6 +26,7 @@
 package resolver
 
 import (
+	"cmp"
 	"container/list"
 	"context"
 	"errors"
@@ -39,6 +40,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/defaults"
 )
 
 // Config configures a Resolver. Zero fields take the documented defaults.
@@ -179,24 +182,12 @@ func New(cfg Config) (*Resolver, error) {
 		}
 	}
 	cfg.Servers = slices.Clone(cfg.Servers)
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultTimeout
-	}
-	if cfg.Attempts <= 0 {
-		cfg.Attempts = DefaultAttempts
-	}
-	if cfg.CacheSize <= 0 {
-		cfg.CacheSize = DefaultCacheSize
-	}
-	if cfg.MaxTTL <= 0 {
-		cfg.MaxTTL = DefaultMaxTTL
-	}
-	if cfg.NegativeTTL <= 0 {
-		cfg.NegativeTTL = DefaultNegativeTTL
-	}
-	if cfg.FailureTTL == 0 {
-		cfg.FailureTTL = DefaultFailureTTL
-	}
+	cfg.Timeout = defaults.Positive(cfg.Timeout, DefaultTimeout)
+	cfg.Attempts = defaults.Positive(cfg.Attempts, DefaultAttempts)
+	cfg.CacheSize = defaults.Positive(cfg.CacheSize, DefaultCacheSize)
+	cfg.MaxTTL = defaults.Positive(cfg.MaxTTL, DefaultMaxTTL)
+	cfg.NegativeTTL = defaults.Positive(cfg.NegativeTTL, DefaultNegativeTTL)
+	cfg.FailureTTL = cmp.Or(cfg.FailureTTL, DefaultFailureTTL)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}

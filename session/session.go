@@ -32,6 +32,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/dmarc-milter/dmarc-milter/internal/defaults"
 	"github.com/dmarc-milter/dmarc-milter/milter"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
@@ -128,15 +129,9 @@ func NewPipeline(s Settings) *Pipeline {
 	if s.Now == nil {
 		s.Now = time.Now
 	}
-	if s.CheckTimeout <= 0 {
-		s.CheckTimeout = DefaultCheckTimeout
-	}
-	if s.MaxHeaderBytes <= 0 {
-		s.MaxHeaderBytes = DefaultMaxHeaderBytes
-	}
-	if s.MaxHeaderFields <= 0 {
-		s.MaxHeaderFields = DefaultMaxHeaderFields
-	}
+	s.CheckTimeout = defaults.Positive(s.CheckTimeout, DefaultCheckTimeout)
+	s.MaxHeaderBytes = defaults.Positive(s.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	s.MaxHeaderFields = defaults.Positive(s.MaxHeaderFields, DefaultMaxHeaderFields)
 	return &Pipeline{set: s}
 }
 

@@ -45,9 +45,8 @@ func reportAggregate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dmarc-milter: report aggregate: --from and --until are required dates: %v\n", err)
 		return 2
 	}
-	cfg, err := loadConfig(*configPath)
-	if err != nil {
-		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+	cfg, ok := commandConfig(*configPath, stderr)
+	if !ok {
 		return 2
 	}
 	ctx := context.Background()
@@ -151,6 +150,17 @@ func commandFlags(name, what string, stderr io.Writer) (*flag.FlagSet, *string) 
 	fs := flag.NewFlagSet("dmarc-milter "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	return fs, fs.String("config", "", "TOML configuration `file` ("+what+")")
+}
+
+// commandConfig is loadConfig for an operator command: on error it says
+// why on stderr and returns false (exit status 2).
+func commandConfig(path string, stderr io.Writer) (Config, bool) {
+	cfg, err := loadConfig(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+		return Config{}, false
+	}
+	return cfg, true
 }
 
 // loadConfig is the configuration serve would run with, without flags.

@@ -84,9 +84,8 @@ func checkCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "dmarc-milter: check takes one domain")
 		return 2
 	}
-	cfg, err := loadConfig(*configPath)
-	if err != nil {
-		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+	cfg, ok := commandConfig(*configPath, stderr)
+	if !ok {
 		return 2
 	}
 	rep, temp, err := check(cfg, domain, selectors)

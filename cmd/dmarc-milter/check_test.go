@@ -35,7 +35,7 @@ func TestCheck(t *testing.T) {
 	if code != checkProblems {
 		t.Errorf("pass.example: exit %d, want %d (a weak and a missing key)\n%s", code, checkProblems, out)
 	}
-	for _, want := range []string{
+	wantContains(t, "pass.example", out,
 		"dns: TXT _dmarc.pass.example. -> v=DMARC1; p=reject",
 		"record at pass.example: v=DMARC1; p=reject",
 		"policy for pass.example: reject",
@@ -48,11 +48,7 @@ func TestCheck(t *testing.T) {
 		"missing: no key record",
 		"ruf failures@reports.example: outside pass.example, and it has authorized these reports",
 		"rua dmarc@pass.example: inside pass.example",
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("pass.example: output lacks %q:\n%s", want, out)
-		}
-	}
+	)
 	if strings.Contains(out, "\x1b[") {
 		t.Errorf("colour codes when piped:\n%q", out)
 	}

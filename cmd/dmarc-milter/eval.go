@@ -62,9 +62,8 @@ func evalCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dmarc-milter: eval: %v\n", err)
 		return 1
 	}
-	cfg, err := loadConfig(*configPath)
-	if err != nil {
-		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+	cfg, ok := commandConfig(*configPath, stderr)
+	if !ok {
 		return 2
 	}
 	ev, err := evaluate(cfg, raw, *ipText, *helo, *mailFrom)

@@ -219,6 +219,16 @@ func daemonPrereqs(t *testing.T) (*dnstest.Server, string) {
 	return dnstest.NewServer(t, zone), buildDaemon(t)
 }
 
+// wantContains reports each of want that out does not contain.
+func wantContains(t *testing.T, label, out string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("%s: output lacks %q:\n%s", label, w, out)
+		}
+	}
+}
+
 // runBin runs the binary with args and returns its output and exit status.
 func runBin(bin string, args ...string) (stdout, stderr string, code int) {
 	var out, errb bytes.Buffer

@@ -42,9 +42,8 @@ func spoolCommand(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	cfg, err := loadConfig(*configPath)
-	if err != nil {
-		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+	cfg, ok := commandConfig(*configPath, stderr)
+	if !ok {
 		return 2
 	}
 	dir := spoolDir(cfg)

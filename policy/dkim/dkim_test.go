@@ -595,11 +595,7 @@ func TestMemory(t *testing.T) {
 	}
 	fields, _ := splitMessage([]byte(strings.Join(sigs, "")+header), true)
 
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	base, peak, allocStart := ms.HeapAlloc, ms.HeapAlloc, ms.TotalAlloc
-
+	h := watchHeap()
 	v := NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true})
 	for _, f := range fields {
 		v.AddHeader(f.name, f.value)
@@ -607,26 +603,52 @@ func TestMemory(t *testing.T) {
 	if err := v.EndHeaders(); err != nil {
 		t.Fatal(err)
 	}
-	for i := range chunks {
+	h.stream(t, v, chunk, chunks)
+	results := v.Close()
+	if len(results) != 2 || results[0].Status != Pass || results[1].Status != Pass {
+		t.Fatalf("results %+v, want two passes", results)
+	}
+	t.Logf("body %d MiB: live heap grew at most %d KiB; %d MiB allocated in total",
+		chunkSize*chunks>>20, h.growth()>>10, h.allocated()>>20)
+	if h.growth() > 2<<20 {
+		t.Errorf("live heap grew by %d bytes while streaming, want < 2 MiB", h.growth())
+	}
+}
+
+// heapWatch samples the live heap while a test streams a body.
+type heapWatch struct {
+	ms                    runtime.MemStats
+	base, peak, allocBase uint64
+}
+
+func watchHeap() *heapWatch {
+	h := &heapWatch{}
+	runtime.GC()
+	runtime.ReadMemStats(&h.ms)
+	h.base, h.peak, h.allocBase = h.ms.HeapAlloc, h.ms.HeapAlloc, h.ms.TotalAlloc
+	return h
+}
+
+// stream writes chunk n times to v, sampling the live heap every 50 writes.
+func (h *heapWatch) stream(t *testing.T, v *Verifier, chunk []byte, n int) {
+	t.Helper()
+	for i := range n {
 		if err := v.WriteBody(chunk); err != nil {
 			t.Fatal(err)
 		}
 		if i%50 == 49 {
 			runtime.GC()
-			runtime.ReadMemStats(&ms)
-			peak = max(peak, ms.HeapAlloc)
+			runtime.ReadMemStats(&h.ms)
+			h.peak = max(h.peak, h.ms.HeapAlloc)
 		}
 	}
-	results := v.Close()
-	runtime.ReadMemStats(&ms)
-	if len(results) != 2 || results[0].Status != Pass || results[1].Status != Pass {
-		t.Fatalf("results %+v, want two passes", results)
-	}
-	t.Logf("body %d MiB: live heap grew at most %d KiB; %d MiB allocated in total",
-		chunkSize*chunks>>20, (peak-base)>>10, (ms.TotalAlloc-allocStart)>>20)
-	if peak-base > 2<<20 {
-		t.Errorf("live heap grew by %d bytes while streaming, want < 2 MiB", peak-base)
-	}
+}
+
+func (h *heapWatch) growth() uint64 { return h.peak - h.base }
+
+func (h *heapWatch) allocated() uint64 {
+	runtime.ReadMemStats(&h.ms)
+	return h.ms.TotalAlloc - h.allocBase
 }
 
 func BenchmarkVerify(b *testing.B) {
@@ -708,33 +730,21 @@ func TestBlankRunBounded(t *testing.T) {
 		}
 		fields, _ := splitMessage([]byte(sigField+base64.StdEncoding.EncodeToString(b)+"\r\n"+header+"\r\n"), true)
 
-		var ms runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&ms)
-		base, peak := ms.HeapAlloc, ms.HeapAlloc
+		h := watchHeap()
 		v := NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true})
 		for _, f := range fields {
 			v.AddHeader(f.name, f.value)
 		}
 		v.EndHeaders()
 		v.WriteBody([]byte("x\r\n"))
-		for i := range chunks {
-			if err := v.WriteBody(blank); err != nil {
-				t.Fatal(err)
-			}
-			if i%64 == 63 {
-				runtime.GC()
-				runtime.ReadMemStats(&ms)
-				peak = max(peak, ms.HeapAlloc)
-			}
-		}
+		h.stream(t, v, blank, chunks)
 		v.WriteBody([]byte("y\r\n"))
 		results := v.Close()
 		if len(results) != 1 || results[0].Status != Pass {
 			t.Errorf("c=%s: results %+v, want pass", tc.canon, results)
 		}
-		if peak-base > 4<<20 {
-			t.Errorf("c=%s: live heap grew by %d bytes, want < 4 MiB", tc.canon, peak-base)
+		if h.growth() > 4<<20 {
+			t.Errorf("c=%s: live heap grew by %d bytes, want < 4 MiB", tc.canon, h.growth())
 		}
 	}
 }

@@ -3,6 +3,7 @@ package aggregate
 import (
 	"archive/zip"
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"context"
 	"encoding/json"
@@ -67,93 +68,51 @@ func judged(t testing.TB, domain, record, ip string, status dmarc.Status, action
 func TestRowOf(t *testing.T) {
 	const reject = "v=DMARC1; p=reject; rua=mailto:agg@example.com"
 	tests := []struct {
-		name    string
-		j       func(t testing.TB) *policy.Judged
+		name   string
+		record string // reject if empty
+		ip     string // 192.0.2.1 if empty
+		status dmarc.Status
+		action policy.Action
+		// change, if set, changes the judged message further.
+		change  func(j *policy.Judged)
 		counted bool
 		want    Row
 	}{
-		{name: "pass under p=reject: disposition pass",
-			j: func(t testing.TB) *policy.Judged {
-				return judged(t, "example.com", reject, "192.0.2.1", dmarc.Pass, policy.Accept)
-			},
-			counted: true,
-			want:    Row{Disposition: "pass", DKIM: "pass", SPF: "fail"}},
-		{name: "pass under p=none: disposition none",
-			j: func(t testing.TB) *policy.Judged {
-				return judged(t, "example.com", "v=DMARC1; p=none; rua=mailto:agg@example.com", "192.0.2.1", dmarc.Pass, policy.Accept)
-			},
-			counted: true,
-			want:    Row{Disposition: "none", DKIM: "pass", SPF: "fail"}},
-		{name: "rejected",
-			j: func(t testing.TB) *policy.Judged {
-				return judged(t, "example.com", reject, "192.0.2.1", dmarc.Fail, policy.Reject)
-			},
-			counted: true,
-			want:    Row{Disposition: "reject", DKIM: "fail", SPF: "fail"}},
-		{name: "held in quarantine",
-			j: func(t testing.TB) *policy.Judged {
-				return judged(t, "example.com", "v=DMARC1; p=quarantine; rua=mailto:agg@example.com", "192.0.2.1", dmarc.Fail, policy.Quarantine)
-			},
-			counted: true,
-			want:    Row{Disposition: "quarantine", DKIM: "fail", SPF: "fail"}},
-		{name: "quarantine by marking only",
-			j: func(t testing.TB) *policy.Judged {
-				return judged(t, "example.com", "v=DMARC1; p=quarantine; rua=mailto:agg@example.com", "192.0.2.1", dmarc.Fail, policy.Accept)
-			},
-			counted: true,
-			want:    Row{Disposition: "quarantine", DKIM: "fail", SPF: "fail"}},
-		{name: "t=y: quarantine instead of reject, said",
-			j: func(t testing.TB) *policy.Judged {
-				return judged(t, "example.com", "v=DMARC1; p=reject; t=y; rua=mailto:agg@example.com", "192.0.2.1", dmarc.Fail, policy.Quarantine)
-			},
-			counted: true,
-			want: Row{Disposition: "quarantine", DKIM: "fail", SPF: "fail",
+		{name: "pass under p=reject: disposition pass", status: dmarc.Pass, action: policy.Accept,
+			counted: true, want: Row{Disposition: "pass", DKIM: "pass", SPF: "fail"}},
+		{name: "pass under p=none: disposition none", record: "v=DMARC1; p=none; rua=mailto:agg@example.com", status: dmarc.Pass, action: policy.Accept,
+			counted: true, want: Row{Disposition: "none", DKIM: "pass", SPF: "fail"}},
+		{name: "rejected", status: dmarc.Fail, action: policy.Reject,
+			counted: true, want: Row{Disposition: "reject", DKIM: "fail", SPF: "fail"}},
+		{name: "held in quarantine", record: "v=DMARC1; p=quarantine; rua=mailto:agg@example.com", status: dmarc.Fail, action: policy.Quarantine,
+			counted: true, want: Row{Disposition: "quarantine", DKIM: "fail", SPF: "fail"}},
+		{name: "quarantine by marking only", record: "v=DMARC1; p=quarantine; rua=mailto:agg@example.com", status: dmarc.Fail, action: policy.Accept,
+			counted: true, want: Row{Disposition: "quarantine", DKIM: "fail", SPF: "fail"}},
+		{name: "t=y: quarantine instead of reject, said", record: "v=DMARC1; p=reject; t=y; rua=mailto:agg@example.com", status: dmarc.Fail, action: policy.Quarantine,
+			counted: true, want: Row{Disposition: "quarantine", DKIM: "fail", SPF: "fail",
 				Reasons: []Reason{{Type: OverrideTestMode, Comment: "t=y: reject applied as quarantine"}}}},
-		{name: "trusted network: none, local_policy",
-			j: func(t testing.TB) *policy.Judged {
-				j := judged(t, "example.com", reject, "10.1.2.3", dmarc.Fail, policy.Accept)
-				j.Verdict.Exempt = policy.ExemptTrustedNetwork
-				return j
-			},
-			counted: true,
-			want: Row{Disposition: "none", DKIM: "fail", SPF: "fail",
+		{name: "trusted network: none, local_policy", ip: "10.1.2.3", status: dmarc.Fail, action: policy.Accept,
+			change:  func(j *policy.Judged) { j.Verdict.Exempt = policy.ExemptTrustedNetwork },
+			counted: true, want: Row{Disposition: "none", DKIM: "fail", SPF: "fail",
 				Reasons: []Reason{{Type: OverrideLocalPolicy, Comment: "trusted network"}}}},
-		{name: "no rua: not counted",
-			j: func(t testing.TB) *policy.Judged {
-				return judged(t, "example.com", "v=DMARC1; p=reject; ruf=mailto:f@example.com", "192.0.2.1", dmarc.Fail, policy.Reject)
-			}},
-		{name: "only a non-mailto rua: not counted",
-			j: func(t testing.TB) *policy.Judged {
-				return judged(t, "example.com", "v=DMARC1; p=reject; rua=https://example.com/r", "192.0.2.1", dmarc.Fail, policy.Reject)
-			}},
-		{name: "temperror: not counted",
-			j: func(t testing.TB) *policy.Judged {
-				j := judged(t, "example.com", reject, "192.0.2.1", dmarc.Fail, policy.TempFail)
-				j.Verdict.DMARC.Status, j.Verdict.DMARC.Requested = dmarc.TempError, ""
-				return j
-			}},
-		{name: "no record: not counted",
-			j: func(t testing.TB) *policy.Judged {
-				j := judged(t, "example.com", reject, "192.0.2.1", dmarc.Fail, policy.Accept)
-				j.Verdict.DMARC = dmarc.Result{Status: dmarc.None}
-				return j
-			}},
-		{name: "bad From: not counted",
-			j: func(t testing.TB) *policy.Judged {
-				j := judged(t, "example.com", reject, "192.0.2.1", dmarc.Fail, policy.Reject)
-				j.Verdict.FromErr = dmarc.ErrMultipleFrom
-				return j
-			}},
-		{name: "our own report: not counted",
-			j: func(t testing.TB) *policy.Judged {
-				j := judged(t, "example.com", reject, "192.0.2.1", dmarc.Pass, policy.Accept)
-				j.MailFrom = "dmarc-reports@mx.example.net"
-				return j
-			}},
+		{name: "no rua: not counted", record: "v=DMARC1; p=reject; ruf=mailto:f@example.com", status: dmarc.Fail, action: policy.Reject},
+		{name: "only a non-mailto rua: not counted", record: "v=DMARC1; p=reject; rua=https://example.com/r", status: dmarc.Fail, action: policy.Reject},
+		{name: "temperror: not counted", status: dmarc.Fail, action: policy.TempFail,
+			change: func(j *policy.Judged) { j.Verdict.DMARC.Status, j.Verdict.DMARC.Requested = dmarc.TempError, "" }},
+		{name: "no record: not counted", status: dmarc.Fail, action: policy.Accept,
+			change: func(j *policy.Judged) { j.Verdict.DMARC = dmarc.Result{Status: dmarc.None} }},
+		{name: "bad From: not counted", status: dmarc.Fail, action: policy.Reject,
+			change: func(j *policy.Judged) { j.Verdict.FromErr = dmarc.ErrMultipleFrom }},
+		{name: "our own report: not counted", status: dmarc.Pass, action: policy.Accept,
+			change: func(j *policy.Judged) { j.MailFrom = "dmarc-reports@mx.example.net" }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			row, pub, ok := RowOf(tt.j(t), Facts{EnvelopeTo: true, OwnAddress: "dmarc-reports@mx.example.net"})
+			j := judged(t, "example.com", cmp.Or(tt.record, reject), cmp.Or(tt.ip, "192.0.2.1"), tt.status, tt.action)
+			if tt.change != nil {
+				tt.change(j)
+			}
+			row, pub, ok := RowOf(j, Facts{EnvelopeTo: true, OwnAddress: "dmarc-reports@mx.example.net"})
 			if ok != tt.counted {
 				t.Fatalf("counted %v, want %v", ok, tt.counted)
 			}

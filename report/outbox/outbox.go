@@ -19,6 +19,7 @@
 package outbox
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -31,6 +32,8 @@ import (
 
 	"github.com/emersion/go-message/mail"
 	"github.com/rs/zerolog"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/defaults"
 )
 
 // Defaults, for zero fields of Config.
@@ -77,25 +80,12 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.SMTP == "" {
-		c.SMTP = DefaultSMTP
-	}
-	if c.StartTLS == "" {
-		c.StartTLS = StartTLSOpportunistic
-	}
-	if c.SMTPTimeout <= 0 {
-		c.SMTPTimeout = DefaultSMTPTimeout
-	}
-	if c.MaxAttempts <= 0 {
-		c.MaxAttempts = DefaultMaxAttempts
-	}
-	if c.MinBackoff <= 0 {
-		c.MinBackoff = DefaultMinBackoff
-	}
-	if c.MaxBackoff <= 0 {
-		c.MaxBackoff = DefaultMaxBackoff
-	}
-	c.MaxBackoff = max(c.MaxBackoff, c.MinBackoff)
+	c.SMTP = cmp.Or(c.SMTP, DefaultSMTP)
+	c.StartTLS = cmp.Or(c.StartTLS, StartTLSOpportunistic)
+	c.SMTPTimeout = defaults.Positive(c.SMTPTimeout, DefaultSMTPTimeout)
+	c.MaxAttempts = defaults.Positive(c.MaxAttempts, DefaultMaxAttempts)
+	c.MinBackoff = defaults.Positive(c.MinBackoff, DefaultMinBackoff)
+	c.MaxBackoff = max(defaults.Positive(c.MaxBackoff, DefaultMaxBackoff), c.MinBackoff)
 	return c
 }
 
