@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -50,6 +51,22 @@ func AuthenticationResults(authservID string, m *Message, v *Verdict) string {
 		})
 	}
 
+	if a := &m.ARC; a.Status != "" {
+		// RFC 8617 section 10.1: arc= with smtp.remote-ip and
+		// header.oldest-pass.
+		comment, reason := "", ""
+		if a.Status == dkim.ARCPass {
+			comment = "sealed by " + a.Sealer
+		} else if a.Err != nil {
+			reason = reasonText(a.Err)
+		}
+		props := []prop{{"smtp.remote-ip", m.ClientAddr()}}
+		if a.Status == dkim.ARCPass {
+			props = append(props, prop{"header.oldest-pass", strconv.Itoa(a.OldestPass)})
+		}
+		writeResult(&b, "arc", string(a.Status), comment, reason, props)
+	}
+
 	status := v.DMARC.Status
 	if status == "" {
 		status = dmarc.None
@@ -78,6 +95,8 @@ func notEnforced(v *Verdict) string {
 	switch {
 	case v.Exempt != "":
 		return "not enforced: " + v.Exempt.Text()
+	case v.Rule == RuleOverride:
+		return string(v.Requested()) + " applied as " + string(v.Enforced) + ": " + v.OverrideComments()
 	case v.Unknown():
 		return "not enforced: temporary DNS failure, accepted by local policy"
 	case v.FromErr != nil:
@@ -158,11 +177,22 @@ func writeResult(b *strings.Builder, method, result, comment, reason string, pro
 	}
 }
 
-// writeComment appends " (text)"; text is ours and holds no parentheses,
-// backslashes or line breaks.
+// writeComment appends " (text)". The text is ours, but may hold names
+// from DNS or the configuration: control characters are dropped and
+// parentheses and backslashes quoted, so it stays one comment.
 func writeComment(b *strings.Builder, text string) {
 	b.WriteString(" (")
-	b.WriteString(text)
+	for i := 0; i < len(text); i++ {
+		switch c := text[i]; {
+		case c < ' ' || c == 0x7f:
+			// A control character never reaches the header.
+		case c == '(' || c == ')' || c == '\\':
+			b.WriteByte('\\') // quoted-pair (RFC 5322 section 3.2.2)
+			b.WriteByte(c)
+		default:
+			b.WriteByte(c)
+		}
+	}
 	b.WriteByte(')')
 }
 

@@ -65,6 +65,9 @@ type Message struct {
 	SPF     spf.Result // MAIL FROM identity (HELO for the null sender)
 	HeloSPF spf.Result
 	DKIM    []dkim.Result
+	// ARC is the validation of the message's ARC chain (RFC 8617), made
+	// only when trusted ARC sealers are configured (Status "" otherwise).
+	ARC dkim.ARCResult
 
 	author    *dmarc.Author // parsed From, once (Author)
 	authorErr error

@@ -94,7 +94,7 @@ type Config struct {
 	// Domain is evaluated and the strictest result applies.
 	RejectMultiAuthor bool
 	// RejectText is the text of the 550 5.7.1 reply; "{domain}" stands for
-	// the RFC5322.From domain.
+	// the RFC5322.From domain, "{evidence}" for Verdict.Evidence.
 	RejectText string
 	// TrustedNetworks are client networks whose mail is evaluated and
 	// stamped but never enforced (default 127.0.0.0/8 and ::1).
@@ -102,10 +102,25 @@ type Config struct {
 	// ExemptDomains are RFC5322.From domains (and their subdomains) whose
 	// mail is evaluated and stamped but never enforced.
 	ExemptDomains []string
+	// RejectPolicy says when a p=reject failure is rejected; "" is
+	// RejectOnEvidence (RFC 9989 Sections 7.4 and 8).
+	RejectPolicy RejectPolicy
+	// TrustedForwarders are forwarders whose DMARC failures are delivered
+	// (reason trusted_forwarder); with TrustedForwarderQuarantine they
+	// are quarantined instead.
+	TrustedForwarders          Forwarders
+	TrustedForwarderQuarantine bool
+	// TrustedARCSealers are the domains whose ARC seal (RFC 8617),
+	// validated by us, is trusted when its ARC-Authentication-Results
+	// say dmarc=pass for the From domain: the failure is then treated as
+	// through a trusted forwarder.
+	TrustedARCSealers []string
 }
 
 // DefaultRejectText is the default text of a DMARC reject.
-const DefaultRejectText = "Message rejected: DMARC policy of {domain} says reject"
+// "{evidence}" stands for Verdict.Evidence, so that the sender's
+// postmaster can see why.
+const DefaultRejectText = "Message rejected: DMARC policy of {domain} says reject: {evidence}"
 
 // Resolver is what the checks need from DNS: the project's caching resolver
 // (resolver) satisfies it.
@@ -120,9 +135,10 @@ type Resolver interface {
 
 // Evaluator applies Config to messages. It is safe for concurrent use.
 type Evaluator struct {
-	cfg atomic.Pointer[Config]
-	res Resolver
-	spf *spf.Checker
+	cfg   atomic.Pointer[Config]
+	res   Resolver
+	spf   *spf.Checker
+	known KnownSenders
 }
 
 // New returns an Evaluator using r for every DNS query.
@@ -132,6 +148,11 @@ func New(cfg Config, r Resolver) *Evaluator {
 	return e
 }
 
+// UseKnownSenders makes a failure from a network that sent DMARC-passing
+// mail for the same Organizational Domain before a sign of an indirect
+// flow (reason local_policy). Call it before the first message.
+func (e *Evaluator) UseKnownSenders(k KnownSenders) { e.known = k }
+
 // SetConfig replaces the configuration (SIGHUP reload); messages being
 // decided keep the configuration they started with.
 func (e *Evaluator) SetConfig(cfg Config) {
@@ -140,6 +161,9 @@ func (e *Evaluator) SetConfig(cfg Config) {
 	}
 	if cfg.Quarantine == "" {
 		cfg.Quarantine = QuarantineHold
+	}
+	if cfg.RejectPolicy == "" {
+		cfg.RejectPolicy = RejectOnEvidence
 	}
 	e.cfg.Store(&cfg)
 }
@@ -188,6 +212,18 @@ type Verdict struct {
 	DMARC dmarc.Result
 	// Exempt names the local policy that stopped enforcement ("" if none).
 	Exempt Exemption
+	// Enforced is the policy this receiver applied to a DMARC failure:
+	// what DMARC requested, or milder by local policy (an exemption, an
+	// override); none when nothing was requested or the outcome is
+	// unknown.
+	Enforced dmarc.Policy
+	// Overrides say why a failure was treated more mildly than its
+	// record asks (t=y included): RFC 9990 reasons.
+	Overrides []Override
+	// Evidence is, for a p=reject failure, what DKIM and SPF showed of a
+	// spoof, for the reject reply ("no signature of example.com; SPF does
+	// not authorize 192.0.2.1").
+	Evidence string
 	// Action is what the MTA is told, Rule the rule that chose it.
 	Action Action
 	Rule   Rule
@@ -212,6 +248,7 @@ const (
 	RuleBadFrom   Rule = "bad-from"  // reject_bad_from, reject_multi_author
 	RuleForgedAR  Rule = "forged-ar" // more forged Authentication-Results than can be removed
 	RuleExemption Rule = "exemption" // a local policy (Exempt) stopped enforcement
+	RuleOverride  Rule = "override"  // milder than requested: Overrides say why
 )
 
 // FromDomain is the Author Domain the verdict is about, "" if the From
@@ -234,7 +271,7 @@ func (v *Verdict) Requested() dmarc.Policy {
 // Judge evaluates DMARC for m and decides the action.
 func (e *Evaluator) Judge(ctx context.Context, m *Message) Verdict {
 	cfg := e.cfg.Load()
-	v := cfg.judge(ctx, e.res, m)
+	v := e.judge(ctx, cfg, m)
 	if m.TooManyForgedAR {
 		// Authentication-Results fields claiming to be ours that cannot
 		// all be removed must not reach the mailbox, whatever DMARC says.
@@ -244,7 +281,8 @@ func (e *Evaluator) Judge(ctx context.Context, m *Message) Verdict {
 	return v
 }
 
-func (cfg *Config) judge(ctx context.Context, res Resolver, m *Message) Verdict {
+func (e *Evaluator) judge(ctx context.Context, cfg *Config, m *Message) Verdict {
+	res := e.res
 	v := Verdict{Rule: RuleDMARC}
 	v.Exempt = cfg.exemption(m)
 
@@ -293,22 +331,30 @@ func (cfg *Config) judge(ctx context.Context, res Resolver, m *Message) Verdict 
 		// message (dmarc.Evaluate weighs which failures matter).
 		v.Rule = RuleDNS
 	}
+	if v.DMARC.Status == dmarc.Fail && v.DMARC.Applied != v.DMARC.Policy {
+		v.Overrides = append(v.Overrides, Override{OverrideTestMode, "t=y: " + string(v.DMARC.Policy) + " applied as " + string(v.DMARC.Applied)})
+	}
+	v.Enforced = dmarc.PolicyNone
 	if v.Exempt != "" {
 		if v.Unknown() || v.Requested() != dmarc.PolicyNone {
 			v.Rule = RuleExemption
+			v.Overrides = append(v.Overrides, Override{OverrideLocalPolicy, v.Exempt.Text()})
 		}
 		return v
 	}
-	switch {
-	case v.Unknown():
+	if v.Unknown() {
 		if !cfg.TempErrorAccept {
 			v.Action = TempFail
 			v.Reply = Reply{451, "4.7.5", "Temporary DNS failure evaluating DMARC for " + domain + ", try again later"}
 		}
-	case v.Requested() == dmarc.PolicyReject:
+		return v
+	}
+	e.enforce(ctx, cfg, m, &v)
+	switch v.Enforced {
+	case dmarc.PolicyReject:
 		v.Action = Reject
-		v.Reply = Reply{550, "5.7.1", strings.ReplaceAll(cfg.RejectText, "{domain}", domain)}
-	case v.Requested() == dmarc.PolicyQuarantine:
+		v.Reply = Reply{550, "5.7.1", strings.NewReplacer("{domain}", domain, "{evidence}", v.Evidence).Replace(cfg.RejectText)}
+	case dmarc.PolicyQuarantine:
 		if cfg.Quarantine == QuarantineHold {
 			v.Action = Quarantine
 		}

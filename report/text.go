@@ -147,10 +147,21 @@ func actionText(f *policy.Judged) string {
 	if v.DMARC.Applied != v.DMARC.Policy && v.DMARC.Applied != "" {
 		pol += fmt.Sprintf(" in testing mode (t=y), applied as %s", v.DMARC.Applied)
 	}
+	override := ""
+	if v.Rule == policy.RuleOverride {
+		override = fmt.Sprintf(" (%s applied as %s: %s)", v.Requested(), v.Enforced, v.OverrideComments())
+	}
 	switch v.Action {
 	case policy.Reject:
-		return fmt.Sprintf("rejected the message during the SMTP transaction (%d %s), as the DMARC policy of %s (%s) asks.", orCode(v.Reply.Code, 550), orStr(v.Reply.Enhanced, "5.7.1"), v.FromDomain(), pol)
+		evidence := ""
+		if v.Evidence != "" {
+			evidence = ": " + v.Evidence
+		}
+		return fmt.Sprintf("rejected the message during the SMTP transaction (%d %s), as the DMARC policy of %s (%s) asks%s.", orCode(v.Reply.Code, 550), orStr(v.Reply.Enhanced, "5.7.1"), v.FromDomain(), pol, evidence)
 	case policy.Quarantine:
+		if override != "" {
+			return fmt.Sprintf("accepted the message and held it in quarantine, under the DMARC policy of %s (%s)%s.", v.FromDomain(), pol, override)
+		}
 		return fmt.Sprintf("accepted the message and held it in quarantine, as the DMARC policy of %s (%s) asks.", v.FromDomain(), pol)
 	case policy.TempFail:
 		return "deferred the message with a temporary error."
@@ -158,6 +169,8 @@ func actionText(f *policy.Judged) string {
 	switch {
 	case v.DMARC.Status == dmarc.Pass:
 		return "delivered the message: it passed DMARC."
+	case override != "":
+		return fmt.Sprintf("delivered the message under the DMARC policy of %s (%s)%s.", v.FromDomain(), pol, override)
 	case v.Exempt != "":
 		return fmt.Sprintf("delivered the message: local policy (%s) exempts it from enforcement; the DMARC policy of %s is %s.", v.Exempt, v.FromDomain(), pol)
 	case v.Requested() == dmarc.PolicyQuarantine:

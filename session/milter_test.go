@@ -106,9 +106,14 @@ func TestPolicies(t *testing.T) {
 			want: want{code: 550},
 		},
 		{
-			name: "broken body hash", ip: badIP, helo: "list.example", mailFrom: "list@lists.example",
+			name: "broken body hash: the header signature verifies, so quarantine, not reject", ip: badIP, helo: "list.example", mailFrom: "list@lists.example",
 			raw:  strings.Replace(rsa(plainMessage("bob@pass.example", "tampered")), "this is a test", "this is a TEST", 1),
-			want: want{code: 550},
+			want: want{code: 250, quarantine: true, ar: []string{"dkim=fail reason=\"body hash did not verify\"", "reject applied as quarantine"}},
+		},
+		{
+			name: "broken header signature: rejected", ip: badIP, helo: "list.example", mailFrom: "list@lists.example",
+			raw:  strings.Replace(rsa(plainMessage("bob@pass.example", "tampered")), "Subject: tampered", "Subject: TAMPERED", 1),
+			want: want{code: 550, text: "the signature of pass.example does not verify; SPF fail for lists.example, not pass.example"},
 		},
 		{
 			name: "strict spf alignment fails for a subdomain", ip: goodIP, helo: "mx.strict.example", mailFrom: "bounce@mail.strict.example",

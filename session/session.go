@@ -77,6 +77,9 @@ type Settings struct {
 	// report carries the header as far as it was kept. The From fields and
 	// the Authentication-Results fields to remove are still seen.
 	MaxHeaderBytes, MaxHeaderFields int
+	// ARC validates each message's ARC chain (RFC 8617) with its DKIM
+	// signatures, for policy's trusted ARC sealers.
+	ARC bool
 }
 
 // DefaultCheckTimeout bounds each check's DNS time when
@@ -209,6 +212,7 @@ func (p *Pipeline) Begin(c Client, reversePath, authUser string) *Collector {
 		LookupTimeout: set.CheckTimeout,
 		Keys:          set.DKIMKeys,
 		Now:           set.Now,
+		ARC:           set.ARC,
 	})
 	return m
 }
@@ -315,6 +319,7 @@ func (m *Collector) End(queueID string) (*policy.Judged, Stages) {
 	msg := &m.msg
 	t0 := set.Now()
 	msg.DKIM = m.dkim.Close()
+	msg.ARC = m.dkim.ARC()
 	t1 := set.Now()
 	msg.QueueID = queueID
 	msg.HeaderTruncated = m.tooLarge
@@ -490,12 +495,22 @@ func (s *session) logSummary(j *policy.Judged, removed int) {
 		Str("dmarc", string(v.DMARC.Status)).
 		Str("policy", string(v.DMARC.Policy)).
 		Str("requested", string(v.Requested())).
+		Str("enforced", string(v.Enforced)).
 		Str("action", v.Action.String()).
 		Str("rule", string(v.Rule)).
 		Int("removed_forged_ar", removed).
 		Float64("elapsed_ms", float64(s.set.Now().Sub(j.Arrival).Microseconds())/1000)
 	if v.Exempt != "" {
 		e = e.Str("exempt", string(v.Exempt))
+	}
+	if len(v.Overrides) > 0 {
+		e = e.Str("policy_override", v.OverrideTypes()).Str("override_comment", v.OverrideComments())
+	}
+	if v.Evidence != "" {
+		e = e.Str("evidence", v.Evidence)
+	}
+	if j.ARC.Status != "" {
+		e = e.Str("arc", string(j.ARC.Status))
 	}
 	if v.FromErr != nil {
 		e = e.Str("from_error", v.FromErr.Error())

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
 )
 
 // Config is the daemon's configuration: built-in defaults, then the TOML
@@ -57,6 +59,14 @@ type Config struct {
 	TrustedNetworks []Prefix `toml:"trusted_networks"`
 	// ExemptDomains are RFC5322.From domains never enforced.
 	ExemptDomains []string `toml:"exempt_domains"`
+	// RejectPolicy: "evidence", "always" or "never" (RFC 9989 section 7.4).
+	RejectPolicy Choice `toml:"reject_policy"`
+	// TrustedForwarders: networks and domains whose failures are delivered.
+	TrustedForwarders []Forwarder `toml:"trusted_forwarders"`
+	// TrustedForwarderAction: "accept" or "quarantine".
+	TrustedForwarderAction Choice `toml:"trusted_forwarder_action"`
+	// TrustedARCSealers: ARC sealers (RFC 8617) whose dmarc=pass is trusted.
+	TrustedARCSealers []string `toml:"trusted_arc_sealers"`
 	// MaxDKIMSignatures bounds the signatures verified per message.
 	MaxDKIMSignatures int `toml:"max_dkim_signatures"`
 	// MaxHeaderSize and MaxHeaderFields bound the header kept per message.
@@ -290,6 +300,35 @@ func (p *Prefix) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// Forwarder is a trusted_forwarders entry: a network (CIDR or address) or
+// a domain name.
+type Forwarder struct {
+	Network netip.Prefix // valid when the entry is a network
+	Domain  string
+}
+
+func (f *Forwarder) UnmarshalText(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	var p Prefix
+	if p.UnmarshalText(b) == nil {
+		f.Network = p.Prefix
+		return nil
+	}
+	d, err := dmarc.NormalizeDomain(s)
+	if err != nil || !strings.Contains(d, ".") || strings.ContainsAny(d, "/: ") {
+		return fmt.Errorf("%q is neither a network nor a domain name", b)
+	}
+	f.Domain = d
+	return nil
+}
+
+func (f Forwarder) MarshalText() ([]byte, error) {
+	if f.Network.IsValid() {
+		return []byte(f.Network.String()), nil
+	}
+	return []byte(f.Domain), nil
+}
+
 // ListenSpec is a milter socket in Postfix's spelling ("unix:/path",
 // "inet:host:port", "inet6:[::1]:port"), or sendmail's ("inet:port@host",
 // "local:/path").
@@ -403,13 +442,25 @@ func checkRejectText(s string) error {
 			return fmt.Errorf("holds a character that cannot go into an SMTP reply (byte %d)", i)
 		}
 	}
-	rest := strings.ReplaceAll(s, "{domain}", "")
+	rest := strings.NewReplacer("{domain}", "", "{evidence}", "").Replace(s)
 	if i := strings.IndexAny(rest, "{}"); i >= 0 {
 		end := strings.IndexByte(rest[i:], '}')
 		if end < 0 {
 			end = len(rest) - i - 1
 		}
-		return fmt.Errorf("unknown placeholder %q (the only one is {domain})", rest[i:i+end+1])
+		return fmt.Errorf("unknown placeholder %q (the only ones are {domain} and {evidence})", rest[i:i+end+1])
+	}
+	return nil
+}
+
+// checkARCSealers checks trusted_arc_sealers: domain names.
+func checkARCSealers(c *Config) error {
+	for i, d := range c.TrustedARCSealers {
+		n, err := dmarc.NormalizeDomain(d)
+		if err != nil || !strings.Contains(n, ".") {
+			return fmt.Errorf("%q is not a domain name", d)
+		}
+		c.TrustedARCSealers[i] = n
 	}
 	return nil
 }

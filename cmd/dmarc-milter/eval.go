@@ -14,6 +14,7 @@ import (
 
 	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
 	"github.com/dmarc-milter/dmarc-milter/policy"
+	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/report"
 	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
 	"github.com/dmarc-milter/dmarc-milter/resolver"
@@ -99,12 +100,17 @@ type evaluation struct {
 	MailFrom string `json:"mail_from"`
 	// Action is what the daemon tells the MTA, Rule the rule that chose
 	// it, Reply the SMTP reply ("" when the message is accepted).
-	Action                string `json:"action"`
-	Rule                  string `json:"rule"`
-	Reply                 string `json:"reply,omitempty"`
-	Verdict               string `json:"verdict"`
-	DMARC                 string `json:"dmarc"`
-	AuthenticationResults string `json:"authentication_results"`
+	Action string `json:"action"`
+	Rule   string `json:"rule"`
+	// Enforced is the policy applied to a failure, Overrides why it is
+	// milder than requested, Evidence what showed a spoof.
+	Enforced              string            `json:"enforced"`
+	Overrides             []policy.Override `json:"overrides,omitempty"`
+	Evidence              string            `json:"evidence,omitempty"`
+	Reply                 string            `json:"reply,omitempty"`
+	Verdict               string            `json:"verdict"`
+	DMARC                 string            `json:"dmarc"`
+	AuthenticationResults string            `json:"authentication_results"`
 	// FailureReport is "wanted", or why none is (report.Screen's reason).
 	FailureReport string `json:"failure_report"`
 	// Aggregate is the message's aggregate report row, nil if it is not
@@ -242,6 +248,16 @@ func evaluate(cfg Config, raw []byte, ipText, helo, mailFrom string) (*evaluatio
 	}
 	for _, d := range msg.DKIM {
 		say("  dkim %s for d=%s s=%s (%s)%s", d.Status, d.Domain, d.Selector, d.Algorithm, errText(d.Err))
+		if d.Status != dkim.Pass && d.HeaderSigned {
+			say("    its header signature (b=) verifies: only the body changed")
+		}
+	}
+	if a := msg.ARC; a.Status != "" {
+		say("ARC:")
+		say("  arc %s, %d sets, newest sealed by %s%s", a.Status, a.Sets, orNone(a.Sealer), errText(a.Err))
+		if a.Status == dkim.ARCPass {
+			say("  the sealer's results: %s", a.Results)
+		}
 	}
 	if msg.HeaderTruncated {
 		say("  the header is over max_header_size or max_header_fields: fields past the bound are not kept, DKIM not verified")
@@ -273,9 +289,19 @@ func evaluate(cfg Config, raw []byte, ipText, helo, mailFrom string) (*evaluatio
 	if verdict.Exempt != "" {
 		say("local policy: %s: evaluated and stamped, not enforced", verdict.Exempt.Text())
 	}
+	if verdict.Evidence != "" {
+		say("evidence of a spoof (reject_policy %s): %s", cfg.RejectPolicy.Value, verdict.Evidence)
+	}
+	for _, o := range verdict.Overrides {
+		say("override %s: %s", o.Type, o.Comment)
+	}
+	if verdict.Rule == policy.RuleOverride {
+		say("  %s applied as %s", verdict.Requested(), verdict.Enforced)
+	}
 	out := &evaluation{
 		ClientIP: ipText, Helo: helo, MailFrom: msg.MailFrom,
 		Action: verdict.Action.String(), Rule: string(verdict.Rule),
+		Enforced: string(verdict.Enforced), Overrides: verdict.Overrides, Evidence: verdict.Evidence,
 		DMARC:                 string(d.Status),
 		AuthenticationResults: j.AuthResults,
 	}
@@ -323,4 +349,11 @@ func errText(err error) string {
 		return ""
 	}
 	return ": " + err.Error()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "nobody"
+	}
+	return s
 }

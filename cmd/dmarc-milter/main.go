@@ -502,9 +502,20 @@ func policyConfig(cfg Config) policy.Config {
 		RejectMultiAuthor: cfg.RejectMultiAuthor,
 		RejectText:        cfg.RejectText,
 		ExemptDomains:     cfg.ExemptDomains,
+		RejectPolicy:      policy.RejectPolicy(cfg.RejectPolicy.Value),
+		TrustedARCSealers: cfg.TrustedARCSealers,
+
+		TrustedForwarderQuarantine: cfg.TrustedForwarderAction.Value == "quarantine",
 	}
 	for _, p := range cfg.TrustedNetworks {
 		pc.TrustedNetworks = append(pc.TrustedNetworks, p.Prefix)
+	}
+	for _, f := range cfg.TrustedForwarders {
+		if f.Network.IsValid() {
+			pc.TrustedForwarders.Networks = append(pc.TrustedForwarders.Networks, f.Network)
+		} else {
+			pc.TrustedForwarders.Domains = append(pc.TrustedForwarders.Domains, f.Domain)
+		}
 	}
 	return pc
 }

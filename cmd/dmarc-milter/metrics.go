@@ -24,8 +24,9 @@ import (
 // server and the reporters keep anyway are read when /metrics is scraped.
 type metrics struct {
 	reg      *prometheus.Registry
-	messages *prometheus.CounterVec
-	stages   *prometheus.HistogramVec
+	messages  *prometheus.CounterVec
+	overrides *prometheus.CounterVec
+	stages    *prometheus.HistogramVec
 	// The stage histograms, looked up once rather than per message.
 	spf, dkim, dmarc, total prometheus.Observer
 }
@@ -49,13 +50,21 @@ func newMetrics(src *sources) *metrics {
 			Name: "dmarc_milter_messages_total",
 			Help: "Messages judged, by action taken and DMARC result.",
 		}, []string{"action", "dmarc"}),
+		overrides: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dmarc_milter_policy_overrides_total",
+			Help: "DMARC failures treated more mildly than their policy asks, by RFC 9990 reason: mailing_list, trusted_forwarder, local_policy, other, policy_test_mode.",
+		}, []string{"reason"}),
 		stages: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "dmarc_milter_stage_seconds",
 			Help:    "Time each stage of a message took: spf, dkim (what end of message waited for), dmarc, total (MAIL FROM to reply).",
 			Buckets: stageBuckets,
 		}, []string{"stage"}),
 	}
-	m.reg.MustRegister(m.messages, m.stages, &collector{src: src})
+	m.reg.MustRegister(m.messages, m.overrides, m.stages, &collector{src: src})
+	for _, r := range []policy.OverrideType{policy.OverrideMailingList, policy.OverrideTrustedForwarder,
+		policy.OverrideLocalPolicy, policy.OverrideOther, policy.OverrideTestMode} {
+		m.overrides.WithLabelValues(string(r)) // exported at 0 from the start
+	}
 	m.spf, m.dkim = m.stages.WithLabelValues("spf"), m.stages.WithLabelValues("dkim")
 	m.dmarc, m.total = m.stages.WithLabelValues("dmarc"), m.stages.WithLabelValues("total")
 	return m
@@ -68,6 +77,9 @@ func (m *metrics) Message(v *policy.Verdict, st session.Stages) {
 		dmarc = "none"
 	}
 	m.messages.WithLabelValues(v.Action.String(), dmarc).Inc()
+	for _, o := range v.Overrides {
+		m.overrides.WithLabelValues(string(o.Type)).Inc()
+	}
 	m.spf.Observe(st.SPF.Seconds())
 	m.dkim.Observe(st.DKIM.Seconds())
 	m.dmarc.Observe(st.DMARC.Seconds())

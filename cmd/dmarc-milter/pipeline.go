@@ -25,6 +25,7 @@ func pipelineSettings(cfg Config, ev *policy.Evaluator, lookupTXT func(ctx conte
 		Log:               logger,
 		MaxHeaderBytes:    cfg.MaxHeaderSize,
 		MaxHeaderFields:   cfg.MaxHeaderFields,
+		ARC:               len(cfg.TrustedARCSealers) > 0,
 	}
 }
 

@@ -133,6 +133,7 @@ func TestNeedRestart(t *testing.T) {
 				"listen": "unix:/run/x.sock", "socket_mode": "0600", "pprof_listen": "127.0.0.1:1", "metrics_listen": "127.0.0.1:2",
 				"quarantine": "mark", "temperror": "accept", "report_starttls": "off",
 				"failure_report_include": "message", "log_format": "text", "log_level": "debug",
+				"reject_policy": "always", "trusted_forwarder_action": "quarantine",
 			}[s.Key]
 			if other == "" {
 				other = "7s" // the durations

@@ -110,9 +110,9 @@ func TestRFC8463(t *testing.T) {
 	got := verifyAsMilter(t, msg, z.LookupTXT)
 	want := []Result{
 		{Status: Pass, Domain: "football.example.com", Selector: "brisbane", Identifier: "@football.example.com",
-			Algorithm: "ed25519-sha256", BPrefix: "/gCrinpc"},
+			Algorithm: "ed25519-sha256", BPrefix: "/gCrinpc", HeaderSigned: true},
 		{Status: Pass, Domain: "football.example.com", Selector: "test", Identifier: "@football.example.com",
-			Algorithm: "rsa-sha256", BPrefix: "F45dVWDf"},
+			Algorithm: "rsa-sha256", BPrefix: "F45dVWDf", HeaderSigned: true},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %+v, want %+v", got, want)

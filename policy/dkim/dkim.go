@@ -28,8 +28,6 @@ package dkim
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rsa"
 	"errors"
 	"fmt"
 	"net"
@@ -81,8 +79,11 @@ var (
 	// empty p= (RFC 6376 section 3.6.1; RFC 6591 "revoked").
 	ErrKeyRevoked = errors.New("dkim: key revoked (empty p=)")
 
+	// ErrSignature is the error of a signature whose header signature
+	// (b=) does not verify (RFC 6591 Auth-Failure "signature").
+	ErrSignature = errors.New("dkim: signature did not verify")
+
 	errNoKey         = errors.New("dkim: no key for signature")
-	errBadSignature  = errors.New("dkim: signature did not verify")
 	errBodyLength    = errors.New("dkim: signature covers only part of the body length (l=); not trusted")
 	errShortBody     = errors.New("dkim: body is shorter than its l= length")
 	errKeyMismatch   = errors.New("dkim: key does not fit the signature")
@@ -101,8 +102,16 @@ type Result struct {
 	// BPrefix is the first 8 characters of b= without whitespace, for the
 	// header.b property of Authentication-Results (RFC 6008 section 4).
 	BPrefix string
-	// Err says why when Status is not Pass.
+	// Err says why when Status is not Pass: ErrBodyHash when only the
+	// body hash failed, ErrSignature when the header signature (b=) did.
 	Err error
+	// HeaderSigned: the header signature (b=) verifies with the domain's
+	// key, whether or not the body hash does. It is true for a Pass, and
+	// for a Fail with ErrBodyHash: cryptographic evidence that d= signed
+	// this header and that only the body changed since (a mailing list's
+	// footer, a forwarder's line). Nothing else of the body is vouched
+	// for: a genuine header replayed with a new body gets the same.
+	HeaderSigned bool
 }
 
 // Options configures a Verifier.
@@ -133,6 +142,9 @@ type Options struct {
 	Prefetch func(name string)
 	// Now is the clock for signature expiry (x=); if nil, time.Now.
 	Now func() time.Time
+	// ARC also validates the message's ARC chain (RFC 8617); see
+	// Verifier.ARC.
+	ARC bool
 
 	// weak verifies rsa-sha1 and RSA keys under 1024 bits, which RFC 8301
 	// forbids: only for the tests that run legacy corpora through the
@@ -151,6 +163,8 @@ type Verifier struct {
 	fields   []headerField // the header fields so far, as the MTA delivered them
 	sigs     []*signature  // DKIM-Signature fields, in header order
 	bodies   []*bodyHash   // the distinct body hashes the signatures need
+	arc      *arcChain     // the ARC chain, with Options.ARC
+	arcDone  ARCResult     // its validation, at Close
 	started  bool          // EndHeaders called
 	closed   bool          // Close or Abort called
 	tooLarge bool          // HeaderTooLarge called
@@ -239,8 +253,33 @@ func (v *Verifier) EndHeaders() error {
 			v.opts.Prefetch(sig.keyName)
 		}
 	}
+	if v.opts.ARC {
+		if raw == nil && hasARC(fields) {
+			raw = make([]string, len(fields))
+			for j, f := range fields {
+				raw[j] = rfc5322.RebuildField(f.name, f.value, v.opts.LeadingSpace)
+			}
+			byName = fieldIndex(fields)
+		}
+		v.arc = v.collectARC(fields, raw, byName)
+	}
 	return nil
 }
+
+// hasARC reports whether the header has an ARC field.
+func hasARC(fields []headerField) bool {
+	for _, f := range fields {
+		if len(f.name) > 4 && strings.EqualFold(f.name[:4], "ARC-") {
+			return true
+		}
+	}
+	return false
+}
+
+// ARC returns the validation of the message's ARC chain, after Close;
+// Status is "" without Options.ARC, and ARCFail with
+// ErrHeaderTooLarge when the header outgrew the caller's bounds.
+func (v *Verifier) ARC() ARCResult { return v.arcDone }
 
 // bodyHashFor returns a body hash for sig's canonicalization, hash and l=,
 // shared with earlier signatures that need the same.
@@ -283,6 +322,9 @@ func (v *Verifier) Close() (results []Result) {
 	}
 	v.closed = true
 	defer v.cancel()
+	if v.opts.ARC {
+		v.arcDone = v.closeARC()
+	}
 	if len(v.sigs) == 0 {
 		return nil
 	}
@@ -301,7 +343,7 @@ func (v *Verifier) Close() (results []Result) {
 				}
 			}
 		}
-		v.sigs, v.bodies = nil, nil
+		v.sigs, v.bodies, v.arc = nil, nil, nil
 	}()
 	for i, sig := range v.sigs {
 		r := &results[i]
@@ -311,66 +353,87 @@ func (v *Verifier) Close() (results []Result) {
 		case i >= v.opts.MaxSignatures:
 			r.Status, r.Err = PermError, ErrTooManySignatures
 		default:
-			r.Status, r.Err = v.verify(sig)
+			r.Status, r.Err, r.HeaderSigned = v.verify(sig)
 		}
 	}
 	return results
 }
 
-// verify checks one parsed signature (RFC 6376 section 6.1.2, 6.1.3).
-func (v *Verifier) verify(sig *signature) (Status, error) {
-	key, err := v.key(sig)
+// closeARC validates the ARC chain; a bug must not take the daemon down on
+// a hostile chain, which then fails.
+func (v *Verifier) closeARC() (r ARCResult) {
+	if v.tooLarge {
+		return ARCResult{Status: ARCFail, Err: ErrHeaderTooLarge}
+	}
+	if v.arc == nil {
+		return ARCResult{Status: ARCNone}
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			r = ARCResult{Status: ARCFail, Err: fmt.Errorf("%w: %v", errVerifierPanic, p)}
+		}
+	}()
+	return v.validateARC(v.arc)
+}
+
+// verify checks one parsed signature (RFC 6376 section 6.1.2, 6.1.3)
+// and reports whether its header signature verifies. Unlike section
+// 6.1.3's order, b= is checked even when the body hash fails, so that a
+// body modified in transit can be told from a forged header.
+func (v *Verifier) verify(sig *signature) (Status, error, bool) {
+	key, status, err := v.usableKey(sig)
 	if err != nil {
-		var temp *tempError
-		if errors.As(err, &temp) {
-			return TempError, temp.err
-		}
-		return PermError, err
+		return status, err, false
 	}
 
-	// Section 3.6.1: the key must fit the signature.
-	if key.keyType != sig.keyType {
-		return PermError, fmt.Errorf("%w: k=%s for a=%s", errKeyMismatch, key.keyType, sig.algorithm)
+	// Section 6.1.3: the signature, and the body hash.
+	if !key.verify(sig.hash, sig.headerHash, sig.b) {
+		return Fail, ErrSignature, false
 	}
-	if key.hashes != nil {
-		_, name, _ := strings.Cut(strings.ToLower(sig.algorithm), "-")
-		if !containsFold(key.hashes, name) {
-			return PermError, fmt.Errorf("%w: h=%s does not allow %s", errKeyMismatch, strings.Join(key.hashes, ":"), name)
-		}
-	}
-	if key.strict && sig.auidDomain != strings.ToLower(sig.domain) {
-		return PermError, errStrictKey
-	}
-	if key.rsa != nil && key.rsa.N.BitLen() < 1024 && !sig.weak {
-		// RFC 8301 section 3.2.
-		return PermError, fmt.Errorf("%w: %d bits", errKeyTooWeak, key.rsa.N.BitLen())
-	}
-
-	// Section 6.1.3: the body hash, then the signature.
 	bh, n := sig.body.Sum()
 	switch {
 	case sig.length >= 0 && n < sig.length:
-		return Fail, errShortBody
+		return Fail, errShortBody, true
 	case !bytes.Equal(bh, sig.bh):
-		return Fail, ErrBodyHash
-	}
-	switch {
-	case key.rsa != nil:
-		if err := rsa.VerifyPKCS1v15(key.rsa, sig.hash, sig.headerHash, sig.b); err != nil {
-			return Fail, errBadSignature
-		}
-	case key.ed != nil:
-		// RFC 8463 section 3: Ed25519 signs the SHA-256 hash.
-		if !ed25519.Verify(key.ed, sig.headerHash, sig.b) {
-			return Fail, errBadSignature
-		}
+		return Fail, ErrBodyHash, true
 	}
 	if sig.length >= 0 {
 		// The signature holds, but for the first l= bytes of the body
 		// only: whatever follows is unsigned (section 8.2). Local policy.
-		return Policy, errBodyLength
+		return Policy, errBodyLength, true
 	}
-	return Pass, nil
+	return Pass, nil, true
+}
+
+// usableKey looks up the key of sig and checks that it may verify it
+// (RFC 6376 section 3.6.1; RFC 8301 section 3.2); on error the status is
+// TempError or PermError.
+func (v *Verifier) usableKey(sig *signature) (*publicKey, Status, error) {
+	key, err := v.key(sig)
+	if err != nil {
+		var temp *tempError
+		if errors.As(err, &temp) {
+			return nil, TempError, temp.err
+		}
+		return nil, PermError, err
+	}
+	// Section 3.6.1: the key must fit the signature.
+	if key.keyType != sig.keyType {
+		return nil, PermError, fmt.Errorf("%w: k=%s for a=%s", errKeyMismatch, key.keyType, sig.algorithm)
+	}
+	if key.hashes != nil {
+		_, name, _ := strings.Cut(strings.ToLower(sig.algorithm), "-")
+		if !containsFold(key.hashes, name) {
+			return nil, PermError, fmt.Errorf("%w: h=%s does not allow %s", errKeyMismatch, strings.Join(key.hashes, ":"), name)
+		}
+	}
+	if key.strict && sig.auidDomain != strings.ToLower(sig.domain) {
+		return nil, PermError, errStrictKey
+	}
+	if key.rsa != nil && key.rsa.N.BitLen() < 1024 && !sig.weak {
+		return nil, PermError, fmt.Errorf("%w: %d bits", errKeyTooWeak, key.rsa.N.BitLen())
+	}
+	return key, "", nil
 }
 
 // tempError marks a key lookup that may succeed later.
@@ -422,5 +485,5 @@ func (v *Verifier) Abort() {
 	}
 	v.closed = true
 	v.cancel()
-	v.fields, v.sigs, v.bodies = nil, nil, nil
+	v.fields, v.sigs, v.bodies, v.arc = nil, nil, nil, nil
 }

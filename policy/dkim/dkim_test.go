@@ -840,3 +840,37 @@ func TestOversigning(t *testing.T) {
 		t.Errorf("signed-absent Reply-To added: %s, want fail", got)
 	}
 }
+
+// TestHeaderSigned: b= is verified even when the body hash fails, and the
+// Result says which of the two failed (the evidence that only the body of
+// a genuinely signed message changed in transit).
+func TestHeaderSigned(t *testing.T) {
+	key := loadKey(t, "ed25519.pem")
+	z := &dnstest.Resolver{TXT: map[string][]string{"ed._domainkey.example.org": {keyRecord(t, key.Public())}}}
+	msg := string(sign(t, testMessage, &msgauth.SignOptions{Domain: "example.org", Selector: "ed", Signer: key}))
+	tests := []struct {
+		name         string
+		msg          string
+		status       Status
+		err          error
+		headerSigned bool
+	}{
+		{name: "untouched", msg: msg, status: Pass, headerSigned: true},
+		{name: "a footer added", msg: msg + "--\r\nlist footer\r\n", status: Fail, err: ErrBodyHash, headerSigned: true},
+		{name: "the subject tagged", msg: strings.Replace(msg, "Subject:  Folded", "Subject:  [list] Folded", 1), status: Fail, err: ErrSignature},
+		{name: "both changed", msg: strings.Replace(msg, "Subject:  Folded", "Subject:  [list] Folded", 1) + "footer\r\n", status: Fail, err: ErrSignature},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fields, body := splitMessage([]byte(tc.msg), true)
+			got := feed(t, NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true}), fields, body, []int{100})
+			if len(got) != 1 {
+				t.Fatalf("%d results", len(got))
+			}
+			r := got[0]
+			if r.Status != tc.status || !errors.Is(r.Err, tc.err) && !(tc.err == nil && r.Err == nil) || r.HeaderSigned != tc.headerSigned {
+				t.Errorf("got %s (%v) header signed %v, want %s (%v) header signed %v", r.Status, r.Err, r.HeaderSigned, tc.status, tc.err, tc.headerSigned)
+			}
+		})
+	}
+}

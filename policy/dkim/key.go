@@ -1,6 +1,7 @@
 package dkim
 
 import (
+	"crypto"
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/x509"
@@ -16,6 +17,18 @@ type publicKey struct {
 	ed      ed25519.PublicKey
 	hashes  []string // h=, lower-case; nil means any
 	strict  bool     // t=s: the AUID's domain must be d= itself
+}
+
+// verify checks sig over the header hash digest (RFC 6376 section 3.3;
+// RFC 8463 section 3: Ed25519 signs the SHA-256 hash).
+func (k *publicKey) verify(h crypto.Hash, digest, sig []byte) bool {
+	switch {
+	case k.rsa != nil:
+		return rsa.VerifyPKCS1v15(k.rsa, h, digest, sig) == nil
+	case k.ed != nil:
+		return ed25519.Verify(k.ed, digest, sig)
+	}
+	return false
 }
 
 // maxRSABits bounds the RSA keys verified: a larger key costs verification

@@ -22,15 +22,19 @@ var (
 
 // tagList parses a tag=value list (RFC 6376 section 3.2). Values keep their
 // inner folding white space; leading and trailing white space is removed. A
-// tag that occurs twice, a tag name that is not ALPHA *ALNUMPUNC, or a
-// tag-spec without "=" makes the whole list invalid. Empty tag-specs (a
-// trailing ";") are ignored.
+// tag that occurs twice, a tag name that is not ALPHA *ALNUMPUNC, a
+// tag-spec without "=" or an empty one (";;") makes the whole list
+// invalid; only the last may be empty (a trailing ";").
 func tagList(s string) (map[string]string, []string, error) {
 	tags := map[string]string{}
 	var order []string
-	for spec := range strings.SplitSeq(s, ";") {
+	specs := strings.Split(s, ";")
+	for i, spec := range specs {
 		if trimFWS(spec) == "" {
-			continue
+			if i == len(specs)-1 {
+				continue
+			}
+			return nil, nil, fmt.Errorf("%w: empty tag-spec", errSyntax)
 		}
 		name, value, ok := strings.Cut(spec, "=")
 		if !ok {
@@ -119,8 +123,9 @@ type signature struct {
 	auidDomain  string // the domain part of i= (the AUID), lower-case
 	headerHash  []byte // the hash of the canonicalized header (RFC 6376 section 3.7)
 	body        *bodyHash
-	keyName     string // <s>._domainkey.<d>
-	weak        bool   // accept rsa-sha1 and short RSA keys (tests only)
+	keyName     string    // <s>._domainkey.<d>
+	weak        bool      // accept rsa-sha1 and short RSA keys (tests only)
+	cv          ARCStatus // an ARC-Seal's cv=
 }
 
 // parseSignature parses the value of a DKIM-Signature field. Whatever is

@@ -56,7 +56,7 @@ func judged(t testing.TB, domain, record, ip string, status dmarc.Status, action
 		Action: action,
 	}
 	if status == dmarc.Fail {
-		v.DMARC.Requested = applied
+		v.DMARC.Requested, v.Enforced = applied, applied
 	} else {
 		v.DMARC.Requested = dmarc.PolicyNone
 		v.DMARC.DKIMAligned = true
@@ -89,14 +89,27 @@ func TestRowOf(t *testing.T) {
 		{name: "quarantine by marking only", record: "v=DMARC1; p=quarantine; rua=mailto:agg@example.com", status: dmarc.Fail, action: policy.Accept,
 			counted: true, want: Row{Disposition: "quarantine", DKIM: "fail", SPF: "fail"}},
 		{name: "t=y: quarantine instead of reject, said", record: "v=DMARC1; p=reject; t=y; rua=mailto:agg@example.com", status: dmarc.Fail, action: policy.Quarantine,
+			change: func(j *policy.Judged) {
+				j.Verdict.Overrides = []policy.Override{{Type: policy.OverrideTestMode, Comment: "t=y: reject applied as quarantine"}}
+			},
 			counted: true, want: Row{Disposition: "quarantine", DKIM: "fail", SPF: "fail",
-				Reasons: []Reason{{Type: OverrideTestMode, Comment: "t=y: reject applied as quarantine"}}}},
+				Reasons: []Reason{{Type: string(policy.OverrideTestMode), Comment: "t=y: reject applied as quarantine"}}}},
 		{name: "trusted network: none, local_policy", ip: "10.1.2.3", status: dmarc.Fail, action: policy.Accept,
-			change:  func(j *policy.Judged) { j.Verdict.Exempt = policy.ExemptTrustedNetwork },
+			change: func(j *policy.Judged) {
+				j.Verdict.Exempt, j.Verdict.Enforced = policy.ExemptTrustedNetwork, dmarc.PolicyNone
+				j.Verdict.Overrides = []policy.Override{{Type: policy.OverrideLocalPolicy, Comment: "trusted network"}}
+			},
 			counted: true, want: Row{Disposition: "none", DKIM: "fail", SPF: "fail",
-				Reasons: []Reason{{Type: OverrideLocalPolicy, Comment: "trusted network"}}}},
+				Reasons: []Reason{{Type: string(policy.OverrideLocalPolicy), Comment: "trusted network"}}}},
 		{name: "no rua: not counted", record: "v=DMARC1; p=reject; ruf=mailto:f@example.com", status: dmarc.Fail, action: policy.Reject},
 		{name: "only a non-mailto rua: not counted", record: "v=DMARC1; p=reject; rua=https://example.com/r", status: dmarc.Fail, action: policy.Reject},
+		{name: "a mailing list: reject applied as quarantine, said", status: dmarc.Fail, action: policy.Quarantine,
+			change: func(j *policy.Judged) {
+				j.Verdict.Enforced = dmarc.PolicyQuarantine
+				j.Verdict.Overrides = []policy.Override{{Type: policy.OverrideMailingList, Comment: "mailing list, List-Id"}}
+			},
+			counted: true, want: Row{Disposition: "quarantine", DKIM: "fail", SPF: "fail",
+				Reasons: []Reason{{Type: "mailing_list", Comment: "mailing list, List-Id"}}}},
 		{name: "temperror: not counted", status: dmarc.Fail, action: policy.TempFail,
 			change: func(j *policy.Judged) { j.Verdict.DMARC.Status, j.Verdict.DMARC.Requested = dmarc.TempError, "" }},
 		{name: "no record: not counted", status: dmarc.Fail, action: policy.Accept,

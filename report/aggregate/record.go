@@ -55,20 +55,6 @@ type Reason struct {
 	Comment string `json:"c,omitempty"`
 }
 
-// Override types (RFC 9990 PolicyOverrideType).
-const (
-	// OverrideLocalPolicy: a local rule stopped enforcement (trusted
-	// networks, authenticated clients, local clients, exempt domains,
-	// monitor mode).
-	OverrideLocalPolicy = "local_policy"
-	// OverrideTestMode: the record's t=y made the policy applied milder.
-	OverrideTestMode = "policy_test_mode"
-	// OverrideTrustedForwarder and OverrideMailingList are reserved: this
-	// version has no ARC or forwarder list that would give them.
-	OverrideTrustedForwarder = "trusted_forwarder"
-	OverrideMailingList      = "mailing_list"
-)
-
 // AuthSPF is the SPF result (RFC 9990 SPFAuthResultType).
 type AuthSPF struct {
 	Domain string `json:"d"`
@@ -215,18 +201,17 @@ func RowOf(j *policy.Judged, f Facts) (Row, Published, bool) {
 		r.Disposition = "none"
 	case v.Action == policy.Reject:
 		r.Disposition = "reject"
-	case v.Action == policy.Quarantine, v.Exempt == "" && v.Requested() == dmarc.PolicyQuarantine:
+	case v.Enforced == dmarc.PolicyQuarantine:
 		// Held, or delivered marked as failing (quarantine = mark).
 		r.Disposition = "quarantine"
 	default:
 		r.Disposition = "none"
 	}
 	if v.DMARC.Status == dmarc.Fail {
-		if v.Exempt != "" && v.Requested() != dmarc.PolicyNone {
-			r.Reasons = append(r.Reasons, Reason{Type: OverrideLocalPolicy, Comment: v.Exempt.Text()})
-		}
-		if v.DMARC.Applied != v.DMARC.Policy {
-			r.Reasons = append(r.Reasons, Reason{Type: OverrideTestMode, Comment: "t=y: " + string(v.DMARC.Policy) + " applied as " + string(v.DMARC.Applied)})
+		// RFC 9990 Section 3.1.1.9: why the disposition differs from the
+		// policy; the verdict holds each reason once (policy.Override).
+		for _, o := range v.Overrides {
+			r.Reasons = append(r.Reasons, Reason{Type: string(o.Type), Comment: o.Comment})
 		}
 	}
 	return r, pub, true
