@@ -23,7 +23,7 @@ import (
 // by the session (session.Metrics); the counters the resolver, the milter
 // server and the reporters keep anyway are read when /metrics is scraped.
 type metrics struct {
-	reg      *prometheus.Registry
+	reg       *prometheus.Registry
 	messages  *prometheus.CounterVec
 	overrides *prometheus.CounterVec
 	stages    *prometheus.HistogramVec
