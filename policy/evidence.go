@@ -66,12 +66,14 @@ func (v *Verdict) OverrideTypes() string {
 	return b.String()
 }
 
-// OverrideComments returns the comments of v's overrides, joined by "; ".
+// OverrideComments returns the comments of v's overrides, joined by " | "
+// (no ";", which Authentication-Results parsers split at even in a
+// comment).
 func (v *Verdict) OverrideComments() string {
 	var b strings.Builder
 	for i, o := range v.Overrides {
 		if i > 0 {
-			b.WriteString("; ")
+			b.WriteString(" | ")
 		}
 		b.WriteString(o.Comment)
 	}
@@ -197,7 +199,9 @@ func (cfg *Config) trustedARC(m *Message, fromDomain string) string {
 	if len(cfg.TrustedARCSealers) == 0 || a.Status != dkim.ARCPass {
 		return ""
 	}
-	if !dmarc.InDomainList(a.Sealer, cfg.TrustedARCSealers) || !a.DMARCPass(fromDomain) {
+	// The newest ARC-Message-Signature must sign From: a set that does
+	// not could be replayed onto any message.
+	if !a.SignsFrom || !dmarc.InDomainList(a.Sealer, cfg.TrustedARCSealers) || !a.DMARCPass(fromDomain) {
 		return ""
 	}
 	return strings.ToLower(a.Sealer)
@@ -213,7 +217,7 @@ func (e *Evaluator) indirectSigns(ctx context.Context, m *Message, v *Verdict) [
 	// while the body hash fails: the domain signed this header, only the
 	// body changed (a list footer, a forwarder's line).
 	if d := e.headerSignedBy(ctx, m, v); d != "" {
-		signs = append(signs, Override{OverrideOther, "the signature of " + d + " verifies over the header; the body changed in transit"})
+		signs = append(signs, Override{OverrideOther, "the signature of " + d + " verifies over the header, only the body changed in transit"})
 	}
 	// RFC 2919 List-Id, RFC 2369 List-Post.
 	if f := m.field("List-Id", "List-Post"); f != "" {

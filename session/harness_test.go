@@ -5,6 +5,7 @@
 package session_test
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -23,6 +24,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/internal/testutil"
 	"github.com/dmarc-milter/dmarc-milter/milter"
 	"github.com/dmarc-milter/dmarc-milter/policy"
+	"github.com/dmarc-milter/dmarc-milter/policy/senders"
 	"github.com/dmarc-milter/dmarc-milter/resolver"
 	"github.com/dmarc-milter/dmarc-milter/session"
 )
@@ -47,6 +49,9 @@ type envOptions struct {
 	dnsTimout time.Duration
 	// tcp listens on 127.0.0.1 instead of a unix socket.
 	tcp bool
+	// known remembers the networks of DMARC passes (policy/senders), as
+	// the daemon does.
+	known bool
 }
 
 func testZones(t testing.TB) []string {
@@ -94,6 +99,15 @@ func newEnv(t testing.TB, o envOptions) *env {
 		MaxDKIMSignatures: 5,
 		CheckTimeout:      5 * time.Second,
 		Log:               log,
+	}
+	if o.known {
+		ks := senders.New(0, nil)
+		set.Evaluator.UseKnownSenders(ks)
+		rec := senders.NewRecorder(ks, res, nil, log, nil)
+		set.Consumers = append(set.Consumers, rec)
+		ctx, stop := context.WithCancel(context.Background())
+		t.Cleanup(stop)
+		go rec.Run(ctx)
 	}
 	if o.settings != nil {
 		o.settings(&set)

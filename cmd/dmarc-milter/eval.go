@@ -6,9 +6,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/report"
 	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
+	"github.com/dmarc-milter/dmarc-milter/report/store"
 	"github.com/dmarc-milter/dmarc-milter/resolver"
 	"github.com/dmarc-milter/dmarc-milter/session"
 )
@@ -232,6 +235,23 @@ func evaluate(cfg Config, raw []byte, ipText, helo, mailFrom string) (*evaluatio
 	}
 	tr := &tracer{r: res, tr: &trace}
 	ev := policy.New(policyConfig(cfg), tr)
+	// The daemon's memory of passing networks, from its store when there
+	// is one.
+	if st, err := existingStore(cfg); err != nil {
+		say("known sending networks: not loaded: %v", err)
+	} else if st != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, n, err := knownSenders(ctx, ev, res, st, zerolog.Nop())
+		cancel()
+		st.Close()
+		if err != nil {
+			say("known sending networks: not loaded: %v", err)
+		} else {
+			say("known sending networks: %d loaded from the store", n)
+		}
+	} else {
+		say("known sending networks: no store to load them from (the daemon may know more)")
+	}
 	// The daemon's pipeline, logging nowhere: the trace says it all.
 	p := session.NewPipeline(pipelineSettings(cfg, ev, tr.LookupTXT, zerolog.Nop()))
 	client := session.Client{IP: ip, Helo: helo, LeadingSpace: true}
@@ -356,4 +376,18 @@ func orNone(s string) string {
 		return "nobody"
 	}
 	return s
+}
+
+// existingStore opens the daemon's store if there is one (a PostgreSQL
+// store, or the SQLite file in state_dir), without creating a SQLite
+// file; nil, nil if there is none.
+func existingStore(cfg Config) (*store.Store, error) {
+	if cfg.Store == "" {
+		if _, err := os.Stat(filepath.Join(cfg.StateDir, store.FileName)); err != nil {
+			return nil, nil
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return store.Open(ctx, cfg.Store, cfg.StateDir)
 }

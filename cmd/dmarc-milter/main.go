@@ -320,6 +320,22 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		settings.Consumers = append(settings.Consumers, reporter)
 		settings.KeepBody = reporter.KeepBody()
 	}
+	// The networks each domain's passing mail came from (RFC 9989 section
+	// 7.4's observed sending patterns), kept in the store and loaded now.
+	loadCtx, loaded := context.WithTimeout(context.Background(), 10*time.Second)
+	known, n, err := knownSenders(loadCtx, ev, res, st, logger)
+	loaded()
+	if err != nil {
+		logger.Warn().Err(err).Msg("cannot load the known sending networks from the store; starting without them")
+	} else if st != nil {
+		logger.Info().Int("pairs", n).Msg("known sending networks loaded")
+	}
+	settings.Consumers = append(settings.Consumers, known)
+	knownCtx, stopKnown := context.WithCancel(context.Background())
+	defer stopKnown()
+	knownDone := make(chan struct{})
+	go func() { known.Run(knownCtx); close(knownDone) }()
+
 	// Aggregate reports: every judged message is counted (in memory, then
 	// in the store in batches), and the reports of ended periods are sent.
 	// The Sender registers its claim check with the outbox before it runs.
@@ -418,6 +434,8 @@ wait:
 	// already spooled stay there for the next start.
 	stopRecording()
 	<-recordDone
+	stopKnown()
+	<-knownDone
 	stopReports()
 	<-reportsDone
 	if listening.Listen.Network == "unix" {

@@ -63,7 +63,7 @@ max_header_fields = 20
 			raw: plain("bob@pass.example", "forged-ar-removed", "Authentication-Results: mx.cli.example; dmarc=pass header.from=pass.example"), action: "accept"},
 		{name: "forged-ar-too-many", ip: "192.0.2.10", mailFrom: "bob@pass.example",
 			raw: plain("bob@pass.example", "forged-ar-too-many", repeat("Authentication-Results: mx.cli.example; dmarc=pass (%d)", 21)...), action: "reject"},
-		{name: "header-over-bounds", ip: "198.51.100.8", mailFrom: "list@lists.example",
+		{name: "header-over-bounds", ip: "203.0.113.8", mailFrom: "list@lists.example",
 			raw: signed(plain("bob@pass.example", "header-over-bounds", repeat("X-Filler-%d: x", 30)...)), action: "reject"},
 		{name: "two-from", ip: "192.0.2.10", mailFrom: "bob@pass.example", raw: plain("bob@pass.example", "two-from", "From: eve@pass.example"), action: "reject"},
 		{name: "quarantine", ip: "203.0.113.67", mailFrom: "x@quarantine.example", raw: plain("x@quarantine.example", "quarantine"), action: "quarantine"},
@@ -169,5 +169,18 @@ max_header_fields = 20
 	sort.Strings(fromEval)
 	if strings.Join(fromDaemon, "\n") != strings.Join(fromEval, "\n") || len(fromEval) < 5 {
 		t.Errorf("aggregate rows differ:\ndaemon:\n%s\neval:\n%s", strings.Join(fromDaemon, "\n"), strings.Join(fromEval, "\n"))
+	}
+
+	// The networks the daemon saw pass DMARC are in its store after
+	// SIGTERM, and eval weighs them as the daemon does: a failure from the
+	// network of the dkim-pass message is quarantined, not rejected.
+	spoof := plain("CEO <ceo@pass.example>", "known-network")
+	out, errOut, _ = runBin(bin, "eval", "--config", conf, "--json", "--ip", "198.51.100.99", "--helo", "client.example", "--mail-from", "ceo@pass.example", writeFile(t, spoof))
+	var ev evaluation
+	if err := json.Unmarshal([]byte(out), &ev); err != nil {
+		t.Fatalf("eval --json: %v\n%s%s", err, out, errOut)
+	}
+	if ev.Action != "quarantine" || len(ev.Overrides) == 0 || ev.Overrides[0].Type != "local_policy" {
+		t.Errorf("a failure from a network that passed before: action %s, overrides %+v; want quarantine, local_policy", ev.Action, ev.Overrides)
 	}
 }

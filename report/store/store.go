@@ -165,6 +165,15 @@ var migrations = []string{
 	CREATE INDEX fr_events_at ON fr_events (at);
 	CREATE INDEX fr_events_dedup ON fr_events (dedup);
 	CREATE INDEX fr_events_dest ON fr_events (dest)`,
+	// 2: the networks each Organizational Domain's DMARC-passing mail came
+	// from (policy/senders).
+	`CREATE TABLE known_senders (
+		org   TEXT   NOT NULL,
+		net   TEXT   NOT NULL,
+		last  BIGINT NOT NULL,
+		PRIMARY KEY (org, net)
+	) {{clustered}};
+	CREATE INDEX known_senders_last ON known_senders (last)`,
 }
 
 // SchemaVersion is the schema version this build writes.

@@ -208,3 +208,40 @@ func TestNewerSchemaRefused(t *testing.T) {
 		t.Error("a store with a newer schema was opened")
 	}
 }
+
+// Known senders: the latest time of each (org, network) is kept across
+// writers, read back newest first within a limit, and expired.
+func TestSenders(t *testing.T) {
+	engines(t, func(t *testing.T, open func() *Store) {
+		a, b := open(), open()
+		ctx := context.Background()
+		if err := a.AddSenders(ctx, []Sender{
+			{Org: "example.com", Network: "192.0.2.0/24", Last: t0},
+			{Org: "example.com", Network: "2001:db8::/56", Last: t0.Add(time.Hour)},
+			{Org: "example.org", Network: "192.0.2.0/24", Last: t0.Add(-40 * 24 * time.Hour)},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// A later pass moves the time on; an earlier one does not move it back.
+		if err := b.AddSenders(ctx, []Sender{
+			{Org: "example.com", Network: "192.0.2.0/24", Last: t0.Add(2 * time.Hour)},
+			{Org: "example.com", Network: "2001:db8::/56", Last: t0},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := open().Senders(ctx, t0.Add(-30*24*time.Hour), 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 || got[0].Network != "192.0.2.0/24" || !got[0].Last.Equal(t0.Add(2*time.Hour)) ||
+			got[1].Network != "2001:db8::/56" || !got[1].Last.Equal(t0.Add(time.Hour)) {
+			t.Errorf("senders %+v", got)
+		}
+		if got, _ := a.Senders(ctx, time.Time{}, 1); len(got) != 1 || got[0].Network != "192.0.2.0/24" {
+			t.Errorf("limit 1: %+v", got)
+		}
+		if n, err := a.ExpireSenders(ctx, t0.Add(-30*24*time.Hour)); err != nil || n != 1 {
+			t.Errorf("expired %d, %v; want 1", n, err)
+		}
+	})
+}
