@@ -52,21 +52,28 @@ func TestAggregateReports(t *testing.T) {
 	type send struct {
 		ip, helo, mailFrom, from string
 		want                     string // SMTP outcome: "accepted" or "rejected"
+		extra                    []string
 	}
 	mix := []send{
-		{legitIP, legitHelo, "alice@pass.example", "pass.example", "accepted"},
-		{legitIP, legitHelo, "bob@pass.example", "pass.example", "accepted"},
-		{attackerIP, "attacker.example", "ceo@pass.example", "pass.example", "rejected"},
-		{"127.0.0.5", "localhost", "ceo@pass.example", "pass.example", "accepted"}, // trusted network: exempt
-		{legitIP, legitHelo, "news@aggq.example", "aggq.example", "accepted"},
-		{attackerIP, "attacker.example", "news@aggq.example", "aggq.example", "accepted"}, // held
-		{attackerIP, "attacker.example", "news@aggq.example", "aggq.example", "accepted"}, // held
-		{attackerIP, "attacker.example", "info@aggt.example", "aggt.example", "accepted"}, // t=y: held
-		{attackerIP, "attacker.example", "info@aggt.example", "aggt.example", "accepted"},
+		{legitIP, legitHelo, "alice@pass.example", "pass.example", "accepted", nil},
+		{legitIP, legitHelo, "bob@pass.example", "pass.example", "accepted", nil},
+		{attackerIP, "attacker.example", "ceo@pass.example", "pass.example", "rejected", nil},
+		{"127.0.0.5", "localhost", "ceo@pass.example", "pass.example", "accepted", nil}, // trusted network: exempt
+		// A list post: reject applied as quarantine (RFC 9989 section 7.4).
+		{listIP, "mx.lists.example", "talk-bounces@lists.example", "pass.example", "accepted", []string{"List-Id: <talk.lists.example>"}},
+		{legitIP, legitHelo, "news@aggq.example", "aggq.example", "accepted", nil},
+		{attackerIP, "attacker.example", "news@aggq.example", "aggq.example", "accepted", nil}, // held
+		{attackerIP, "attacker.example", "news@aggq.example", "aggq.example", "accepted", nil}, // held
+		{attackerIP, "attacker.example", "info@aggt.example", "aggt.example", "accepted", nil}, // t=y: held
+		{attackerIP, "attacker.example", "info@aggt.example", "aggt.example", "accepted", nil},
 	}
 	for _, s := range mix {
 		c := p.connect(t, tr, s.ip, s.helo)
-		msg := newMail(t, []string{"From: <" + s.mailFrom + ">", "Subject: aggregate mix"}, "Hello.\r\n")
+		from := s.mailFrom
+		if s.extra != nil {
+			from = "talk@" + s.from
+		}
+		msg := newMail(t, append([]string{"From: <" + from + ">", "Subject: aggregate mix"}, s.extra...), "Hello.\r\n")
 		o := c.send(t, s.mailFrom, mailboxAddr, msg.raw)
 		c.quit(t)
 		if got := map[bool]string{true: "accepted", false: "rejected"}[o.accepted()]; got != s.want {
@@ -87,6 +94,7 @@ func TestAggregateReports(t *testing.T) {
 		"pass.example": {
 			"127.0.0.5 none fail fail local_policy 1",
 			"192.0.2.10 pass fail pass  2",
+			"198.51.100.20 quarantine fail fail mailing_list 1",
 			"203.0.113.66 reject fail fail  1",
 		},
 		"aggq.example": {

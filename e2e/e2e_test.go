@@ -31,6 +31,8 @@ const (
 	legitIP    = "192.0.2.10"    // in the SPF records of the *.example test domains
 	attackerIP = "203.0.113.66"  // in none
 	relayIP    = "198.51.100.7"  // in none: DMARC can pass only through DKIM
+	listIP     = "198.51.100.20" // lists.example's SPF
+	seedIP     = "203.0.113.67"  // the seed incident's sender: in no SPF record
 	legitHelo  = "mx.example"    // no SPF record of its own
 	otherHelo  = "relay.example" // does not exist
 )
@@ -324,6 +326,10 @@ type scenario struct {
 var scenarios = []scenario{
 	{"reject", testReject},
 	{"failure-report-after-reject", testFailureReport},
+	// Before the DKIM scenarios, whose passes from relayIP would make
+	// 198.51.100.0/24 a known network of pass.example.
+	{"list-post-held", testListPost},
+	{"seed-spoof-rejected", testSeedSpoof},
 	{"quarantine-held", testQuarantine},
 	{"pass-delivered", testPassDelivered},
 	{"dkim-rsa-simple", func(t *testing.T, p *pass) { testDKIM(t, p, p.env.rsa, "simple") }},
@@ -394,6 +400,44 @@ func testFailureReport(t *testing.T, p *pass) {
 			t.Fatalf("no failure report for pass.example from %s reached the SMTP sink", attackerIP)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// testListPost: RFC 9989 sections 7.4 and 8. A post of the p=reject
+// domain pass.example, genuinely signed by it, through a mailing list that
+// added List-Id and a footer, fails DMARC but is not rejected: it is held
+// (quarantine), and the verdict line says why.
+func testListPost(t *testing.T, p *pass) {
+	post := dkimSign(t, newMail(t, []string{"From: Bob <bob@pass.example>", "Subject: hello list"}, "Hello list.\r\n"), p.env.rsa, "relaxed")
+	post.raw = append([]byte("List-Id: <talk.lists.example>\r\n"), post.raw...)
+	post.raw = append(post.raw, "--\r\ntalk mailing list\r\n"...)
+	o := p.deliver(t, listIP, "mx.lists.example", "talk-bounces@lists.example", post)
+	wantAccepted(t, o)
+	v := p.milter.verdictFor(t, o.QueueID)
+	wantVerdict(t, v, listIP, "fail", "quarantine")
+	if v.Enforced != "quarantine" || !strings.Contains(v.PolicyOverride, "mailing_list") || !strings.Contains(v.OverrideComment, "List-Id") {
+		t.Errorf("verdict: enforced=%s policy_override=%q override_comment=%q, want quarantine for the mailing list", v.Enforced, v.PolicyOverride, v.OverrideComment)
+	}
+	var where []string
+	for _, q := range p.postfix.queued(t) {
+		if q.QueueID == o.QueueID {
+			where = append(where, q.QueueName)
+		}
+	}
+	if !slices.Equal(where, []string{"hold"}) {
+		t.Errorf("postqueue -j has %s in queues %v, want [hold]", o.QueueID, where)
+	}
+}
+
+// testSeedSpoof: the seed incident (../shared/seeds): kantiflow.xyz, with
+// no signature, from an address its SPF record does not authorize, is
+// rejected, and the reply says why so that a postmaster can act.
+func testSeedSpoof(t *testing.T, p *pass) {
+	m := newMail(t, []string{"From: <JONqjnh@kantiflow.xyz>", "Subject: invoice"}, "Pay.\r\n")
+	o := p.deliver(t, seedIP, "spam.example", "JONqjnh@kantiflow.xyz", m)
+	wantReject(t, o)
+	if want := "no signature of kantiflow.xyz; SPF does not authorize " + seedIP; !strings.Contains(o.Reply.Text, want) {
+		t.Errorf("reject text %q does not say %q", o.Reply.Text, want)
 	}
 }
 

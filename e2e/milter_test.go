@@ -152,6 +152,9 @@ type verdict struct {
 	Action          string   `json:"action"`
 	RemovedForgedAR int      `json:"removed_forged_ar"`
 	FromError       string   `json:"from_error"`
+	Enforced        string   `json:"enforced"`
+	PolicyOverride  string   `json:"policy_override"`
+	OverrideComment string   `json:"override_comment"`
 }
 
 // verdictFor waits for the verdict line of the message Postfix queued as

@@ -92,6 +92,10 @@ func TestConfigErrors(t *testing.T) {
 		{"reject_text placeholder typo", "reject_text = \"DMARC policy of {domian} says reject\"\n", `:1: reject_text: unknown placeholder "\{domian\}"`},
 		{"reject_text line break", "reject_text = \"rejected\\r\\n250 ok\"\n", `:1: reject_text: holds a character`},
 		{"no signatures", "max_dkim_signatures = 0\n", `:1: max_dkim_signatures: must be at least 1`},
+		{"bad reject_policy", "reject_policy = \"sometimes\"\n", `:1: reject_policy: .*want evidence or always or never`},
+		{"bad trusted forwarder", "trusted_forwarders = [\"198.51.100.0/24\", \"not a host\"]\n", `:1: trusted_forwarders: .*neither a network nor a domain name`},
+		{"bad trusted_forwarder_action", "trusted_forwarder_action = \"deliver\"\n", `:1: trusted_forwarder_action: .*want accept or quarantine`},
+		{"bad ARC sealer", "trusted_arc_sealers = [\"localhost\"]\n", `:1: trusted_arc_sealers: "localhost" is not a domain name`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

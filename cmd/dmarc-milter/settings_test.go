@@ -14,6 +14,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dmarc-milter/dmarc-milter/policy"
 )
 
 var update = flag.Bool("update", false, "rewrite the generated settings tables of README.md and the manual page")
@@ -328,5 +332,27 @@ func TestHostNameAndReportFrom(t *testing.T) {
 		if why := notARealDomain(tt.addr); (why == "") != tt.real {
 			t.Errorf("%s: %q", tt.addr, why)
 		}
+	}
+}
+
+// trusted_forwarders holds networks and domains; both reach the policy,
+// the domains normalized, with the action and the ARC sealers.
+func TestTrustedForwardersConfig(t *testing.T) {
+	cfg, err := loadConfig(writeFile(t, "trusted_forwarders = [\"198.51.100.7\", \"2001:db8::/48\", \"Lists.Example.ORG.\"]\n"+
+		"trusted_forwarder_action = \"quarantine\"\ntrusted_arc_sealers = [\"Google.com\"]\nreject_policy = \"never\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := policyConfig(cfg)
+	f := pc.TrustedForwarders
+	if len(f.Networks) != 2 || f.Networks[0].String() != "198.51.100.7/32" || f.Networks[1].String() != "2001:db8::/48" ||
+		len(f.Domains) != 1 || f.Domains[0] != "lists.example.org" {
+		t.Errorf("trusted forwarders %+v", f)
+	}
+	if !pc.TrustedForwarderQuarantine || len(pc.TrustedARCSealers) != 1 || pc.TrustedARCSealers[0] != "google.com" || pc.RejectPolicy != policy.RejectNever {
+		t.Errorf("policy config %+v", pc)
+	}
+	if !pipelineSettings(cfg, nil, nil, zerolog.Nop()).ARC {
+		t.Error("ARC not validated although trusted_arc_sealers is set")
 	}
 }
