@@ -18,9 +18,14 @@
 //   - requested (dmarc.Result.Requested, Verdict.Requested): what DMARC asks
 //     for this message, the applied policy when it failed and none
 //     otherwise;
+//   - enforced (Verdict.Enforced): what this receiver applied to a
+//     failure, the request or milder by local policy; an override
+//     (Override, an RFC 9990 reason) says why it is milder (evidence.go,
+//     RFC 9989 Sections 7.4 and 8);
 //   - action (Action): what the MTA is told, Verdict.Rule the rule that
 //     chose it (DMARC, a DNS failure, a bad From, forged
-//     Authentication-Results, an exemption), Verdict.Reply the SMTP reply;
+//     Authentication-Results, an exemption, an override), Verdict.Reply the
+//     SMTP reply;
 //   - judge (Evaluator.Judge): turn a Message into its Verdict;
 //   - disposition: only in RFC 9990's sense, the policy a receiver applied,
 //     in aggregate report rows (package report/aggregate).

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/miltertest"
 )
 
 // metricNames lists every metric the daemon declares (histograms with
@@ -23,6 +25,7 @@ func metricNames(t *testing.T) map[string]bool {
 	go func() {
 		(&collector{}).Describe(ch)
 		m.messages.Describe(ch)
+		m.overrides.Describe(ch)
 		m.stages.Describe(ch)
 		close(ch)
 	}()
@@ -99,6 +102,15 @@ func TestMetrics(t *testing.T) {
 			t.Fatalf("spoof: %d", code)
 		}
 	}
+	// A list post of pass.example: quarantined, not rejected (RFC 9989
+	// section 7.4), and counted by its reason.
+	ls := miltertest.Dial(t, "unix", sock, 0, nil)
+	miltertest.Connect(t, ls, "198.51.100.20", "mx.lists.example")
+	if o := miltertest.Send(t, ls, miltertest.Msg{MailFrom: "talk-bounces@lists.example",
+		Raw: "List-Id: <talk.lists.example>\r\nFrom: bob@pass.example\r\nSubject: list\r\n\r\nHi.\r\n"}); !o.Quarantined() {
+		t.Fatalf("list post: %d, not quarantined", o.Code())
+	}
+	ls.Close()
 	time.Sleep(1500 * time.Millisecond) // the aggregate rows' flush
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -109,15 +121,19 @@ func TestMetrics(t *testing.T) {
 	text := string(body)
 	for _, want := range []string{
 		`dmarc_milter_messages_total{action="reject",dmarc="fail"} 3`,
-		`dmarc_milter_stage_seconds_count{stage="total"} 3`,
-		`dmarc_milter_stage_seconds_count{stage="spf"} 3`,
+		`dmarc_milter_stage_seconds_count{stage="total"} 4`,
+		`dmarc_milter_stage_seconds_count{stage="spf"} 4`,
 		`dmarc_milter_connections 0`,
 		`dmarc_milter_reports_total{event="spooled"} `,
 		// The two later spoofs are duplicates, for each of the two ruf
 		// addresses of pass.example.
 		`dmarc_milter_reports_suppressed_total{reason="duplicate"} 4`,
-		`dmarc_milter_aggregate_messages_recorded_total 3`,
+		`dmarc_milter_aggregate_messages_recorded_total 4`,
+		`dmarc_milter_messages_total{action="quarantine",dmarc="fail"} 1`,
+		`dmarc_milter_policy_overrides_total{reason="mailing_list"} 1`,
 		`dmarc_milter_dns_upstream_errors_total{kind="timeout"} 0`,
+		// Exported from the start, before any override of its reason.
+		`dmarc_milter_policy_overrides_total{reason="trusted_forwarder"} 0`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("/metrics lacks %q", want)

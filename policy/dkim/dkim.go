@@ -1,7 +1,8 @@
 // Package dkim verifies DKIM signatures (RFC 6376) of a message that arrives
 // piecewise through the milter protocol, as ed25519-sha256 (RFC 8463) and
 // rsa-sha256 signatures, and refuses rsa-sha1 and RSA keys shorter than 1024
-// bits (RFC 8301).
+// bits (RFC 8301). With Options.ARC it also validates the message's ARC
+// chain (RFC 8617; arc.go says why here).
 //
 // The verification is our own, on the standard library's crypto, as mox
 // does it, rather than github.com/emersion/go-msgauth/dkim (which the tests
