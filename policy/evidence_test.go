@@ -132,12 +132,12 @@ func TestEvidence(t *testing.T) {
 			msg: Message{ClientIP: spoofIP, ARC: dkim.ARCResult{Status: dkim.ARCPass, Sealer: "sealer.example", SignsFrom: true,
 				Results: "sealer.example; dmarc=pass header.from=other.example"}}, action: Reject, enforced: dmarc.PolicyReject},
 		{name: "a failed chain is no evidence",
-			cfg: func(c *Config) { c.TrustedARCSealers = []string{"sealer.example"} },
-			msg: Message{ClientIP: spoofIP, ARC: dkim.ARCResult{Status: dkim.ARCFail, Sealer: "sealer.example", Results: arcPass.Results}},
+			cfg:    func(c *Config) { c.TrustedARCSealers = []string{"sealer.example"} },
+			msg:    Message{ClientIP: spoofIP, ARC: dkim.ARCResult{Status: dkim.ARCFail, Sealer: "sealer.example", Results: arcPass.Results}},
 			action: Reject, enforced: dmarc.PolicyReject},
 		{name: "a chain whose newest AMS does not sign From is no evidence",
-			cfg: func(c *Config) { c.TrustedARCSealers = []string{"sealer.example"} },
-			msg: Message{ClientIP: spoofIP, ARC: dkim.ARCResult{Status: dkim.ARCPass, Sealer: "sealer.example", Results: arcPass.Results}},
+			cfg:    func(c *Config) { c.TrustedARCSealers = []string{"sealer.example"} },
+			msg:    Message{ClientIP: spoofIP, ARC: dkim.ARCResult{Status: dkim.ARCPass, Sealer: "sealer.example", Results: arcPass.Results}},
 			action: Reject, enforced: dmarc.PolicyReject},
 	}
 	for _, tc := range tests {

@@ -486,3 +486,37 @@ func TestOriginalSubjectAndParts(t *testing.T) {
 		t.Errorf("file names %v", names)
 	}
 }
+
+// The report's "What we did" says what the verdict decided, with the
+// evidence of a reject and the reason of a milder treatment (RFC 9989
+// section 7.4).
+func TestWhatWeDid(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(v *policy.Verdict)
+		want   string
+	}{
+		{name: "a reject says the evidence",
+			change: func(v *policy.Verdict) { v.Evidence = "no signature of example.com; SPF does not authorize 192.0.2.1" },
+			want:   "as the DMARC policy of example.com (p=reject) asks: no signature of example.com; SPF does not authorize 192.0.2.1."},
+		{name: "a mailing list: held, saying why",
+			change: func(v *policy.Verdict) {
+				v.Action, v.Rule, v.Enforced = policy.Quarantine, policy.RuleOverride, dmarc.PolicyQuarantine
+				v.Overrides = []policy.Override{{Type: policy.OverrideMailingList, Comment: "mailing list, List-Id"}}
+			},
+			want: "held it in quarantine, under the DMARC policy of example.com (p=reject) (reject applied as quarantine: mailing list, List-Id)."},
+		{name: "a trusted forwarder: delivered, saying why",
+			change: func(v *policy.Verdict) {
+				v.Action, v.Rule, v.Enforced = policy.Accept, policy.RuleOverride, dmarc.PolicyNone
+				v.Overrides = []policy.Override{{Type: policy.OverrideTrustedForwarder, Comment: "trusted forwarder 198.51.100.7"}}
+			},
+			want: "delivered the message under the DMARC policy of example.com (p=reject) (reject applied as none: trusted forwarder 198.51.100.7)."},
+	}
+	for _, tc := range tests {
+		f := failure(t, "v=DMARC1; p=reject")
+		tc.change(&f.Verdict)
+		if got := actionText(f); !strings.HasSuffix(got, tc.want) {
+			t.Errorf("%s: %q, want it to end %q", tc.name, got, tc.want)
+		}
+	}
+}

@@ -47,6 +47,21 @@ func TestEval(t *testing.T) {
 		t.Errorf("legitimate: exit %d %+v", code, ev)
 	}
 
+	// A list post of the p=reject domain: quarantined, and the trace and
+	// the JSON say why (RFC 9989 section 7.4).
+	listMsg := writeFile(t, "List-Id: <talk.lists.example>\nFrom: Bob <bob@pass.example>\nTo: rcpt@cli.example\nSubject: list\n\nHi.\n")
+	out, _, code = eval("--ip", "198.51.100.20", "--helo", "mx.lists.example", "--mail-from", "talk-bounces@lists.example", "--json", listMsg)
+	ev = evaluation{}
+	if err := json.Unmarshal([]byte(out), &ev); err != nil {
+		t.Fatalf("--json: %v\n%s", err, out)
+	}
+	trace := strings.Join(ev.Trace, "\n")
+	if code != evalQuarantine || ev.Rule != "override" || ev.Enforced != "quarantine" || len(ev.Overrides) != 1 || ev.Overrides[0].Type != "mailing_list" ||
+		!strings.Contains(trace, "override mailing_list: mailing list, List-Id") || !strings.Contains(trace, "reject applied as quarantine") ||
+		!strings.Contains(ev.Evidence, "no signature of pass.example") {
+		t.Errorf("list post: exit %d %+v", code, ev)
+	}
+
 	if _, errOut, code := eval(legitMsg); code != 1 || !strings.Contains(errOut, "give --ip") {
 		t.Errorf("no client address: exit %d %q", code, errOut)
 	}
