@@ -418,15 +418,7 @@ func testListPost(t *testing.T, p *pass) {
 	if v.Enforced != "quarantine" || !strings.Contains(v.PolicyOverride, "mailing_list") || !strings.Contains(v.OverrideComment, "List-Id") {
 		t.Errorf("verdict: enforced=%s policy_override=%q override_comment=%q, want quarantine for the mailing list", v.Enforced, v.PolicyOverride, v.OverrideComment)
 	}
-	var where []string
-	for _, q := range p.postfix.queued(t) {
-		if q.QueueID == o.QueueID {
-			where = append(where, q.QueueName)
-		}
-	}
-	if !slices.Equal(where, []string{"hold"}) {
-		t.Errorf("postqueue -j has %s in queues %v, want [hold]", o.QueueID, where)
-	}
+	wantHeld(t, p, o)
 }
 
 // testSeedSpoof: the seed incident (../shared/seeds): kantiflow.xyz, with
@@ -438,6 +430,20 @@ func testSeedSpoof(t *testing.T, p *pass) {
 	wantReject(t, o)
 	if want := "no signature of kantiflow.xyz; SPF does not authorize " + seedIP; !strings.Contains(o.Reply.Text, want) {
 		t.Errorf("reject text %q does not say %q", o.Reply.Text, want)
+	}
+}
+
+// wantHeld checks that Postfix holds the message of o (quarantine).
+func wantHeld(t *testing.T, p *pass, o outcome) {
+	t.Helper()
+	var where []string
+	for _, q := range p.postfix.queued(t) {
+		if q.QueueID == o.QueueID {
+			where = append(where, q.QueueName)
+		}
+	}
+	if !slices.Equal(where, []string{"hold"}) {
+		t.Errorf("postqueue -j has %s in queues %v, want [hold]", o.QueueID, where)
 	}
 }
 
@@ -457,15 +463,7 @@ func testQuarantine(t *testing.T, p *pass) {
 	o := p.deliver(t, attackerIP, "attacker.example", "billing@quarantine.example", m)
 	wantAccepted(t, o)
 	wantVerdict(t, p.milter.verdictFor(t, o.QueueID), attackerIP, "fail", "quarantine")
-	var where []string
-	for _, q := range p.postfix.queued(t) {
-		if q.QueueID == o.QueueID {
-			where = append(where, q.QueueName)
-		}
-	}
-	if !slices.Equal(where, []string{"hold"}) {
-		t.Errorf("postqueue -j has %s in queues %v, want [hold]", o.QueueID, where)
-	}
+	wantHeld(t, p, o)
 }
 
 // testPassDelivered: a message passing DMARC (SPF aligned) is delivered

@@ -27,13 +27,7 @@ func TestRejectOnlyOnEvidence(t *testing.T) {
 		return sign(t, raw, "pass.example", "sel1", "rsa2048.pem", msgdkim.CanonicalizationRelaxed)
 	}
 	post := signed(plainMessage("Bob <bob@pass.example>", "hello list"))
-	tests := []struct {
-		name     string
-		ip, helo string
-		mailFrom string
-		raw      string
-		want     want
-	}{
+	tests := []mailCase{
 		{
 			name: "list post, signed by the author, footer and List-Id added", ip: listIP, helo: "mx.lists.example", mailFrom: "list-bounces@lists.example",
 			raw:  "List-Id: <talk.lists.example>\r\n" + post + "--\r\ntalk mailing list\r\n",

@@ -37,6 +37,16 @@ type want struct {
 	noAR       bool
 }
 
+// mailCase is one message of a table test: from ip with helo and
+// mailFrom, and what the milter must answer.
+type mailCase struct {
+	name     string
+	ip, helo string
+	mailFrom string
+	raw      string
+	want     want
+}
+
 func check(t *testing.T, got outcome, w want) {
 	t.Helper()
 	if got.Code() != w.code {
@@ -68,13 +78,7 @@ func TestPolicies(t *testing.T) {
 		return sign(t, raw, "pass.example", "sel1", "rsa2048.pem", msgdkim.CanonicalizationRelaxed)
 	}
 
-	tests := []struct {
-		name     string
-		ip, helo string
-		mailFrom string
-		raw      string
-		want     want
-	}{
+	tests := []mailCase{
 		{
 			name: "spf aligned pass", ip: goodIP, helo: "mx.pass.example", mailFrom: "bob@pass.example",
 			raw:  plainMessage("Bob <bob@pass.example>", "hi"),

@@ -291,17 +291,8 @@ func (sig *signature) parseARC(tags map[string]string, seal bool) error {
 		return fmt.Errorf("%w: l= in an ARC-Message-Signature", errSignature)
 	}
 	sig.headerCanon, sig.bodyCanon = canonSimple, canonSimple
-	if c, ok := tags["c"]; ok {
-		hc, bc, _ := strings.Cut(stripFWS(c), "/")
-		var okH, okB bool
-		sig.headerCanon, okH = parseCanon(hc)
-		sig.bodyCanon, okB = parseCanon(bc)
-		if bc == "" {
-			sig.bodyCanon, okB = canonSimple, true
-		}
-		if !okH || !okB {
-			return fmt.Errorf("%w: unknown canonicalization c=%s", errSignature, c)
-		}
+	if err := sig.parseC(tags); err != nil {
+		return err
 	}
 	if h := trimFWS(tags["h"]); h != "" {
 		for name := range strings.SplitSeq(h, ":") {

@@ -215,17 +215,8 @@ func (sig *signature) parse(tags map[string]string, now time.Time, weak bool) er
 		return fmt.Errorf("%w: bad bh= value", errSignature)
 	}
 
-	if c, ok := tags["c"]; ok {
-		hc, bc, _ := strings.Cut(stripFWS(c), "/")
-		var okH, okB bool
-		sig.headerCanon, okH = parseCanon(hc)
-		sig.bodyCanon, okB = parseCanon(bc)
-		if bc == "" {
-			sig.bodyCanon, okB = canonSimple, true
-		}
-		if !okH || !okB {
-			return fmt.Errorf("%w: unknown canonicalization c=%s", errSignature, c)
-		}
+	if err := sig.parseC(tags); err != nil {
+		return err
 	}
 
 	if !validDomain(sig.domain) {
@@ -305,6 +296,27 @@ func (sig *signature) parse(tags map[string]string, now time.Time, weak bool) er
 		if now.After(sig.expires) {
 			return ErrExpired
 		}
+	}
+	return nil
+}
+
+// parseC reads the c= tag (RFC 6376 section 3.5): header/body
+// canonicalization, simple when a part is absent; without c=, the
+// signature's fields stay as they are.
+func (sig *signature) parseC(tags map[string]string) error {
+	c, ok := tags["c"]
+	if !ok {
+		return nil
+	}
+	hc, bc, _ := strings.Cut(stripFWS(c), "/")
+	var okH, okB bool
+	sig.headerCanon, okH = parseCanon(hc)
+	sig.bodyCanon, okB = parseCanon(bc)
+	if bc == "" {
+		sig.bodyCanon, okB = canonSimple, true
+	}
+	if !okH || !okB {
+		return fmt.Errorf("%w: unknown canonicalization c=%s", errSignature, c)
 	}
 	return nil
 }
