@@ -3,6 +3,7 @@ package senders
 import (
 	"context"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,7 +37,25 @@ type Recorder struct {
 
 	queue   chan pass
 	dropped atomic.Uint64
+
+	// recent holds the (From domain, network) pairs queued within
+	// renoteAfter, so that a steady sender costs a map look-up, not a
+	// queue send and a wake-up of Run, per message.
+	mu     sync.Mutex
+	recent map[recentKey]time.Time
 }
+
+type recentKey struct {
+	from string
+	net  netip.Prefix
+}
+
+// renoteAfter is how long a pair is not queued again; maxRecent bounds
+// the pairs remembered for that (the map is emptied beyond it).
+const (
+	renoteAfter = 10 * time.Minute
+	maxRecent   = 10000
+)
 
 // pass is a DMARC pass to note.
 type pass struct {
@@ -55,14 +74,15 @@ func NewRecorder(set *Set, res dmarc.Resolver, st Store, log zerolog.Logger, now
 		now = time.Now
 	}
 	return &Recorder{set: set, res: res, st: st, log: log.With().Str("component", "known-senders").Logger(), now: now,
-		FlushInterval: time.Minute, queue: make(chan pass, queueSize)}
+		FlushInterval: time.Minute, queue: make(chan pass, queueSize), recent: map[recentKey]time.Time{}}
 }
 
 // Dropped is how many passes were not noted because Run fell behind.
 func (r *Recorder) Dropped() uint64 { return r.dropped.Load() }
 
 // Submit notes a message that passed DMARC (session.Consumer). It never
-// blocks: when Run falls behind, the pass is dropped and counted.
+// blocks: when Run falls behind, the pass is dropped and counted. A pair
+// queued in the last renoteAfter is not queued again.
 func (r *Recorder) Submit(j *policy.Judged) {
 	v := &j.Verdict
 	if v.DMARC.Status != dmarc.Pass || v.FromErr != nil {
@@ -76,6 +96,18 @@ func (r *Recorder) Submit(j *policy.Judged) {
 	if at.IsZero() {
 		at = r.now()
 	}
+	k := recentKey{v.FromDomain(), p}
+	r.mu.Lock()
+	last, seen := r.recent[k]
+	if seen && at.Sub(last) < renoteAfter {
+		r.mu.Unlock()
+		return
+	}
+	if len(r.recent) >= maxRecent {
+		clear(r.recent)
+	}
+	r.recent[k] = at
+	r.mu.Unlock()
 	select {
 	case r.queue <- pass{from: v.FromDomain(), org: v.DMARC.OrgDomain, net: p, at: at}:
 	default:
