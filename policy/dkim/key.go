@@ -14,6 +14,7 @@ import (
 type publicKey struct {
 	keyType string // k=: "rsa" (the default) or "ed25519" (RFC 8463)
 	rsa     *rsa.PublicKey
+	prep    *rsaKey // rsa, prepared for verification
 	ed      ed25519.PublicKey
 	hashes  []string // h=, lower-case; nil means any
 	strict  bool     // t=s: the AUID's domain must be d= itself
@@ -23,8 +24,8 @@ type publicKey struct {
 // RFC 8463 section 3: Ed25519 signs the SHA-256 hash).
 func (k *publicKey) verify(h crypto.Hash, digest, sig []byte) bool {
 	switch {
-	case k.rsa != nil:
-		return rsa.VerifyPKCS1v15(k.rsa, h, digest, sig) == nil
+	case k.prep != nil:
+		return k.prep.verifyPKCS1v15(h, digest, sig)
 	case k.ed != nil:
 		return ed25519.Verify(k.ed, digest, sig)
 	}
@@ -99,6 +100,9 @@ func parseKey(txt string) (*publicKey, error) {
 		}
 		if r.N.BitLen() > maxRSABits {
 			return nil, fmt.Errorf("%w: RSA key of %d bits is over %d", errKeyRecord, r.N.BitLen(), maxRSABits)
+		}
+		if k.prep, err = newRSAKey(r); err != nil {
+			return nil, fmt.Errorf("%w: RSA key: %v", errKeyRecord, err)
 		}
 		k.rsa = r
 	case "ed25519":
