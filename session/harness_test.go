@@ -40,6 +40,8 @@ type env struct {
 	sock    string // unix socket path, or TCP address when network is "tcp"
 	network string
 	logs    *testutil.SyncBuffer
+	// settings are the sessions' settings.
+	settings session.Settings
 }
 
 type envOptions struct {
@@ -112,6 +114,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if o.settings != nil {
 		o.settings(&set)
 	}
+	e.settings = set
 	e.srv = &milter.Server{
 		NewHandler: session.NewHandler(set),
 		Log:        log,

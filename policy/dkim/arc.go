@@ -197,21 +197,21 @@ func parseARCField(kind int, value string) (int, *signature, error) {
 		n, err := instance(inst)
 		return n, nil, err
 	}
-	tags, _, err := tagList(value)
+	tags, err := tagList(value)
 	if err != nil {
 		return 0, nil, err
 	}
-	n, err := instance(tags["i"])
+	n, err := instance(tags.get("i"))
 	if err != nil {
 		return 0, nil, err
 	}
 	sig := &signature{length: -1}
 	sig.err = sig.parseARC(tags, kind == 2)
 	if kind == 2 {
-		if _, ok := tags["h"]; ok {
+		if _, ok := tags.lookup("h"); ok {
 			return 0, nil, errors.New("ARC-Seal with h=")
 		}
-		switch cv := tags["cv"]; {
+		switch cv := tags.get("cv"); {
 		case strings.EqualFold(cv, "none"):
 			sig.cv = ARCNone
 		case strings.EqualFold(cv, "pass"):
@@ -239,19 +239,19 @@ func instance(s string) (int, error) {
 // 4.1.2: a DKIM signature with i= the instance and no v=) or of an
 // ARC-Seal (section 4.1.3: no h=, no bh=, relaxed header
 // canonicalization).
-func (sig *signature) parseARC(tags map[string]string, seal bool) error {
+func (sig *signature) parseARC(tags tagSet, seal bool) error {
 	required := []string{"a", "b", "bh", "d", "h", "s"}
 	if seal {
 		required = []string{"a", "b", "cv", "d", "s"}
 	}
 	for _, t := range required {
-		if _, ok := tags[t]; !ok {
+		if _, ok := tags.lookup(t); !ok {
 			return fmt.Errorf("%w: missing required tag %s=", errSignature, t)
 		}
 	}
-	sig.domain = stripFWS(tags["d"])
-	sig.selector = stripFWS(tags["s"])
-	sig.algorithm = tags["a"]
+	sig.domain = stripFWS(tags.get("d"))
+	sig.selector = stripFWS(tags.get("s"))
+	sig.algorithm = tags.get("a")
 	switch sig.algorithm {
 	case "rsa-sha256":
 		sig.keyType = "rsa"
@@ -262,7 +262,7 @@ func (sig *signature) parseARC(tags map[string]string, seal bool) error {
 	}
 	sig.hash = crypto.SHA256
 	var err error
-	if sig.b, err = base64Value(tags["b"]); err != nil || len(sig.b) == 0 {
+	if sig.b, err = base64Value(tags.get("b")); err != nil || len(sig.b) == 0 {
 		return fmt.Errorf("%w: bad b= value", errSignature)
 	}
 	if !validDomain(sig.domain) {
@@ -273,7 +273,7 @@ func (sig *signature) parseARC(tags map[string]string, seal bool) error {
 	}
 	sig.keyName = sig.selector + "._domainkey." + sig.domain
 	sig.auidDomain = strings.ToLower(sig.domain)
-	if t, ok := tags["t"]; ok {
+	if t, ok := tags.lookup("t"); ok {
 		if _, err := timestamp(t); err != nil || strings.ContainsAny(t, " \t\r\n") {
 			return fmt.Errorf("%w: bad t=%s", errSignature, t)
 		}
@@ -282,10 +282,10 @@ func (sig *signature) parseARC(tags map[string]string, seal bool) error {
 	if seal {
 		return nil
 	}
-	if sig.bh, err = base64Value(tags["bh"]); err != nil || len(sig.bh) == 0 {
+	if sig.bh, err = base64Value(tags.get("bh")); err != nil || len(sig.bh) == 0 {
 		return fmt.Errorf("%w: bad bh= value", errSignature)
 	}
-	if _, ok := tags["l"]; ok {
+	if _, ok := tags.lookup("l"); ok {
 		// A partial body hash leaves the rest unsigned; refused rather
 		// than trusted (and it would need a body hash of its own).
 		return fmt.Errorf("%w: l= in an ARC-Message-Signature", errSignature)
@@ -294,7 +294,7 @@ func (sig *signature) parseARC(tags map[string]string, seal bool) error {
 	if err := sig.parseC(tags); err != nil {
 		return err
 	}
-	if h := trimFWS(tags["h"]); h != "" {
+	if h := trimFWS(tags.get("h")); h != "" {
 		for name := range strings.SplitSeq(h, ":") {
 			name = strings.ToLower(trimFWS(name))
 			if name == "" {

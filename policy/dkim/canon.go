@@ -117,16 +117,19 @@ type bodyHash struct {
 	limit int64 // l=, -1 for none
 	n     int64 // canonical bytes so far (hashed or beyond the limit)
 
-	out      []byte // canonical bytes waiting to be hashed
-	empty    int64  // empty lines held back
-	inLine   bool   // the current line has content
-	space    bool   // relaxed: white space held back within the line
-	cr       bool   // a CR was read, maybe the start of a CRLF
+	out      []byte // canonical bytes waiting to be hashed, in buf
+	buf      [512]byte
+	empty    int64 // empty lines held back
+	inLine   bool  // the current line has content
+	space    bool  // relaxed: white space held back within the line
+	cr       bool  // a CR was read, maybe the start of a CRLF
 	finished []byte
 }
 
 func newBodyHash(c canon, h crypto.Hash, limit int64) *bodyHash {
-	return &bodyHash{c: c, alg: h, h: h.New(), limit: limit, out: make([]byte, 0, 4096)}
+	b := &bodyHash{c: c, alg: h, h: h.New(), limit: limit}
+	b.out = b.buf[:0]
+	return b
 }
 
 // Write canonicalizes p. A line ends at CRLF or at a lone LF (which the
@@ -187,7 +190,7 @@ func (b *bodyHash) endLine() {
 
 func (b *bodyHash) emit(cs ...byte) {
 	b.out = append(b.out, cs...)
-	if len(b.out) >= 4096 {
+	if len(b.out) >= len(b.buf)-2 {
 		b.flush()
 	}
 }

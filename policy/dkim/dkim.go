@@ -21,7 +21,10 @@
 // Close. Nothing of the body is kept: runs of empty lines, which are not
 // hashed if they end the body, are counted rather than buffered, so memory
 // per message is the header until EndHeaders, then a few hash states.
-// Parsed keys are kept in a KeyCache shared by all messages. The key
+// Parsed keys are kept in a KeyCache shared by all messages, RSA keys with
+// their modulus prepared for verification (rsa.go; filippo.io/bigmod, the
+// standard library's own modular arithmetic re-exported, since crypto/rsa
+// sets the modulus up again on every call). The key
 // lookups start at EndHeaders (Options.Prefetch), so DNS time overlaps the
 // transfer of the body.
 package dkim

@@ -39,24 +39,24 @@ const maxRSABits = 8192
 // parseKey parses a key record. Unknown tags and flags are ignored, as
 // section 3.6.1 requires.
 func parseKey(txt string) (*publicKey, error) {
-	tags, order, err := tagList(txt)
+	tags, err := tagList(txt)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errKeyRecord, err)
 	}
 	// v=, if present, MUST be first and "DKIM1".
-	if v, ok := tags["v"]; ok && (v != "DKIM1" || order[0] != "v") {
+	if v, ok := tags.lookup("v"); ok && (v != "DKIM1" || tags[0].name != "v") {
 		return nil, fmt.Errorf("%w: v=%s", errKeyRecord, v)
 	}
 	k := &publicKey{keyType: "rsa"}
-	if t, ok := tags["k"]; ok {
+	if t, ok := tags.lookup("k"); ok {
 		k.keyType = strings.ToLower(stripFWS(t))
 	}
-	if h, ok := tags["h"]; ok {
+	if h, ok := tags.lookup("h"); ok {
 		for a := range strings.SplitSeq(h, ":") {
 			k.hashes = append(k.hashes, strings.ToLower(trimFWS(a)))
 		}
 	}
-	if s, ok := tags["s"]; ok {
+	if s, ok := tags.lookup("s"); ok {
 		email := false
 		for st := range strings.SplitSeq(s, ":") {
 			st = trimFWS(st)
@@ -66,12 +66,12 @@ func parseKey(txt string) (*publicKey, error) {
 			return nil, fmt.Errorf("%w: service type s=%s excludes email", errKeyRecord, s)
 		}
 	}
-	if t, ok := tags["t"]; ok {
+	if t, ok := tags.lookup("t"); ok {
 		for f := range strings.SplitSeq(t, ":") {
 			k.strict = k.strict || trimFWS(f) == "s"
 		}
 	}
-	p, ok := tags["p"]
+	p, ok := tags.lookup("p")
 	if !ok {
 		return nil, fmt.Errorf("%w: no p= tag", errKeyRecord)
 	}
@@ -187,8 +187,8 @@ type KeyInfo struct {
 // could be read.
 func DescribeKey(txt string) (KeyInfo, error) {
 	var ki KeyInfo
-	if tags, _, err := tagList(txt); err == nil {
-		for f := range strings.SplitSeq(tags["t"], ":") {
+	if tags, err := tagList(txt); err == nil {
+		for f := range strings.SplitSeq(tags.get("t"), ":") {
 			ki.Testing = ki.Testing || trimFWS(f) == "y"
 		}
 	}

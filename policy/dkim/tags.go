@@ -20,37 +20,59 @@ var (
 	errKeyTooWeak = errors.New("dkim: RSA key too short (RFC 8301 requires 1024 bits)")
 )
 
+// tag is one tag=value of a tag list.
+type tag struct{ name, value string }
+
+// tagSet is a parsed tag list, in order: a slice rather than a map, as
+// there are a dozen tags at most and a message parses several lists.
+type tagSet []tag
+
+// lookup returns the value of tag name and whether it is there.
+func (t tagSet) lookup(name string) (string, bool) {
+	for _, x := range t {
+		if x.name == name {
+			return x.value, true
+		}
+	}
+	return "", false
+}
+
+// get returns the value of tag name, "" if it is not there.
+func (t tagSet) get(name string) string {
+	v, _ := t.lookup(name)
+	return v
+}
+
 // tagList parses a tag=value list (RFC 6376 section 3.2). Values keep their
 // inner folding white space; leading and trailing white space is removed. A
 // tag that occurs twice, a tag name that is not ALPHA *ALNUMPUNC, a
 // tag-spec without "=" or an empty one (";;") makes the whole list
 // invalid; only the last may be empty (a trailing ";").
-func tagList(s string) (map[string]string, []string, error) {
-	tags := map[string]string{}
-	var order []string
-	specs := strings.Split(s, ";")
-	for i, spec := range specs {
+func tagList(s string) (tagSet, error) {
+	tags := make(tagSet, 0, strings.Count(s, ";")+1)
+	for rest, last := s, false; !last; {
+		spec, after, found := strings.Cut(rest, ";")
+		rest, last = after, !found
 		if trimFWS(spec) == "" {
-			if i == len(specs)-1 {
-				continue
+			if last {
+				break
 			}
-			return nil, nil, fmt.Errorf("%w: empty tag-spec", errSyntax)
+			return nil, fmt.Errorf("%w: empty tag-spec", errSyntax)
 		}
 		name, value, ok := strings.Cut(spec, "=")
 		if !ok {
-			return nil, nil, fmt.Errorf("%w: %q has no \"=\"", errSyntax, trimFWS(spec))
+			return nil, fmt.Errorf("%w: %q has no \"=\"", errSyntax, trimFWS(spec))
 		}
 		name = trimFWS(name)
 		if !isTagName(name) {
-			return nil, nil, fmt.Errorf("%w: bad tag name %q", errSyntax, name)
+			return nil, fmt.Errorf("%w: bad tag name %q", errSyntax, name)
 		}
-		if _, dup := tags[name]; dup {
-			return nil, nil, fmt.Errorf("%w: tag %q occurs twice", errSyntax, name)
+		if _, dup := tags.lookup(name); dup {
+			return nil, fmt.Errorf("%w: tag %q occurs twice", errSyntax, name)
 		}
-		tags[name] = trimFWS(value)
-		order = append(order, name)
+		tags = append(tags, tag{name, trimFWS(value)})
 	}
-	return tags, order, nil
+	return tags, nil
 }
 
 func isTagName(s string) bool {
@@ -92,9 +114,30 @@ func stripFWS(s string) string {
 	return string(b)
 }
 
+// prefixWithoutFWS returns the first n characters of s that are not
+// folding white space.
+func prefixWithoutFWS(s string, n int) string {
+	var b []byte
+	for i := 0; i < len(s) && len(b) < n; i++ {
+		if !isFWS(s[i]) {
+			b = append(b, s[i])
+		}
+	}
+	return string(b)
+}
+
 // base64Value decodes a base64 tag value with folding white space.
 func base64Value(s string) ([]byte, error) {
-	return base64.StdEncoding.DecodeString(stripFWS(s))
+	var stack [1024]byte // a 4096-bit signature fits; no garbage for the copy
+	buf := stack[:0]
+	for i := 0; i < len(s); i++ {
+		if !isFWS(s[i]) {
+			buf = append(buf, s[i])
+		}
+	}
+	out := make([]byte, base64.StdEncoding.DecodedLen(len(buf)))
+	n, err := base64.StdEncoding.Decode(out, buf)
+	return out[:n], err
 }
 
 // canon is a canonicalization algorithm (RFC 6376 section 3.4).
@@ -133,18 +176,17 @@ type signature struct {
 // far as they can be read even then, for Authentication-Results.
 func parseSignature(value string, now time.Time, weak bool) *signature {
 	sig := &signature{length: -1}
-	tags, _, err := tagList(value)
+	tags, err := tagList(value)
 	if err != nil {
 		// Read what can be read for the report, leniently.
 		lenientTags(sig, value)
 		sig.err = err
 		return sig
 	}
-	sig.domain = stripFWS(tags["d"])
-	sig.selector = stripFWS(tags["s"])
-	sig.algorithm = stripFWS(tags["a"])
-	b := stripFWS(tags["b"])
-	sig.bprefix = b[:min(8, len(b))]
+	sig.domain = stripFWS(tags.get("d"))
+	sig.selector = stripFWS(tags.get("s"))
+	sig.algorithm = stripFWS(tags.get("a"))
+	sig.bprefix = prefixWithoutFWS(tags.get("b"), 8)
 	sig.identifier = "@" + sig.domain
 	sig.err = sig.parse(tags, now, weak)
 	return sig
@@ -178,15 +220,15 @@ func lenientTags(sig *signature, value string) {
 }
 
 // parse checks the tags of RFC 6376 section 3.5.
-func (sig *signature) parse(tags map[string]string, now time.Time, weak bool) error {
+func (sig *signature) parse(tags tagSet, now time.Time, weak bool) error {
 	for _, t := range []string{"v", "a", "b", "bh", "d", "h", "s"} {
-		if _, ok := tags[t]; !ok && !(t == "v" && weak) {
+		if _, ok := tags.lookup(t); !ok && !(t == "v" && weak) {
 			return fmt.Errorf("%w: missing required tag %s=", errSignature, t)
 		}
 	}
 	// weak (tests only) also takes the drafts before RFC 4871: no v=, or
 	// v=0.5, and q=dns.
-	if v := tags["v"]; v != "1" && !(weak && (v == "" || v == "0.5")) {
+	if v := tags.get("v"); v != "1" && !(weak && (v == "" || v == "0.5")) {
 		return fmt.Errorf("%w: v=%s, want 1", errSignature, v)
 	}
 
@@ -208,10 +250,10 @@ func (sig *signature) parse(tags map[string]string, now time.Time, weak bool) er
 	sig.weak = weak
 
 	var err error
-	if sig.b, err = base64Value(tags["b"]); err != nil || len(sig.b) == 0 {
+	if sig.b, err = base64Value(tags.get("b")); err != nil || len(sig.b) == 0 {
 		return fmt.Errorf("%w: bad b= value", errSignature)
 	}
-	if sig.bh, err = base64Value(tags["bh"]); err != nil || len(sig.bh) == 0 {
+	if sig.bh, err = base64Value(tags.get("bh")); err != nil || len(sig.bh) == 0 {
 		return fmt.Errorf("%w: bad bh= value", errSignature)
 	}
 
@@ -227,7 +269,7 @@ func (sig *signature) parse(tags map[string]string, now time.Time, weak bool) er
 	}
 	sig.keyName = sig.selector + "._domainkey." + sig.domain
 
-	for h := range strings.SplitSeq(tags["h"], ":") {
+	for h := range strings.SplitSeq(tags.get("h"), ":") {
 		h = trimFWS(h)
 		if h == "" {
 			return fmt.Errorf("%w: empty name in h=", errSignature)
@@ -241,7 +283,7 @@ func (sig *signature) parse(tags map[string]string, now time.Time, weak bool) er
 
 	// i= is dkim-quoted-printable (section 3.5, 2.11), and its domain must
 	// be d= or a subdomain of it; domain names compare case-insensitively.
-	if i, ok := tags["i"]; ok {
+	if i, ok := tags.lookup("i"); ok {
 		auid, err := decodeQP(i)
 		if err != nil {
 			return fmt.Errorf("%w: i=: %v", errSignature, err)
@@ -260,7 +302,7 @@ func (sig *signature) parse(tags map[string]string, now time.Time, weak bool) er
 		sig.auidDomain = strings.ToLower(sig.domain)
 	}
 
-	if l, ok := tags["l"]; ok {
+	if l, ok := tags.lookup("l"); ok {
 		l = stripFWS(l)
 		n, err := strconv.ParseInt(l, 10, 64)
 		if err != nil || n < 0 || len(l) > 76 || !allDigits(l) {
@@ -268,7 +310,7 @@ func (sig *signature) parse(tags map[string]string, now time.Time, weak bool) er
 		}
 		sig.length = n
 	}
-	if q, ok := tags["q"]; ok {
+	if q, ok := tags.lookup("q"); ok {
 		found := false
 		for m := range strings.SplitSeq(stripFWS(q), ":") {
 			found = found || strings.EqualFold(m, "dns/txt") || weak && m == "dns"
@@ -279,12 +321,12 @@ func (sig *signature) parse(tags map[string]string, now time.Time, weak bool) er
 	}
 
 	var signed, expires int64 = -1, -1
-	if t, ok := tags["t"]; ok {
+	if t, ok := tags.lookup("t"); ok {
 		if signed, err = timestamp(t); err != nil {
 			return fmt.Errorf("%w: bad t=%s", errSignature, t)
 		}
 	}
-	if x, ok := tags["x"]; ok {
+	if x, ok := tags.lookup("x"); ok {
 		if expires, err = timestamp(x); err != nil {
 			return fmt.Errorf("%w: bad x=%s", errSignature, x)
 		}
@@ -303,8 +345,8 @@ func (sig *signature) parse(tags map[string]string, now time.Time, weak bool) er
 // parseC reads the c= tag (RFC 6376 section 3.5): header/body
 // canonicalization, simple when a part is absent; without c=, the
 // signature's fields stay as they are.
-func (sig *signature) parseC(tags map[string]string) error {
-	c, ok := tags["c"]
+func (sig *signature) parseC(tags tagSet) error {
+	c, ok := tags.lookup("c")
 	if !ok {
 		return nil
 	}
