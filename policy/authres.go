@@ -27,6 +27,7 @@ import (
 func AuthenticationResults(authservID string, m *Message, v *Verdict) string {
 	mailFrom, helo := m.MailFrom, m.Helo
 	var b strings.Builder
+	b.Grow(256 + 160*len(m.DKIM)) // one allocation for the usual field
 	b.WriteString(authservID)
 
 	spfIdentity := mailFrom

@@ -140,15 +140,19 @@ type Resolver interface {
 
 // Evaluator applies Config to messages. It is safe for concurrent use.
 type Evaluator struct {
-	cfg   atomic.Pointer[Config]
-	res   Resolver
-	spf   *spf.Checker
-	known KnownSenders
+	cfg     atomic.Pointer[Config]
+	res     Resolver
+	spf     *spf.Checker
+	known   KnownSenders
+	records *dmarc.RecordCache
 }
+
+// recordCacheSize is how many parsed DMARC records an Evaluator keeps.
+const recordCacheSize = 10000
 
 // New returns an Evaluator using r for every DNS query.
 func New(cfg Config, r Resolver) *Evaluator {
-	e := &Evaluator{res: r, spf: spf.NewChecker(r)}
+	e := &Evaluator{res: r, spf: spf.NewChecker(r), records: dmarc.NewRecordCache(recordCacheSize)}
 	e.SetConfig(cfg)
 	return e
 }
@@ -317,6 +321,7 @@ func (e *Evaluator) judge(ctx context.Context, cfg *Config, m *Message) Verdict 
 		SPFPass:      m.SPF.Status == spf.Pass,
 		SPFTempError: m.SPF.Status == spf.TempError,
 		Exists:       res.Exists,
+		Records:      e.records,
 	}
 	for _, d := range m.DKIM {
 		in.DKIM = append(in.DKIM, dmarc.DKIMResult{Domain: d.Domain, Pass: d.Status == dkim.Pass, TempError: d.Status == dkim.TempError})

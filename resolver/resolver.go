@@ -144,7 +144,11 @@ type key struct {
 // answer is the outcome of a question: the records of the asked type at the
 // end of any CNAME chain, or notFound for NXDOMAIN/NODATA.
 type answer struct {
-	rrs      []dns.RR
+	rrs []dns.RR
+	// txt holds a TXT answer's records, each one string (its
+	// character-strings joined and unescaped), made once when the answer
+	// is received rather than on every cache hit.
+	txt      []string
 	notFound bool
 	nxdomain bool // the name does not exist at all (RCODE 3), not just NODATA
 }
@@ -243,19 +247,32 @@ func (r *Resolver) Stats() Stats {
 // record are concatenated without separator, one string per record, as RFC
 // 7208 section 3.3 and RFC 6376 section 3.6.2.2 require.
 func (r *Resolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
-	rrs, err := r.lookup(ctx, name, dns.TypeTXT)
+	ans, err := r.lookupAnswer(ctx, name, dns.TypeTXT)
 	if err != nil {
 		return nil, err
 	}
-	txts := make([]string, 0, len(rrs))
+	if _, err := ans.result(name); err != nil {
+		return nil, err
+	}
+	return slices.Clone(ans.txt), nil
+}
+
+// txtStrings joins and unescapes the character-strings of each TXT record
+// of rrs.
+func txtStrings(rrs []dns.RR) []string {
+	var txts []string
 	for _, rr := range rrs {
+		t, ok := rr.(*dns.TXT)
+		if !ok {
+			continue
+		}
 		var b strings.Builder
-		for _, part := range rr.(*dns.TXT).Txt {
+		for _, part := range t.Txt {
 			b.WriteString(unescapeTXT(part))
 		}
 		txts = append(txts, b.String())
 	}
-	return txts, nil
+	return txts
 }
 
 // unescapeTXT undoes the presentation-format escaping miekg/dns applies to
@@ -691,7 +708,7 @@ func (r *Resolver) parse(k key, resp *dns.Msg) (answer, time.Duration, *net.DNSE
 			}
 		}
 		if len(rrs) > 0 {
-			return answer{rrs: rrs}, time.Duration(minTTL) * time.Second, nil
+			return answer{rrs: rrs, txt: txtStrings(rrs)}, time.Duration(minTTL) * time.Second, nil
 		}
 		if next == "" {
 			break

@@ -194,6 +194,8 @@ func (p *Pipeline) Begin(c Client, reversePath, authUser string) *Collector {
 		MailFrom:     from,
 		AuthUser:     authUser,
 		LeadingSpace: c.LeadingSpace,
+		// Room for a typical header without growing.
+		Header: make([]policy.Field, 0, 16),
 	}}
 	// With the no-reply options the MTA does not wait for this: it goes
 	// on sending the header and body, which queue in the socket

@@ -197,6 +197,9 @@ func (v *Verifier) AddHeader(name, value string) {
 	}
 	// Kept as delivered (the strings are shared with the caller, not
 	// copied); the header is rebuilt only if a signature needs it.
+	if v.fields == nil {
+		v.fields = make([]headerField, 0, 16)
+	}
 	v.fields = append(v.fields, headerField{name, value})
 }
 

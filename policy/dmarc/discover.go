@@ -115,10 +115,16 @@ func lookupRecord(ctx context.Context, r Resolver, domain string) (walkEntry, bo
 		}
 		return walkEntry{}, false, fmt.Errorf("%w: looking up TXT %s: %w", ErrTempError, name, err)
 	}
+	parse := ParseRecord
+	if p, ok := r.(interface {
+		parseRecord(string) (*Record, error)
+	}); ok {
+		parse = p.parseRecord
+	}
 	var e walkEntry
 	n := 0
 	for _, txt := range txts {
-		rec, err := ParseRecord(txt)
+		rec, err := parse(txt)
 		if errors.Is(err, ErrNotDMARC) {
 			continue
 		}

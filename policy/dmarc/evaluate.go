@@ -44,6 +44,9 @@ type Input struct {
 	// DKIM holds one result per DKIM signature.
 	DKIM []DKIMResult
 
+	// Records, if set, keeps parsed records across evaluations.
+	Records *RecordCache
+
 	// Exists reports whether a domain exists, to choose between "sp" and
 	// "np". RFC 9989 Section 3.2.13 and Appendix A.4: a domain does not exist
 	// when a query for it yields NXDOMAIN (RFC 8020); NODATA means it exists.
@@ -121,7 +124,7 @@ func Evaluate(ctx context.Context, r Resolver, in Input) Result {
 	if err != nil {
 		return Result{Status: PermError, Err: err, FromDomain: in.FromDomain, Requested: PolicyNone}
 	}
-	e := &evaluation{ctx: ctx, r: &cachingResolver{r: r, m: map[string]cachedTXT{}}, from: from, in: in, walks: map[string][]walkEntry{}}
+	e := &evaluation{ctx: ctx, r: &cachingResolver{r: r, m: map[string]cachedTXT{}, records: in.Records}, from: from, in: in, walks: map[string][]walkEntry{}}
 	return e.run()
 }
 
@@ -532,9 +535,12 @@ type cachedTXT struct {
 // cachingResolver remembers the answers of one evaluation. Not safe for
 // concurrent use; Evaluate uses it sequentially.
 type cachingResolver struct {
-	r Resolver
-	m map[string]cachedTXT
+	r       Resolver
+	m       map[string]cachedTXT
+	records *RecordCache
 }
+
+func (c *cachingResolver) parseRecord(txt string) (*Record, error) { return c.records.Parse(txt) }
 
 func (c *cachingResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
 	k := strings.ToLower(name)

@@ -204,3 +204,24 @@ func TestIsRecord(t *testing.T) {
 		}
 	}
 }
+
+// A RecordCache parses a record's text once; a nil one parses every time.
+func TestRecordCache(t *testing.T) {
+	c := NewRecordCache(2)
+	a, err := c.Parse("v=DMARC1; p=reject")
+	b, _ := c.Parse("v=DMARC1; p=reject")
+	if err != nil || a != b || a.Policy != PolicyReject {
+		t.Errorf("parsed %p %p (%v), want the one record twice", a, b, err)
+	}
+	if _, err := c.Parse("v=spf1 -all"); !errors.Is(err, ErrNotDMARC) {
+		t.Errorf("not a DMARC record: %v", err)
+	}
+	c.Parse("v=DMARC1; p=none") // full: emptied, then kept
+	if r, _ := c.Parse("v=DMARC1; p=reject"); r == a {
+		t.Error("an emptied cache still had the record")
+	}
+	var none *RecordCache
+	if r, err := none.Parse("v=DMARC1; p=quarantine"); err != nil || r.Policy != PolicyQuarantine {
+		t.Errorf("nil cache: %v %v", r, err)
+	}
+}
