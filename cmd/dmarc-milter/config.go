@@ -132,6 +132,8 @@ type Config struct {
 	// LogFormat: "json" or "text"; LogLevel: debug, info, warn, error.
 	LogFormat Choice `toml:"log_format"`
 	LogLevel  Choice `toml:"log_level"`
+	// GOMAXPROCS is the runtime's GOMAXPROCS (0: the Go default, all CPUs).
+	GOMAXPROCS int `toml:"gomaxprocs"`
 }
 
 // ConfigError is a configuration problem; it formats as one line naming the

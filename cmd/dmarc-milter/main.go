@@ -21,6 +21,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -253,6 +254,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	logger, levels := newLogger(cfg, stderr)
+	procs := setGOMAXPROCS(cfg.GOMAXPROCS)
 	// Libraries that log through the standard logger end up in ours.
 	log.SetFlags(0)
 	log.SetOutput(logger.With().Str("source", "stdlog").Logger())
@@ -397,7 +399,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 	logger.Info().Str("listen", cfg.Listen.String()).Strs("dns", servers).
 		Str("authserv_id", cfg.AuthservID).Str("version", versionString()).
-		Bool("monitor", cfg.Monitor).Msg("dmarc-milter ready")
+		Bool("monitor", cfg.Monitor).Int("gomaxprocs", procs).Msg("dmarc-milter ready")
 
 	listening := cfg // what needs a restart stays as started
 	sigs := make(chan os.Signal, 1)
@@ -499,6 +501,16 @@ func servePprof(addr string, logger zerolog.Logger) error {
 	go srv.Serve(ln)
 	logger.Info().Str("pprof_listen", ln.Addr().String()).Msg("serving pprof profiles")
 	return nil
+}
+
+// setGOMAXPROCS applies gomaxprocs (0: leave Go's default) unless the
+// GOMAXPROCS environment variable is set, which wins, and returns the
+// value in force. More than the CPUs there are is not asked for.
+func setGOMAXPROCS(n int) int {
+	if n > 0 && os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(min(n, runtime.NumCPU()))
+	}
+	return runtime.GOMAXPROCS(0)
 }
 
 // failureTTL maps dns_failure_ttl to resolver.Config.FailureTTL, where

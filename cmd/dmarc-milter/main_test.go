@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -95,6 +96,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad reject_policy", "reject_policy = \"sometimes\"\n", `:1: reject_policy: .*want evidence or always or never`},
 		{"bad trusted forwarder", "trusted_forwarders = [\"198.51.100.0/24\", \"not a host\"]\n", `:1: trusted_forwarders: .*neither a network nor a domain name`},
 		{"bad trusted_forwarder_action", "trusted_forwarder_action = \"deliver\"\n", `:1: trusted_forwarder_action: .*want accept or quarantine`},
+		{"negative gomaxprocs", "gomaxprocs = -1\n", `:1: gomaxprocs: must be at least 0, not -1`},
 		{"bad ARC sealer", "trusted_arc_sealers = [\"localhost\"]\n", `:1: trusted_arc_sealers: "localhost" is not a domain name`},
 	}
 	for _, tc := range tests {
@@ -277,7 +279,11 @@ func TestServeUnixSocketAndSIGTERM(t *testing.T) {
 	pl.Close()
 	d := startDaemon(t, bin, "serve", "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--authserv-id", "mx.cli.example", "--state-dir", t.TempDir(),
 		"--log-format", "json", "--pprof-listen", pprofAddr)
-	d.waitFor("dmarc-milter ready")
+	// gomaxprocs = 2 by default, never more than the CPUs there are.
+	if ready := d.waitFor("dmarc-milter ready"); os.Getenv("GOMAXPROCS") == "" &&
+		!strings.Contains(ready, fmt.Sprintf(`"gomaxprocs":%d`, min(2, runtime.NumCPU()))) {
+		t.Errorf("ready line does not say gomaxprocs %d: %s", min(2, runtime.NumCPU()), ready)
+	}
 	if resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/goroutine?debug=1"); err != nil || resp.StatusCode != 200 {
 		t.Errorf("pprof listener: %v %v", resp, err)
 	} else {

@@ -71,6 +71,8 @@ var settings = []setting{
 		Usage: "how long one milter command may take to arrive"},
 	{Key: "write_timeout", Default: dur(milter.DefaultTimeouts.Write), Restart: true, Min: 1,
 		Usage: "how long writing one reply to the MTA may take"},
+	{Key: "gomaxprocs", Default: `2`, Restart: true,
+		Usage: "CPUs the daemon's Go runtime runs on at once (0: all; the GOMAXPROCS environment variable, if set, wins); see Speed"},
 	{Key: "shutdown_timeout", Default: `"30s"`, Restart: true, Min: 1,
 		Usage: "how long SIGTERM waits for open sessions"},
 	// DNS.
