@@ -203,10 +203,13 @@ func TestAggregateFleet(t *testing.T) {
 			t.Fatal("no report delivery started")
 		}
 	}
+	// The log is written in batches (at most 100 ms late).
 	sender := -1
-	for i, d := range ds {
-		if strings.Contains(strings.Join(d.logSoFar(), "\n"), "aggregate report spooled") {
-			sender = i
+	for deadline := time.Now().Add(5 * time.Second); sender < 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for i, d := range ds {
+			if strings.Contains(strings.Join(d.logSoFar(), "\n"), "aggregate report spooled") {
+				sender = i
+			}
 		}
 	}
 	if sender < 0 {

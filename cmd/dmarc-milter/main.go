@@ -231,8 +231,10 @@ func (l *levelWriter) set(name string) {
 	l.level.Store(int32(level))
 }
 
-func newLogger(cfg Config, w io.Writer) (zerolog.Logger, *levelWriter) {
-	lw := &levelWriter{w: w, out: w, journal: journalStream(w)}
+// newLogger is the daemon's logger: lines go to w (a batchWriter of
+// stream, the process's stderr, which is checked for journald).
+func newLogger(cfg Config, stream, w io.Writer) (zerolog.Logger, *levelWriter) {
+	lw := &levelWriter{w: w, out: w, journal: journalStream(stream)}
 	if cfg.LogFormat.Value == "text" {
 		lw.w = zerolog.ConsoleWriter{Out: w, NoColor: true, TimeFormat: time.RFC3339}
 	}
@@ -253,7 +255,10 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
 		return 2
 	}
-	logger, levels := newLogger(cfg, stderr)
+	// Log lines are written in batches (logbatch.go), flushed on return.
+	logOut := newBatchWriter(stderr, logFlushInterval)
+	defer logOut.Flush()
+	logger, levels := newLogger(cfg, stderr, logOut)
 	procs := setGOMAXPROCS(cfg.GOMAXPROCS)
 	// Libraries that log through the standard logger end up in ours.
 	log.SetFlags(0)

@@ -290,7 +290,7 @@ func TestJournalPriority(t *testing.T) {
 	if !journalStream(f) {
 		t.Fatal("the journal stream not recognized")
 	}
-	logger, _ := newLogger(cfg, f)
+	logger, _ := newLogger(cfg, f, f)
 	logger.Error().Msg("bad")
 	logger.Warn().Msg("careful")
 	logger.Info().Msg("fine")
