@@ -23,6 +23,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -260,6 +261,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	defer logOut.Flush()
 	logger, levels := newLogger(cfg, stderr, logOut)
 	procs := setGOMAXPROCS(cfg.GOMAXPROCS)
+	gogc := setGOGC()
 	// Libraries that log through the standard logger end up in ours.
 	log.SetFlags(0)
 	log.SetOutput(logger.With().Str("source", "stdlog").Logger())
@@ -404,7 +406,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 	logger.Info().Str("listen", cfg.Listen.String()).Strs("dns", servers).
 		Str("authserv_id", cfg.AuthservID).Str("version", versionString()).
-		Bool("monitor", cfg.Monitor).Int("gomaxprocs", procs).Msg("dmarc-milter ready")
+		Bool("monitor", cfg.Monitor).Int("gomaxprocs", procs).Int("gogc", gogc).Msg("dmarc-milter ready")
 
 	listening := cfg // what needs a restart stays as started
 	sigs := make(chan os.Signal, 1)
@@ -516,6 +518,27 @@ func setGOMAXPROCS(n int) int {
 		runtime.GOMAXPROCS(min(n, runtime.NumCPU()))
 	}
 	return runtime.GOMAXPROCS(0)
+}
+
+// defaultGOGC is the garbage collector's target: the heap may grow to
+// three times what is live between collections (Go's default is twice).
+// The daemon's live heap is small (caches of bounded size, a few KB per
+// message in flight), so this costs little memory and saved a tenth of
+// the CPU per message (README, Speed).
+const defaultGOGC = 200
+
+// setGOGC applies defaultGOGC unless the GOGC environment variable is set,
+// which wins, and returns the value in force.
+func setGOGC() int {
+	if v := os.Getenv("GOGC"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return -1 // "off" or malformed: the runtime's reading
+		}
+		return n
+	}
+	debug.SetGCPercent(defaultGOGC)
+	return defaultGOGC
 }
 
 // failureTTL maps dns_failure_ttl to resolver.Config.FailureTTL, where
