@@ -88,6 +88,10 @@ type Server struct {
 	Recipients bool
 
 	bufs sync.Pool // *[]byte of reuseMax bytes, for body chunks
+	// connPool keeps ended connections' state (its buffered reader and
+	// writer, macro maps, command buffer) for the next: the MTA opens a
+	// connection per SMTP session, so per message.
+	connPool sync.Pool
 
 	mu       sync.Mutex
 	conns    map[*Conn]struct{}
@@ -139,7 +143,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
-		c := newConn(nc, s)
+		c := s.newConn(nc)
 		s.mu.Lock()
 		if s.shutdown {
 			s.mu.Unlock()
@@ -155,6 +159,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			s.mu.Lock()
 			delete(s.conns, c)
 			s.mu.Unlock()
+			s.releaseConn(c)
 		}()
 	}
 }
