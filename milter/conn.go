@@ -115,43 +115,17 @@ type Conn struct {
 	inEOM    bool
 }
 
-// newConn returns the state of a new connection, from the server's pool
-// of ended ones when it has one.
-func (s *Server) newConn(nc net.Conn) *Conn {
+func newConn(nc net.Conn, srv *Server) *Conn {
 	rw := newRawIO(nc)
-	c, _ := s.connPool.Get().(*Conn)
-	if c == nil {
-		c = &Conn{
-			br:         bufio.NewReaderSize(rw, 4<<10),
-			bw:         bufio.NewWriterSize(rw, 1<<10),
-			connMacros: make(map[string]string),
-			msgMacros:  make(map[string]string),
-		}
-	} else {
-		c.br.Reset(rw)
-		c.bw.Reset(rw)
+	return &Conn{
+		nc:         nc,
+		srv:        srv,
+		br:         bufio.NewReaderSize(rw, 4<<10),
+		bw:         bufio.NewWriterSize(rw, 1<<10),
+		connMacros: make(map[string]string),
+		msgMacros:  make(map[string]string),
+		idle:       true,
 	}
-	c.nc, c.srv, c.idle = nc, s, true
-	return c
-}
-
-// releaseConn returns the state of an ended connection to the pool, reset:
-// nothing of one connection reaches the next.
-func (s *Server) releaseConn(c *Conn) {
-	if c.pooled != nil {
-		s.bufs.Put(c.pooled)
-		c.pooled = nil
-	}
-	c.br.Reset(nil)
-	c.bw.Reset(nil)
-	clear(c.connMacros)
-	clear(c.msgMacros)
-	c.nc, c.srv = nil, nil
-	c.version, c.actions, c.protocol, c.family = 0, 0, 0, 0
-	c.idle, c.inEOM = true, false
-	c.rdl, c.wdl = time.Time{}, time.Time{}
-	c.draining.Store(false)
-	s.connPool.Put(c)
 }
 
 // Macro returns the value of a macro sent by the MTA at any stage of the

@@ -88,10 +88,6 @@ type Server struct {
 	Recipients bool
 
 	bufs sync.Pool // *[]byte of reuseMax bytes, for body chunks
-	// connPool keeps ended connections' state (its buffered reader and
-	// writer, macro maps, command buffer) for the next: the MTA opens a
-	// connection per SMTP session, so per message.
-	connPool sync.Pool
 
 	mu       sync.Mutex
 	conns    map[*Conn]struct{}
@@ -143,7 +139,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
-		c := s.newConn(nc)
+		c := newConn(nc, s)
 		s.mu.Lock()
 		if s.shutdown {
 			s.mu.Unlock()
@@ -159,7 +155,6 @@ func (s *Server) Serve(ln net.Listener) error {
 			s.mu.Lock()
 			delete(s.conns, c)
 			s.mu.Unlock()
-			s.releaseConn(c)
 		}()
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -15,7 +14,6 @@ import (
 	gomilter "github.com/emersion/go-milter"
 	"github.com/rs/zerolog"
 
-	"github.com/dmarc-milter/dmarc-milter/internal/testutil"
 	"github.com/dmarc-milter/dmarc-milter/milter"
 )
 
@@ -278,27 +276,5 @@ func TestSMTPReplyEscapes(t *testing.T) {
 	_, act, err := cs.End()
 	if err != nil || act.Code != gomilter.ActReplyCode || act.SMTPCode != 550 || act.SMTPText != "5.7.1 50%% off  next" {
 		t.Errorf("reply %+v, %v", act, err)
-	}
-}
-
-// Connection state is reused (the server pools it) but nothing of one
-// connection reaches the next: a connection that sends no macros sees none
-// of the previous one's connect-stage macros.
-func TestConnectionStateNotCarriedOver(t *testing.T) {
-	s := start(t, milter.Timeouts{}, nil)
-	for _, auth := range []string{"alice", ""} {
-		cs := s.dial(t, milter.PostfixProtocol&^(gomilter.OptNoMailReply|gomilter.OptNoConnReply|gomilter.OptNoHeloReply))
-		if auth != "" {
-			cs.Macros(gomilter.CodeConn, "{auth_authen}", auth)
-		}
-		if _, err := cs.Conn("client.example", gomilter.FamilyInet, 40000, "192.0.2.7"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := cs.Mail("bob@example.org", nil); err != nil {
-			t.Fatal(err)
-		}
-		cs.Close()
-		want := "mail <bob@example.org>  auth=" + auth
-		testutil.WaitFor(t, "the MAIL FROM event "+want, func() bool { return slices.Contains(s.Events(), want) })
 	}
 }
