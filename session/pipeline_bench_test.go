@@ -7,8 +7,6 @@ import (
 
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/session"
-
-	msgdkim "github.com/emersion/go-msgauth/dkim"
 )
 
 // BenchmarkPipeline is the daemon's own work for one message, without the
@@ -21,14 +19,7 @@ func BenchmarkPipeline(b *testing.B) {
 	set := e.settings
 	set.DKIMKeys = dkim.NewKeyCache(100) // as the daemon has
 	p := session.NewPipeline(set)
-	body := strings.Repeat("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\n", 52)
-	raw := sign(b, message([]string{
-		"From: Bob <bob@pass.example>",
-		"To: rcpt@test.example",
-		"Subject: benchmark",
-		"Date: Mon, 23 Nov 2026 10:00:00 +0000",
-		"Message-ID: <bench@test.example>",
-	}, body), "pass.example", "sel1", "rsa2048.pem", msgdkim.CanonicalizationRelaxed)
+	raw := benchRaw(b)
 	fields, rawBody := splitMessage(b, raw, true)
 	c := session.Client{IP: net.ParseIP(goodIP), Host: "mx.pass.example", Helo: "mx.pass.example", LeadingSpace: true}
 	chunk := []byte(rawBody)
