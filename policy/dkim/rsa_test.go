@@ -9,14 +9,21 @@ import (
 	"testing"
 )
 
-// verifyPKCS1v15 says what crypto/rsa.VerifyPKCS1v15 says, for genuine
-// signatures and for every kind of bad one.
-func TestRSAVerifyMatchesStandardLibrary(t *testing.T) {
+// preparedTestKey is the RSA-2048 test key and its prepared public key.
+func preparedTestKey(t testing.TB) (*rsa.PrivateKey, *rsaKey) {
+	t.Helper()
 	key := loadKey(t, "rsa2048.pem").(*rsa.PrivateKey)
 	prep, err := newRSAKey(&key.PublicKey)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return key, prep
+}
+
+// verifyPKCS1v15 says what crypto/rsa.VerifyPKCS1v15 says, for genuine
+// signatures and for every kind of bad one.
+func TestRSAVerifyMatchesStandardLibrary(t *testing.T) {
+	key, prep := preparedTestKey(t)
 	d256 := sha256.Sum256([]byte("header hash"))
 	d1 := sha1.Sum([]byte("header hash"))
 	sig256, _ := rsa.SignPKCS1v15(nil, key, crypto.SHA256, d256[:])
@@ -53,11 +60,7 @@ func TestRSAVerifyMatchesStandardLibrary(t *testing.T) {
 // FuzzRSAVerify: for any signature bytes, the prepared key and crypto/rsa
 // agree.
 func FuzzRSAVerify(f *testing.F) {
-	key := loadKey(f, "rsa2048.pem").(*rsa.PrivateKey)
-	prep, err := newRSAKey(&key.PublicKey)
-	if err != nil {
-		f.Fatal(err)
-	}
+	key, prep := preparedTestKey(f)
 	d := sha256.Sum256([]byte("x"))
 	sig, _ := rsa.SignPKCS1v15(nil, key, crypto.SHA256, d[:])
 	f.Add(sig, d[:])
@@ -72,8 +75,7 @@ func FuzzRSAVerify(f *testing.F) {
 // BenchmarkRSAVerify compares one RSA-2048 verification with the prepared
 // key and with crypto/rsa, which sets the modulus up every time.
 func BenchmarkRSAVerify(b *testing.B) {
-	key := loadKey(b, "rsa2048.pem").(*rsa.PrivateKey)
-	prep, _ := newRSAKey(&key.PublicKey)
+	key, prep := preparedTestKey(b)
 	d := sha256.Sum256([]byte("x"))
 	sig, _ := rsa.SignPKCS1v15(nil, key, crypto.SHA256, d[:])
 	b.Run("prepared", func(b *testing.B) {
