@@ -110,12 +110,17 @@ func stripB(field string) string {
 // counted, not buffered, so memory does not grow with the body: they are
 // written out only when a non-empty line follows, as trailing empty lines
 // are not hashed.
+//
+// Content is taken in runs: the bytes between two that canonicalization
+// looks at (line ends, and for relaxed white space) are copied into one
+// buffer, or hashed in place when long, never handled byte by byte.
 type bodyHash struct {
 	c     canon
 	alg   crypto.Hash
 	h     hash.Hash
-	limit int64 // l=, -1 for none
-	n     int64 // canonical bytes so far (hashed or beyond the limit)
+	stop  *[256]bool // the bytes that end a run of content under c
+	limit int64      // l=, -1 for none
+	n     int64      // canonical bytes so far (hashed or beyond the limit)
 
 	out      []byte // canonical bytes waiting to be hashed, in buf
 	buf      [512]byte
@@ -126,8 +131,21 @@ type bodyHash struct {
 	finished []byte
 }
 
+// runEnds are, for each body canonicalization, the bytes that end a run
+// of content. Read only.
+var runEnds = func() (t [2][256]bool) {
+	for _, c := range []canon{canonSimple, canonRelaxed} {
+		t[c]['\r'], t[c]['\n'] = true, true
+	}
+	t[canonRelaxed][' '], t[canonRelaxed]['\t'] = true, true
+	return t
+}()
+
+// crlf and sp are canonical bytes to emit. Read only.
+var crlf, sp = []byte("\r\n"), []byte(" ")
+
 func newBodyHash(c canon, h crypto.Hash, limit int64) *bodyHash {
-	b := &bodyHash{c: c, alg: h, h: h.New(), limit: limit}
+	b := &bodyHash{c: c, alg: h, h: h.New(), stop: &runEnds[c], limit: limit}
 	b.out = b.buf[:0]
 	return b
 }
@@ -135,45 +153,63 @@ func newBodyHash(c canon, h crypto.Hash, limit int64) *bodyHash {
 // Write canonicalizes p. A line ends at CRLF or at a lone LF (which the
 // MTA may deliver); a lone CR is content.
 func (b *bodyHash) Write(p []byte) {
-	for _, c := range p {
+	for i := 0; i < len(p); {
 		if b.cr {
 			b.cr = false
-			if c == '\n' {
+			if p[i] == '\n' {
 				b.endLine()
+				i++
 				continue
 			}
-			b.content('\r')
+			b.content(crlf[:1])
 		}
-		switch c {
+		j := i
+		for j < len(p) {
+			if !b.stop[p[j]] {
+				j++
+				continue
+			}
+			// Relaxed: one SP before content is canonical as it is,
+			// unless it continues white space held back.
+			if p[j] == ' ' && b.c == canonRelaxed && j+1 < len(p) && !b.stop[p[j+1]] && (j > i || !b.space) {
+				j += 2
+				continue
+			}
+			break
+		}
+		if j > i {
+			b.content(p[i:j])
+			if i = j; i == len(p) {
+				break
+			}
+		}
+		switch p[i] {
 		case '\r':
 			b.cr = true
 		case '\n':
 			b.endLine()
-		case ' ', '\t':
-			if b.c == canonRelaxed {
-				b.space = true
-			} else {
-				b.content(c)
-			}
-		default:
-			b.content(c)
+		default: // white space, relaxed
+			b.space = true
 		}
+		i++
 	}
 	b.flush()
 }
 
-func (b *bodyHash) content(c byte) {
+// content adds a run of line content, after the empty lines and the white
+// space held back before it.
+func (b *bodyHash) content(run []byte) {
 	if !b.inLine {
 		for ; b.empty > 0; b.empty-- {
-			b.emit('\r', '\n')
+			b.emit(crlf)
 		}
 		b.inLine = true
 	}
 	if b.space {
-		b.emit(' ')
+		b.emit(sp)
 		b.space = false
 	}
-	b.emit(c)
+	b.emit(run)
 }
 
 func (b *bodyHash) endLine() {
@@ -181,32 +217,44 @@ func (b *bodyHash) endLine() {
 	// of only white space is empty.
 	b.space = false
 	if b.inLine {
-		b.emit('\r', '\n')
+		b.emit(crlf)
 		b.inLine = false
 	} else {
 		b.empty++
 	}
 }
 
-func (b *bodyHash) emit(cs ...byte) {
-	b.out = append(b.out, cs...)
-	if len(b.out) >= len(b.buf)-2 {
+// emit adds canonical bytes, copied into the buffer, or hashed in place
+// if they would fill most of it.
+func (b *bodyHash) emit(s []byte) {
+	if len(b.out)+len(s) > len(b.buf) {
 		b.flush()
+		if len(s) > len(b.buf)/2 {
+			b.hash(s)
+			return
+		}
 	}
+	b.out = append(b.out, s...)
 }
 
-// flush hashes what is waiting, up to the limit.
+// flush hashes what is waiting.
 func (b *bodyHash) flush() {
-	out := b.out
+	b.hash(b.out)
+	b.out = b.buf[:0]
+}
+
+// hash hashes canonical bytes, up to the limit.
+func (b *bodyHash) hash(out []byte) {
+	before := b.n
 	b.n += int64(len(out))
 	if b.limit >= 0 {
-		before := b.n - int64(len(out))
 		if room := b.limit - before; room < int64(len(out)) {
 			out = out[:max(room, 0)]
 		}
 	}
-	b.h.Write(out)
-	b.out = b.out[:0]
+	if len(out) > 0 {
+		b.h.Write(out)
+	}
 }
 
 // Sum ends the body and returns its hash and canonical length.
@@ -216,17 +264,17 @@ func (b *bodyHash) Sum() ([]byte, int64) {
 	}
 	if b.cr {
 		b.cr = false
-		b.content('\r')
+		b.content(crlf[:1])
 	}
 	b.space = false
 	if b.inLine {
 		// A body not ending in CRLF gets one.
-		b.emit('\r', '\n')
+		b.emit(crlf)
 		b.inLine = false
 	}
 	if b.c == canonSimple && b.n+int64(len(b.out)) == 0 {
 		// Simple: an empty body is one CRLF (section 3.4.3).
-		b.emit('\r', '\n')
+		b.emit(crlf)
 	}
 	b.flush()
 	b.finished = b.h.Sum(nil)
