@@ -53,7 +53,20 @@ func ParseFrom(fromHeaderValues []string) (Author, error) {
 	default:
 		return Author{}, fmt.Errorf("%w (%d)", ErrMultipleFrom, len(fromHeaderValues))
 	}
-	v, err := unfold(fromHeaderValues[0])
+	if d, ok := simpleFrom(fromHeaderValues[0]); ok {
+		d, err := NormalizeDomain(d)
+		if err != nil {
+			return Author{}, fmt.Errorf("%w: %v", ErrUnparseableFrom, err)
+		}
+		return Author{Domains: []string{d}, Addresses: 1}, nil
+	}
+	return parseFrom(fromHeaderValues[0])
+}
+
+// parseFrom is ParseFrom for any one From value: unfolded, comments
+// stripped, group and route syntax handled, then net/mail.
+func parseFrom(value string) (Author, error) {
+	v, err := unfold(value)
 	if err != nil {
 		return Author{}, err
 	}
@@ -106,6 +119,104 @@ func ParseFrom(fromHeaderValues []string) (Author, error) {
 		}
 	}
 	return a, nil
+}
+
+// simpleFrom reads the shapes of From value that nearly all mail has,
+// without the general parser and its allocations: an addr-spec, or a
+// display name and an angle address, with white space around. The
+// addr-spec is a dot-atom local part, "@" and an ASCII host name; the
+// display name is atoms (and dots) separated by white space, or one quoted
+// string without escapes. Anything else is not simple (ok false) and goes
+// to parseFrom: folding, comments, encoded words, non-ASCII, quoted local
+// parts, several addresses, routes, groups, domain literals. Whenever ok,
+// parseFrom gives the same domain (FuzzSimpleFrom); it returns that domain
+// as written, for NormalizeDomain.
+func simpleFrom(v string) (domain string, ok bool) {
+	v = trimWSP(v)
+	addr := v
+	if strings.HasSuffix(v, ">") {
+		lt := strings.IndexByte(v, '<')
+		if lt < 0 || !simplePhrase(v[:lt]) {
+			return "", false
+		}
+		addr = v[lt+1 : len(v)-1]
+	}
+	at := strings.IndexByte(addr, '@')
+	if at < 0 || !dotAtom(addr[:at]) || !hostName(addr[at+1:]) {
+		return "", false
+	}
+	return addr[at+1:], true
+}
+
+// simplePhrase reports whether p is empty, atoms and dots separated by
+// white space, or one quoted string of printable ASCII and spaces without
+// escapes, followed by optional white space. Encoded words ("=?") are
+// left to net/mail.
+func simplePhrase(p string) bool {
+	p = strings.TrimRight(p, " \t")
+	if strings.HasPrefix(p, `"`) {
+		if len(p) < 2 || !strings.HasSuffix(p, `"`) {
+			return false
+		}
+		for i := 1; i < len(p)-1; i++ {
+			if c := p[i]; c < ' ' || c > '~' || c == '"' || c == '\\' {
+				return false
+			}
+		}
+		return true
+	}
+	if strings.Contains(p, "=?") {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; !isAtext(c) && c != '.' && c != ' ' && c != '\t' {
+			return false
+		}
+	}
+	return true
+}
+
+// dotAtom reports whether s is an RFC 5322 dot-atom-text: atoms joined by
+// single dots.
+func dotAtom(s string) bool {
+	if s == "" || s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isAtext(s[i]) && s[i] != '.' {
+			return false
+		}
+	}
+	return true
+}
+
+// hostName reports whether s is ASCII letters, digits and hyphens in
+// labels joined by single dots, with no dot at the end.
+func hostName(s string) bool {
+	label := 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '.':
+			if label == 0 {
+				return false
+			}
+			label = 0
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-':
+			label++
+		default:
+			return false
+		}
+	}
+	return label > 0
+}
+
+// isAtext reports whether c is an RFC 5322 atext character.
+func isAtext(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0
 }
 
 // stripObsRoute removes the obsolete source route of angle addresses

@@ -136,3 +136,44 @@ func TestInDomainList(t *testing.T) {
 		}
 	}
 }
+
+// FuzzSimpleFrom: whenever the fast path takes a From value, the general
+// parser reads the same single domain from it, so the fast path can never
+// let a value through that the general one would read differently or
+// refuse.
+func FuzzSimpleFrom(f *testing.F) {
+	for _, s := range []string{
+		"bob@example.com",
+		" Bob Smith <bob@Example.COM> ",
+		`"Smith, Bob" <bob.smith@mail.example.org>`,
+		`"a<b" <x@y.example>`,
+		"J. R. Bob <j.r@x-y.example>",
+		"=?utf-8?q?x@evil.example?= <u@good.example>",
+		"bob@example.com.",
+		"<bob@example.com>",
+		"a.@b.example",
+		`"" <a@b.example>`,
+		"x <a@b.example> <c@d.example>",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, ok := simpleFrom(s)
+		if !ok {
+			return
+		}
+		a, err := parseFrom(s)
+		want, nerr := NormalizeDomain(d)
+		switch {
+		case nerr != nil && err == nil:
+			t.Fatalf("%q: the fast path refuses domain %q (%v), the general parser reads %v", s, d, nerr, a)
+		case nerr != nil:
+			return // refused on both paths
+		case err != nil:
+			t.Fatalf("%q: the fast path reads %q, the general parser fails: %v", s, want, err)
+		}
+		if a.Addresses != 1 || len(a.Domains) != 1 || a.Domains[0] != want {
+			t.Fatalf("%q: the fast path reads %q, the general parser %v", s, want, a)
+		}
+	})
+}
