@@ -51,10 +51,10 @@ type Settings struct {
 	DKIMKeys *dkim.KeyCache
 	// MaxDKIMSignatures bounds the signatures verified per message.
 	MaxDKIMSignatures int
-	// CheckTimeout bounds the DNS work of each check of a message, from
-	// when that check starts: SPF at MAIL FROM, each DKIM key lookup, and
-	// DMARC at end of message. The time the client takes to send the
-	// message never counts.
+	// CheckTimeout bounds the DNS time a message waits for at each of
+	// its two stages, from when the stage starts: SPF at MAIL FROM, and
+	// the DKIM key lookups with DMARC at end of message. The time the
+	// client takes to send the message never counts.
 	CheckTimeout time.Duration
 	Log          zerolog.Logger
 	Now          func() time.Time
@@ -157,8 +157,6 @@ type Client struct {
 // FROM to End or Abort. It is not safe for concurrent use.
 type Collector struct {
 	p      *Pipeline
-	ctx    context.Context
-	cancel context.CancelFunc
 	// msg is what is collected for policy and the consumers.
 	msg policy.Message
 
@@ -181,11 +179,8 @@ type Collector struct {
 // login authUser ("" if none). SPF runs now: it needs only the envelope.
 func (p *Pipeline) Begin(c Client, reversePath, authUser string) *Collector {
 	set := &p.set
-	// The message's context ends with the message; each check bounds its
-	// own DNS time (Settings.CheckTimeout).
-	ctx, cancel := context.WithCancel(context.Background())
 	from := spf.ReversePath(reversePath)
-	m := &Collector{p: p, ctx: ctx, cancel: cancel, msg: policy.Message{
+	m := &Collector{p: p, msg: policy.Message{
 		Arrival:      set.Now(),
 		ClientIP:     c.IP,
 		ClientHost:   c.Host,
@@ -201,17 +196,16 @@ func (p *Pipeline) Begin(c Client, reversePath, authUser string) *Collector {
 	// on sending the header and body, which queue in the socket
 	// meanwhile, so DNS time overlaps the transfer without a goroutine
 	// per message.
-	spfCtx, spfCancel := context.WithTimeout(ctx, set.CheckTimeout)
+	spfCtx, spfCancel := context.WithTimeout(context.Background(), set.CheckTimeout)
 	t0 := set.Now()
 	m.msg.SPF, m.msg.HeloSPF = m.checkSPF(spfCtx)
 	m.spfTime = set.Now().Sub(t0)
 	spfCancel()
-	m.dkim = dkim.NewVerifier(ctx, dkim.Options{
+	m.dkim = dkim.NewVerifier(dkim.Options{
 		LookupTXT:     set.LookupTXT,
 		Prefetch:      set.PrefetchTXT,
 		MaxSignatures: set.MaxDKIMSignatures,
 		LeadingSpace:  c.LeadingSpace,
-		LookupTimeout: set.CheckTimeout,
 		Keys:          set.DKIMKeys,
 		Now:           set.Now,
 		ARC:           set.ARC,
@@ -319,28 +313,28 @@ func (m *Collector) End(queueID string) (*policy.Judged, Stages) {
 	set := &m.p.set
 	defer m.Abort()
 	msg := &m.msg
+	// One DNS budget for the end of the message: the DKIM keys (looked
+	// up since the end of the header) and the DMARC policy.
+	ctx, cancel := context.WithTimeout(context.Background(), set.CheckTimeout)
+	defer cancel()
 	t0 := set.Now()
-	msg.DKIM = m.dkim.Close()
+	msg.DKIM = m.dkim.Close(ctx)
 	msg.ARC = m.dkim.ARC()
 	t1 := set.Now()
 	msg.QueueID = queueID
 	msg.HeaderTruncated = m.tooLarge
 	ev := set.Evaluator
-	ctx, cancel := context.WithTimeout(m.ctx, set.CheckTimeout)
-	defer cancel()
 	j := &policy.Judged{Message: msg, Verdict: ev.Judge(ctx, msg)}
 	j.AuthResults = policy.AuthenticationResults(ev.AuthservID(), msg, &j.Verdict)
 	t2 := set.Now()
 	return j, Stages{SPF: m.spfTime, DKIM: t1.Sub(t0), DMARC: t2.Sub(t1), Total: t2.Sub(msg.Arrival)}
 }
 
-// Abort drops the message, stopping its background work (DKIM key
-// lookups). Calling it again, or after End, does nothing.
+// Abort drops the message. Calling it again, or after End, does nothing.
 func (m *Collector) Abort() {
 	if m.dkim != nil {
 		m.dkim.Abort()
 	}
-	m.cancel()
 }
 
 // Evaluate runs a whole message through the pipeline at once: what

@@ -37,8 +37,8 @@ type Config struct {
 	// DNSFailureTTL is how long a DNS temporary failure is cached; "0s"
 	// turns failure caching off.
 	DNSFailureTTL Duration `toml:"dns_failure_ttl"`
-	// CheckTimeout bounds the DNS work of each check of a message, from
-	// when that check starts.
+	// CheckTimeout bounds the DNS time a message waits at each stage (SPF
+	// at MAIL FROM; DKIM and DMARC at end of message), from when it starts.
 	CheckTimeout Duration `toml:"check_timeout"`
 	// AuthservID goes into Authentication-Results; default: the host name.
 	AuthservID string `toml:"authserv_id"`

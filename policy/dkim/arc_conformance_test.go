@@ -1,7 +1,6 @@
 package dkim
 
 import (
-	"context"
 	"errors"
 	"io"
 	"os"
@@ -65,7 +64,7 @@ func TestARCSuite(t *testing.T) {
 			raw := strings.ReplaceAll(tc.message, "\n", "\r\n")
 			for _, leadingSpace := range []bool{true, false} {
 				fields, body := splitMessage([]byte(raw), leadingSpace)
-				v := NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: leadingSpace, ARC: true,
+				v := NewVerifier(Options{LookupTXT: z.LookupTXT, LeadingSpace: leadingSpace, ARC: true,
 					Now: func() time.Time { return time.Unix(1500000000, 0) }})
 				feed(t, v, fields, body, []int{7, 4096})
 				got := v.ARC()

@@ -45,7 +45,7 @@ func verifyAsMilterOpts(t *testing.T, raw []byte, opts Options) []Result {
 		for _, sizes := range chunkSizes {
 			fields, body := splitMessage(raw, leadingSpace)
 			opts.LeadingSpace = leadingSpace
-			v := NewVerifier(context.Background(), opts)
+			v := NewVerifier(opts)
 			got := feed(t, v, fields, body, sizes)
 			if first == nil {
 				first = got

@@ -126,10 +126,6 @@ type Options struct {
 	// 6376 section 6.1.2); any other error gives TempError. If nil, every
 	// lookup fails temporarily.
 	LookupTXT func(ctx context.Context, name string) ([]string, error)
-	// LookupTimeout, if positive, bounds each key lookup from when it
-	// starts, so that the time the client takes to send the message does
-	// not count against DNS.
-	LookupTimeout time.Duration
 	// Keys, if set, keeps parsed key records across messages.
 	Keys *KeyCache
 	// MaxSignatures is how many DKIM-Signature fields, in header order, are
@@ -160,9 +156,8 @@ type Options struct {
 // each header field, EndHeaders, WriteBody for each body chunk, then Close;
 // or Abort at any point. Its methods must not be called concurrently.
 type Verifier struct {
-	ctx    context.Context
-	cancel context.CancelFunc
-	opts   Options
+	opts Options
+	ctx  context.Context // Close's, for its key lookups
 
 	fields   []headerField // the header fields so far, as the MTA delivered them
 	sigs     []*signature  // DKIM-Signature fields, in header order
@@ -177,17 +172,15 @@ type Verifier struct {
 // headerField is one header field as the MTA delivered it.
 type headerField struct{ name, value string }
 
-// NewVerifier returns a Verifier for one message. DNS lookups use ctx (and
-// stop when the Verifier is aborted or closed).
-func NewVerifier(ctx context.Context, opts Options) *Verifier {
+// NewVerifier returns a Verifier for one message.
+func NewVerifier(opts Options) *Verifier {
 	if opts.MaxSignatures <= 0 {
 		opts.MaxSignatures = DefaultMaxSignatures
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	return &Verifier{ctx: ctx, cancel: cancel, opts: opts}
+	return &Verifier{opts: opts}
 }
 
 // AddHeader adds the next header field, as delivered by the MTA.
@@ -319,8 +312,11 @@ func (v *Verifier) WriteBody(chunk []byte) error {
 }
 
 // Close ends the message and returns one Result per DKIM-Signature field, in
-// header order; none when the header had no DKIM-Signature.
-func (v *Verifier) Close() (results []Result) {
+// header order; none when the header had no DKIM-Signature. The key
+// lookups it waits for are bounded by ctx: the caller's DNS budget for
+// the end of the message, which the time the client took to send it
+// never counts against.
+func (v *Verifier) Close(ctx context.Context) (results []Result) {
 	if v.closed {
 		return nil
 	}
@@ -328,7 +324,8 @@ func (v *Verifier) Close() (results []Result) {
 		_ = v.EndHeaders()
 	}
 	v.closed = true
-	defer v.cancel()
+	v.ctx = ctx
+	defer func() { v.ctx = nil }()
 	if v.opts.ARC {
 		v.arcDone = v.closeARC()
 	}
@@ -470,19 +467,12 @@ func (v *Verifier) key(sig *signature) (*publicKey, error) {
 	return v.opts.Keys.parse(txts[0])
 }
 
-// lookupTXT calls Options.LookupTXT with the Verifier's context, bounded by
-// Options.LookupTimeout.
+// lookupTXT calls Options.LookupTXT with Close's context.
 func (v *Verifier) lookupTXT(name string) ([]string, error) {
 	if v.opts.LookupTXT == nil {
 		return nil, &net.DNSError{Err: "no resolver configured", Name: name, IsTemporary: true}
 	}
-	ctx := v.ctx
-	if v.opts.LookupTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, v.opts.LookupTimeout)
-		defer cancel()
-	}
-	return v.opts.LookupTXT(ctx, name)
+	return v.opts.LookupTXT(v.ctx, name)
 }
 
 // Abort stops verification and releases the message.
@@ -491,6 +481,5 @@ func (v *Verifier) Abort() {
 		return
 	}
 	v.closed = true
-	v.cancel()
 	v.fields, v.sigs, v.bodies, v.arc = nil, nil, nil, nil
 }

@@ -70,7 +70,7 @@ func splitMessage(raw []byte, leadingSpace bool) ([]field, []byte) {
 func feed(t testing.TB, v *Verifier, fields []field, body []byte, sizes []int) []Result {
 	t.Helper()
 	write(t, v, fields, body, sizes)
-	return v.Close()
+	return v.Close(context.Background())
 }
 
 // write is feed without the Close. Each chunk lives in one reused buffer
@@ -374,7 +374,7 @@ func TestSigned(t *testing.T) {
 		for _, sizes := range chunkSizes {
 			t.Run(fmt.Sprintf("%s/%v", tt.name, sizes), func(t *testing.T) {
 				fields, body := splitMessage(tt.msg, tt.leadingSpace)
-				v := NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: tt.leadingSpace,
+				v := NewVerifier(Options{LookupTXT: z.LookupTXT, LeadingSpace: tt.leadingSpace,
 					MaxSignatures: tt.max, Now: tt.now})
 				got := feed(t, v, fields, body, sizes)
 				if len(got) != len(tt.want) {
@@ -412,7 +412,7 @@ func TestBPrefix(t *testing.T) {
 	b = strings.NewReplacer("\r\n", "", " ", "").Replace(b)
 	z := &dnstest.Resolver{TXT: map[string][]string{"ed._domainkey.example.org": []string{keyRecord(t, key.Public())}}}
 	fields, body := splitMessage(msg, true)
-	got := feed(t, NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true}), fields, body, []int{100})
+	got := feed(t, NewVerifier(Options{LookupTXT: z.LookupTXT, LeadingSpace: true}), fields, body, []int{100})
 	if len(got) != 1 || got[0].Status != Pass || got[0].BPrefix != b[:8] {
 		t.Fatalf("got %+v, want pass with BPrefix %q", got, b[:8])
 	}
@@ -440,7 +440,7 @@ func TestChunkingAndPrefetch(t *testing.T) {
 		for _, sizes := range append(chunkSizes[1:], []int{len(body)}) {
 			t.Run(fmt.Sprintf("%d/%v", size, sizes[:min(len(sizes), 2)]), func(t *testing.T) {
 				var prefetched []string
-				v := NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true,
+				v := NewVerifier(Options{LookupTXT: z.LookupTXT, LeadingSpace: true,
 					Prefetch: func(name string) { prefetched = append(prefetched, name) }})
 				write(t, v, fields, body, sizes)
 				if want := []string{"ed._domainkey.example.org", "rsa._domainkey.example.org"}; !slices.Equal(prefetched, want) {
@@ -452,7 +452,7 @@ func TestChunkingAndPrefetch(t *testing.T) {
 				if stacks := allStacks(); strings.Contains(stacks, "dkim.(*Verifier)") {
 					t.Errorf("a goroutine runs Verifier code:\n%s", stacks)
 				}
-				got := v.Close()
+				got := v.Close(context.Background())
 				if len(got) != 2 || got[0].Status != Pass || got[1].Status != Pass {
 					t.Fatalf("results %+v, want two passes", got)
 				}
@@ -468,7 +468,7 @@ func allStacks() string {
 }
 
 func TestNoSignatureNoGoroutine(t *testing.T) {
-	v := NewVerifier(context.Background(), Options{LookupTXT: (&dnstest.Resolver{}).LookupTXT, LeadingSpace: true})
+	v := NewVerifier(Options{LookupTXT: (&dnstest.Resolver{}).LookupTXT, LeadingSpace: true})
 	fields, body := splitMessage([]byte(testMessage), true)
 	for _, f := range fields {
 		v.AddHeader(f.name, f.value)
@@ -482,7 +482,7 @@ func TestNoSignatureNoGoroutine(t *testing.T) {
 	if err := v.WriteBody(body); err != nil {
 		t.Fatal(err)
 	}
-	if got := v.Close(); got != nil {
+	if got := v.Close(context.Background()); got != nil {
 		t.Fatalf("Close = %+v, want no results", got)
 	}
 	if err := v.WriteBody(body); !errors.Is(err, ErrClosed) {
@@ -534,7 +534,7 @@ func TestAbort(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			before := runtime.NumGoroutine()
 			fields, body := splitMessage(tt.msg, true)
-			v := NewVerifier(context.Background(), Options{LookupTXT: tt.lookup, LeadingSpace: true})
+			v := NewVerifier(Options{LookupTXT: tt.lookup, LeadingSpace: true})
 			for _, f := range fields {
 				v.AddHeader(f.name, f.value)
 			}
@@ -550,7 +550,7 @@ func TestAbort(t *testing.T) {
 			}
 			v.Abort()
 			v.Abort() // idempotent
-			if got := v.Close(); got != nil {
+			if got := v.Close(context.Background()); got != nil {
 				t.Errorf("Close after Abort = %+v", got)
 			}
 			if err := v.WriteBody([]byte("x")); !errors.Is(err, ErrClosed) {
@@ -558,6 +558,32 @@ func TestAbort(t *testing.T) {
 			}
 			waitGoroutines(t, before)
 		})
+	}
+}
+
+// TestCloseDeadline: Close's context bounds the key lookups it waits for,
+// and a lookup cut short by it is a temporary failure, never "no key".
+func TestCloseDeadline(t *testing.T) {
+	key := loadKey(t, "rsa2048.pem")
+	msg := sign(t, testMessage, &msgauth.SignOptions{Domain: "example.org", Selector: "rsa", Signer: key})
+	blocking := func(ctx context.Context, name string) ([]string, error) {
+		<-ctx.Done()
+		return nil, &net.DNSError{Err: ctx.Err().Error(), Name: name, IsTimeout: true, IsTemporary: true}
+	}
+	fields, body := splitMessage(msg, true)
+	v := NewVerifier(Options{LookupTXT: blocking, LeadingSpace: true})
+	write(t, v, fields, body, []int{100})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	done := make(chan []Result)
+	go func() { done <- v.Close(ctx) }()
+	select {
+	case got := <-done:
+		if len(got) != 1 || got[0].Status != TempError {
+			t.Fatalf("Close = %+v, want one temperror", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return at its context's deadline")
 	}
 }
 
@@ -596,7 +622,7 @@ func TestMemory(t *testing.T) {
 	fields, _ := splitMessage([]byte(strings.Join(sigs, "")+header), true)
 
 	h := watchHeap()
-	v := NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true})
+	v := NewVerifier(Options{LookupTXT: z.LookupTXT, LeadingSpace: true})
 	for _, f := range fields {
 		v.AddHeader(f.name, f.value)
 	}
@@ -604,7 +630,7 @@ func TestMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.stream(t, v, chunk, chunks)
-	results := v.Close()
+	results := v.Close(context.Background())
 	if len(results) != 2 || results[0].Status != Pass || results[1].Status != Pass {
 		t.Fatalf("results %+v, want two passes", results)
 	}
@@ -664,7 +690,7 @@ func BenchmarkVerify(b *testing.B) {
 	opts := Options{LookupTXT: z.LookupTXT, LeadingSpace: true, Keys: NewKeyCache(10)}
 	b.ReportAllocs()
 	for b.Loop() {
-		v := NewVerifier(context.Background(), opts)
+		v := NewVerifier(opts)
 		for _, f := range fields {
 			v.AddHeader(f.name, f.value)
 		}
@@ -674,7 +700,7 @@ func BenchmarkVerify(b *testing.B) {
 		if err := v.WriteBody(rawBody); err != nil {
 			b.Fatal(err)
 		}
-		if r := v.Close(); len(r) != 1 || r[0].Status != Pass {
+		if r := v.Close(context.Background()); len(r) != 1 || r[0].Status != Pass {
 			b.Fatalf("results %+v", r)
 		}
 	}
@@ -684,7 +710,7 @@ func TestNoResolver(t *testing.T) {
 	key := loadKey(t, "ed25519.pem")
 	msg := sign(t, testMessage, &msgauth.SignOptions{Domain: "example.org", Selector: "ed", Signer: key})
 	fields, body := splitMessage(msg, true)
-	got := feed(t, NewVerifier(context.Background(), Options{LeadingSpace: true}), fields, body, []int{64 << 10})
+	got := feed(t, NewVerifier(Options{LeadingSpace: true}), fields, body, []int{64 << 10})
 	if len(got) != 1 || got[0].Status != TempError {
 		t.Fatalf("got %+v, want one temperror", got)
 	}
@@ -731,7 +757,7 @@ func TestBlankRunBounded(t *testing.T) {
 		fields, _ := splitMessage([]byte(sigField+base64.StdEncoding.EncodeToString(b)+"\r\n"+header+"\r\n"), true)
 
 		h := watchHeap()
-		v := NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true})
+		v := NewVerifier(Options{LookupTXT: z.LookupTXT, LeadingSpace: true})
 		for _, f := range fields {
 			v.AddHeader(f.name, f.value)
 		}
@@ -739,7 +765,7 @@ func TestBlankRunBounded(t *testing.T) {
 		v.WriteBody([]byte("x\r\n"))
 		h.stream(t, v, blank, chunks)
 		v.WriteBody([]byte("y\r\n"))
-		results := v.Close()
+		results := v.Close(context.Background())
 		if len(results) != 1 || results[0].Status != Pass {
 			t.Errorf("c=%s: results %+v, want pass", tc.canon, results)
 		}
@@ -775,7 +801,7 @@ func TestIdentifierRules(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			msg := signManual(t, unfoldedMessage, key, crypto.SHA256, "rsa-sha256", "example.org", tt.selector, " i="+tt.i+";")
 			fields, body := splitMessage(msg, true)
-			got := feed(t, NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true}), fields, body, []int{100})
+			got := feed(t, NewVerifier(Options{LookupTXT: z.LookupTXT, LeadingSpace: true}), fields, body, []int{100})
 			if len(got) != 1 || got[0].Status != tt.want {
 				t.Errorf("got %+v, want %s", got, tt.want)
 			}
@@ -820,7 +846,7 @@ func TestOversigning(t *testing.T) {
 		HeaderKeys: []string{"From", "From", "Subject", "Subject", "To", "Date", "Message-ID", "Reply-To"}})
 	verify := func(m []byte) Status {
 		fields, body := splitMessage(m, true)
-		got := feed(t, NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true}), fields, body, []int{64})
+		got := feed(t, NewVerifier(Options{LookupTXT: z.LookupTXT, LeadingSpace: true}), fields, body, []int{64})
 		if len(got) != 1 {
 			t.Fatalf("results %+v", got)
 		}
@@ -863,7 +889,7 @@ func TestHeaderSigned(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			fields, body := splitMessage([]byte(tc.msg), true)
-			got := feed(t, NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: true}), fields, body, []int{100})
+			got := feed(t, NewVerifier(Options{LookupTXT: z.LookupTXT, LeadingSpace: true}), fields, body, []int{100})
 			if len(got) != 1 {
 				t.Fatalf("%d results", len(got))
 			}

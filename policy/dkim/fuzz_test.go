@@ -23,7 +23,7 @@ func FuzzVerify(f *testing.F) {
 	f.Add("b=; b=", "v=DKIM2;", "X:\r\n\t", "\r", uint8(0))
 	f.Fuzz(func(t *testing.T, sig, key, header, body string, chunk uint8) {
 		z := &dnstest.Resolver{TXT: map[string][]string{"s._domainkey.example.org": {key}}}
-		v := NewVerifier(context.Background(), Options{LookupTXT: z.LookupTXT, LeadingSpace: chunk%2 == 0,
+		v := NewVerifier(Options{LookupTXT: z.LookupTXT, LeadingSpace: chunk%2 == 0,
 			Now: func() time.Time { return time.Unix(1700000000, 0) }})
 		v.AddHeader("DKIM-Signature", sig)
 		for _, line := range strings.Split(header, "\n") {
@@ -39,7 +39,7 @@ func FuzzVerify(f *testing.F) {
 				t.Fatal(err)
 			}
 		}
-		results := v.Close()
+		results := v.Close(context.Background())
 		if len(results) < 1 {
 			t.Fatalf("%d results for a message with a DKIM-Signature", len(results))
 		}
