@@ -83,6 +83,13 @@ func CRLF(b []byte) []byte {
 func RebuildField(name, value string, leadingSpace bool) string {
 	var b strings.Builder
 	b.Grow(len(name) + len(value) + 4 + strings.Count(value, "\n"))
+	WriteField(&b, name, value, leadingSpace)
+	return b.String()
+}
+
+// WriteField writes the field RebuildField returns to b, for a caller that
+// rebuilds a whole header into one buffer.
+func WriteField(b *strings.Builder, name, value string, leadingSpace bool) {
 	b.WriteString(name)
 	if leadingSpace {
 		b.WriteByte(':')
@@ -97,7 +104,6 @@ func RebuildField(name, value string, leadingSpace bool) string {
 		b.WriteByte(c)
 	}
 	b.WriteString("\r\n")
-	return b.String()
 }
 
 // ErrUnterminatedComment is returned by StripComments for a "(" without

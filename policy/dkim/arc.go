@@ -114,9 +114,9 @@ var arcKinds = [3]string{"arc-authentication-results", "arc-message-signature", 
 
 // collectARC gathers the ARC sets from the header (RFC 8617 section 5.2
 // steps 1 to 3), checks their structure, computes the header hash of each
-// ARC-Message-Signature and asks for their body hashes. raw holds the
-// fields as in the message, byName their indexes.
-func (v *Verifier) collectARC(fields []headerField, raw []string, byName map[string][]int) *arcChain {
+// ARC-Message-Signature and asks for their body hashes. hdr is the header
+// rebuilt, nil if it has no ARC field.
+func (v *Verifier) collectARC(fields []headerField, hdr *header) *arcChain {
 	c := &arcChain{}
 	for i, f := range fields {
 		kind := -1
@@ -147,18 +147,18 @@ func (v *Verifier) collectARC(fields []headerField, raw []string, byName map[str
 		set.have[kind]++
 		switch kind {
 		case 0:
-			set.aar = raw[i]
+			set.aar = hdr.raw[i]
 		case 1:
-			set.ams, set.msgSig = raw[i], sig
+			set.ams, set.msgSig = hdr.raw[i], sig
 			if sig.err == nil {
-				sig.headerHash = headerHash(sig, raw, byName, raw[i])
+				sig.headerHash = headerHash(sig, hdr, hdr.raw[i])
 				sig.body = v.bodyHashFor(sig)
 				if v.opts.Prefetch != nil {
 					v.opts.Prefetch(sig.keyName)
 				}
 			}
 		case 2:
-			set.seal, set.sealSig = raw[i], sig
+			set.seal, set.sealSig = hdr.raw[i], sig
 			set.cv = sig.cv
 			if sig.err == nil && v.opts.Prefetch != nil {
 				v.opts.Prefetch(sig.keyName)

@@ -4,6 +4,8 @@ import (
 	"crypto"
 	"hash"
 	"strings"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
 )
 
 // canonHeader appends the canonical form of one header field, given as it
@@ -16,7 +18,9 @@ func canonHeader(b []byte, c canon, field string) []byte {
 	name, value, _ := strings.Cut(field, ":")
 	// Relaxed: lower-case name, no white space around the colon, the value
 	// unfolded, runs of white space made one space, none at the end.
-	b = append(b, strings.ToLower(trimWSP(name))...)
+	for _, c := range []byte(trimWSP(name)) {
+		b = append(b, lowerASCII(c))
+	}
 	b = append(b, ':')
 	space := false
 	started := false
@@ -45,20 +49,23 @@ func trimWSP(s string) string { return strings.Trim(s, " \t") }
 // sections 3.7 and 5.4.2): the fields named in h=, each the last one of
 // that name not yet used (a name with no field left adds nothing), then
 // the DKIM-Signature field itself with an empty b= value and without its
-// final CRLF. fields are the whole fields as in the message, byName their
-// indexes by lower-case name (see fieldIndex).
-func headerHash(sig *signature, fields []string, byName map[string][]int, sigField string) []byte {
+// final CRLF.
+func headerHash(sig *signature, hdr *header, sigField string) []byte {
 	h := sig.hash.New()
-	used := map[string]int{} // name -> fields of that name already taken, from the bottom
-	var buf []byte
+	next := map[string]int32{} // name -> its next field to take, from the bottom; -1: none left
+	buf := make([]byte, 0, 512)
 	for _, name := range sig.headers {
-		idx := byName[name]
-		n := used[name]
-		if n >= len(idx) {
+		i, ok := next[name]
+		if !ok {
+			if i, ok = hdr.last[name]; !ok {
+				i = -1
+			}
+		}
+		if i < 0 {
 			continue
 		}
-		used[name] = n + 1
-		buf = canonHeader(buf[:0], sig.headerCanon, fields[idx[len(idx)-1-n]])
+		next[name] = hdr.prev[i]
+		buf = canonHeader(buf[:0], sig.headerCanon, hdr.raw[i])
 		h.Write(buf)
 	}
 	buf = canonHeader(buf[:0], sig.headerCanon, stripB(sigField))
@@ -67,16 +74,84 @@ func headerHash(sig *signature, fields []string, byName map[string][]int, sigFie
 	return h.Sum(nil)
 }
 
-// fieldIndex maps each lower-case field name to the indexes of the fields
-// of that name, in order, so that choosing the fields a signature names
-// costs one look-up each, however long the header.
-func fieldIndex(fields []headerField) map[string][]int {
-	m := make(map[string][]int, len(fields))
-	for i, f := range fields {
-		n := strings.ToLower(strings.TrimRight(f.name, " \t"))
-		m[n] = append(m[n], i)
+// header is the message header as signatures are computed over it: each
+// field rebuilt as in the message, and an index by lower-case name, so
+// that choosing the fields a signature names costs one look-up each,
+// however long the header.
+type header struct {
+	raw  []string         // the fields as in the message, in one buffer
+	last map[string]int32 // lower-case name -> index of its last field
+	prev []int32          // index of the field of the same name before, -1 if none
+}
+
+func newHeader(fields []headerField, leadingSpace bool) *header {
+	size := 0
+	for _, f := range fields {
+		size += len(f.name) + len(f.value) + 4
 	}
-	return m
+	var b strings.Builder
+	b.Grow(size + 64) // room for some bare LFs made CRLF
+	ends := make([]int, len(fields))
+	hdr := &header{raw: make([]string, len(fields)), last: make(map[string]int32, len(fields)), prev: make([]int32, len(fields))}
+	for i, f := range fields {
+		rfc5322.WriteField(&b, f.name, f.value, leadingSpace)
+		ends[i] = b.Len()
+		n := lowerName(strings.TrimRight(f.name, " \t"))
+		if j, ok := hdr.last[n]; ok {
+			hdr.prev[i] = j
+		} else {
+			hdr.prev[i] = -1
+		}
+		hdr.last[n] = int32(i)
+	}
+	all, start := b.String(), 0
+	for i, end := range ends {
+		hdr.raw[i], start = all[start:end], end
+	}
+	return hdr
+}
+
+// commonNames are the lower-case names of the header fields signatures
+// usually name, which lowerName returns without allocating. Read only.
+var commonNames = [...]string{
+	"from", "to", "cc", "subject", "date", "message-id", "mime-version",
+	"content-type", "content-transfer-encoding", "reply-to", "in-reply-to",
+	"references", "sender", "list-id", "list-unsubscribe",
+	"list-unsubscribe-post", "feedback-id", "dkim-signature", "received",
+	"return-path", "authentication-results", "arc-seal",
+	"arc-message-signature", "arc-authentication-results",
+}
+
+// lowerName returns the header field name s in lower case (field names are
+// ASCII: RFC 5322 section 3.6.8).
+func lowerName(s string) string {
+	for _, n := range commonNames {
+		if len(n) == len(s) && equalFoldASCII(n, s) {
+			return n
+		}
+	}
+	return strings.ToLower(s)
+}
+
+// equalFoldASCII reports whether a and b are equal under ASCII case
+// folding (and only ASCII's).
+func equalFoldASCII(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		if lowerASCII(a[i]) != lowerASCII(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // stripB returns the DKIM-Signature field with the value of its b= tag

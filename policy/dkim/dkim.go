@@ -37,8 +37,6 @@ import (
 	"net"
 	"strings"
 	"time"
-
-	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
 )
 
 // Status is a DKIM result value for Authentication-Results (RFC 8601 section
@@ -228,8 +226,7 @@ func (v *Verifier) EndHeaders() error {
 	v.started = true
 	fields := v.fields
 	v.fields = nil
-	var raw []string // the fields rebuilt as in the message, once a signature needs them
-	var byName map[string][]int
+	var hdr *header // rebuilt once a signature needs it
 	now := v.opts.Now()
 	for i, f := range fields {
 		if !strings.EqualFold(strings.TrimSpace(f.name), "DKIM-Signature") {
@@ -240,28 +237,20 @@ func (v *Verifier) EndHeaders() error {
 		if sig.err != nil || len(v.sigs) > v.opts.MaxSignatures {
 			continue
 		}
-		if raw == nil {
-			raw = make([]string, len(fields))
-			for j, f := range fields {
-				raw[j] = rfc5322.RebuildField(f.name, f.value, v.opts.LeadingSpace)
-			}
-			byName = fieldIndex(fields)
+		if hdr == nil {
+			hdr = newHeader(fields, v.opts.LeadingSpace)
 		}
-		sig.headerHash = headerHash(sig, raw, byName, raw[i])
+		sig.headerHash = headerHash(sig, hdr, hdr.raw[i])
 		sig.body = v.bodyHashFor(sig)
 		if v.opts.Prefetch != nil {
 			v.opts.Prefetch(sig.keyName)
 		}
 	}
 	if v.opts.ARC {
-		if raw == nil && hasARC(fields) {
-			raw = make([]string, len(fields))
-			for j, f := range fields {
-				raw[j] = rfc5322.RebuildField(f.name, f.value, v.opts.LeadingSpace)
-			}
-			byName = fieldIndex(fields)
+		if hdr == nil && hasARC(fields) {
+			hdr = newHeader(fields, v.opts.LeadingSpace)
 		}
-		v.arc = v.collectARC(fields, raw, byName)
+		v.arc = v.collectARC(fields, hdr)
 	}
 	return nil
 }

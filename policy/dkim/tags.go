@@ -117,7 +117,10 @@ func stripFWS(s string) string {
 // prefixWithoutFWS returns the first n characters of s that are not
 // folding white space.
 func prefixWithoutFWS(s string, n int) string {
-	var b []byte
+	if k := min(n, len(s)); strings.IndexAny(s[:k], " \t\r\n") < 0 {
+		return s[:k]
+	}
+	b := make([]byte, 0, n)
 	for i := 0; i < len(s) && len(b) < n; i++ {
 		if !isFWS(s[i]) {
 			b = append(b, s[i])
@@ -269,12 +272,13 @@ func (sig *signature) parse(tags tagSet, now time.Time, weak bool) error {
 	}
 	sig.keyName = sig.selector + "._domainkey." + sig.domain
 
+	sig.headers = make([]string, 0, strings.Count(tags.get("h"), ":")+1)
 	for h := range strings.SplitSeq(tags.get("h"), ":") {
 		h = trimFWS(h)
 		if h == "" {
 			return fmt.Errorf("%w: empty name in h=", errSignature)
 		}
-		sig.headers = append(sig.headers, strings.ToLower(h))
+		sig.headers = append(sig.headers, lowerName(h))
 	}
 	// RFC 6376 section 5.4: the From field MUST be signed.
 	if !containsFold(sig.headers, "from") {
