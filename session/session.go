@@ -156,7 +156,7 @@ type Client struct {
 // Collector is one message on its way through the pipeline, from MAIL
 // FROM to End or Abort. It is not safe for concurrent use.
 type Collector struct {
-	p      *Pipeline
+	p *Pipeline
 	// msg is what is collected for policy and the consumers.
 	msg policy.Message
 
