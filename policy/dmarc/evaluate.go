@@ -124,7 +124,7 @@ func Evaluate(ctx context.Context, r Resolver, in Input) Result {
 	if err != nil {
 		return Result{Status: PermError, Err: err, FromDomain: in.FromDomain, Requested: PolicyNone}
 	}
-	e := &evaluation{ctx: ctx, r: &cachingResolver{r: r, m: map[string]cachedTXT{}, records: in.Records}, from: from, in: in, walks: map[string][]walkEntry{}}
+	e := &evaluation{ctx: ctx, r: &cachingResolver{r: r, records: in.Records}, from: from, in: in}
 	return e.run()
 }
 
@@ -335,6 +335,9 @@ func (e *evaluation) walk(domain string) []walkEntry {
 			e.errs = append(e.errs, en.failed)
 		}
 	}
+	if e.walks == nil {
+		e.walks = map[string][]walkEntry{}
+	}
 	e.walks[domain] = entries
 	return entries
 }
@@ -418,12 +421,14 @@ func (e *evaluation) outcomeUnder(h map[string]PSD, cands []candidate, tempPass 
 	}
 
 	// Sections 4.4, 5.3.3-5.3.5: alignment.
-	d.maybeAligned = map[candidate]bool{}
 	pass := false
 	for _, c := range cands {
 		ok := e.aligned(c, rec, unknownRec, h, &d)
 		if c.maybe {
 			if ok {
+				if d.maybeAligned == nil {
+					d.maybeAligned = map[candidate]bool{}
+				}
 				d.maybeAligned[c] = true
 				if tempPass {
 					pass = true
@@ -528,6 +533,7 @@ func chooseRecord(from, org string, entries []walkEntry) *walkEntry {
 }
 
 type cachedTXT struct {
+	name string
 	txts []string
 	err  error
 }
@@ -536,18 +542,19 @@ type cachedTXT struct {
 // concurrent use; Evaluate uses it sequentially.
 type cachingResolver struct {
 	r       Resolver
-	m       map[string]cachedTXT
+	answers []cachedTXT // a handful: the names of the tree walks and checks
 	records *RecordCache
 }
 
 func (c *cachingResolver) parseRecord(txt string) (*Record, error) { return c.records.Parse(txt) }
 
 func (c *cachingResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
-	k := strings.ToLower(name)
-	if v, ok := c.m[k]; ok {
-		return v.txts, v.err
+	for _, a := range c.answers {
+		if strings.EqualFold(a.name, name) {
+			return a.txts, a.err
+		}
 	}
 	txts, err := c.r.LookupTXT(ctx, name)
-	c.m[k] = cachedTXT{txts, err}
+	c.answers = append(c.answers, cachedTXT{name, txts, err})
 	return txts, err
 }
