@@ -142,6 +142,7 @@ type Resolver interface {
 type Evaluator struct {
 	cfg     atomic.Pointer[Config]
 	res     Resolver
+	exists  func(ctx context.Context, domain string) (bool, error) // res.Exists, made once
 	spf     *spf.Checker
 	known   KnownSenders
 	records *dmarc.RecordCache
@@ -152,7 +153,7 @@ const recordCacheSize = 10000
 
 // New returns an Evaluator using r for every DNS query.
 func New(cfg Config, r Resolver) *Evaluator {
-	e := &Evaluator{res: r, spf: spf.NewChecker(r), records: dmarc.NewRecordCache(recordCacheSize)}
+	e := &Evaluator{res: r, exists: r.Exists, spf: spf.NewChecker(r), records: dmarc.NewRecordCache(recordCacheSize)}
 	e.SetConfig(cfg)
 	return e
 }
@@ -320,9 +321,10 @@ func (e *Evaluator) judge(ctx context.Context, cfg *Config, m *Message) Verdict 
 		SPFDomain:    m.SPF.Domain,
 		SPFPass:      m.SPF.Status == spf.Pass,
 		SPFTempError: m.SPF.Status == spf.TempError,
-		Exists:       res.Exists,
+		Exists:       e.exists,
 		Records:      e.records,
 	}
+	in.DKIM = make([]dmarc.DKIMResult, 0, len(m.DKIM))
 	for _, d := range m.DKIM {
 		in.DKIM = append(in.DKIM, dmarc.DKIMResult{Domain: d.Domain, Pass: d.Status == dkim.Pass, TempError: d.Status == dkim.TempError})
 	}

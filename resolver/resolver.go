@@ -245,7 +245,8 @@ func (r *Resolver) Stats() Stats {
 
 // LookupTXT returns the TXT records of name. The character-strings of each
 // record are concatenated without separator, one string per record, as RFC
-// 7208 section 3.3 and RFC 6376 section 3.6.2.2 require.
+// 7208 section 3.3 and RFC 6376 section 3.6.2.2 require. The slice is the
+// cache's own, shared by every caller: it must not be modified.
 func (r *Resolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
 	ans, err := r.lookupAnswer(ctx, name, dns.TypeTXT)
 	if err != nil {
@@ -254,7 +255,7 @@ func (r *Resolver) LookupTXT(ctx context.Context, name string) ([]string, error)
 	if _, err := ans.result(name); err != nil {
 		return nil, err
 	}
-	return slices.Clone(ans.txt), nil
+	return ans.txt, nil
 }
 
 // txtStrings joins and unescapes the character-strings of each TXT record

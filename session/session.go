@@ -172,6 +172,8 @@ type Collector struct {
 	spfTime time.Duration
 
 	dkim *dkim.Verifier
+	// fromField holds msg.From's one value without another allocation.
+	fromField [1]string
 }
 
 // Begin starts a message from client c with the MAIL FROM argument
@@ -196,6 +198,7 @@ func (p *Pipeline) Begin(c Client, reversePath, authUser string) *Collector {
 	// on sending the header and body, which queue in the socket
 	// meanwhile, so DNS time overlaps the transfer without a goroutine
 	// per message.
+	m.msg.From = m.fromField[:0]
 	spfCtx, spfCancel := context.WithTimeout(context.Background(), set.CheckTimeout)
 	t0 := set.Now()
 	m.msg.SPF, m.msg.HeloSPF = m.checkSPF(spfCtx)

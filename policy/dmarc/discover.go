@@ -259,7 +259,7 @@ func NormalizeDomain(s string) (string, error) {
 		return "", fmt.Errorf("%w: %q: %v", ErrInvalidDomain, s, err)
 	}
 	a = strings.ToLower(a)
-	for _, l := range strings.Split(a, ".") {
+	for l := range strings.SplitSeq(a, ".") {
 		if l == "" || len(l) > 63 {
 			return "", fmt.Errorf("%w: %q: bad label", ErrInvalidDomain, s)
 		}

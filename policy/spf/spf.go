@@ -11,6 +11,7 @@ package spf
 import (
 	"context"
 	"net"
+	"net/netip"
 	"strings"
 
 	blitiri "blitiri.com.ar/go/spf"
@@ -106,10 +107,17 @@ func (c *Checker) CheckMailFrom(ctx context.Context, ip net.IP, helo, mailFrom s
 // section 4.3 makes a name that is not a multi-label domain "none".
 func (c *Checker) CheckHelo(ctx context.Context, ip net.IP, helo string) Result {
 	h := strings.TrimSuffix(helo, ".")
-	if h == "" || strings.HasPrefix(h, "[") || net.ParseIP(h) != nil || !strings.Contains(h, ".") {
+	if h == "" || strings.HasPrefix(h, "[") || isIP(h) || !strings.Contains(h, ".") {
 		return Result{Status: None, Domain: helo, Identity: IdentityHelo}
 	}
 	return c.check(ctx, ip, helo, "postmaster@"+h, h, IdentityHelo)
+}
+
+// isIP reports whether s is an IP address (without allocating, as
+// net.ParseIP would).
+func isIP(s string) bool {
+	a, err := netip.ParseAddr(s)
+	return err == nil && a.Zone() == "" // net.ParseIP takes no zone
 }
 
 func (c *Checker) check(ctx context.Context, ip net.IP, helo, sender, domain, identity string) Result {
