@@ -27,7 +27,12 @@ import (
 func AuthenticationResults(authservID string, m *Message, v *Verdict) string {
 	mailFrom, helo := m.MailFrom, m.Helo
 	var b strings.Builder
-	b.Grow(256 + 160*len(m.DKIM)) // one allocation for the usual field
+	// One allocation for the usual field: the fixed words and the values.
+	size := 160 + len(authservID) + len(mailFrom) + 2*len(helo)
+	for _, d := range m.DKIM {
+		size += 64 + len(d.Domain) + len(d.Selector)
+	}
+	b.Grow(size)
 	b.WriteString(authservID)
 
 	spfIdentity := mailFrom

@@ -250,14 +250,13 @@ func (m *Collector) Header(name, value string) {
 	m.headerBytes += len(name) + len(value) + 3
 	if !m.tooLarge && (len(m.msg.Header) >= set.MaxHeaderFields || m.headerBytes > set.MaxHeaderBytes) {
 		m.tooLarge = true
-		m.dkim.HeaderTooLarge()
+		m.dkim.HeaderTooLarge(m.msg.Header)
 		set.Log.Warn().Int("fields", len(m.msg.Header)).Int("bytes", m.headerBytes).
 			Int("max_header_fields", set.MaxHeaderFields).Int("max_header_size", set.MaxHeaderBytes).
 			Msg("header over the bounds: no more fields kept, DKIM not verified")
 	}
 	if !m.tooLarge {
 		m.msg.Header = append(m.msg.Header, policy.Field{Name: name, Value: value})
-		m.dkim.AddHeader(name, value)
 	}
 	switch {
 	case strings.EqualFold(name, "From"):
@@ -281,7 +280,7 @@ func (m *Collector) Header(name, value string) {
 // Author Domain's policy lookup start while the body arrives.
 func (m *Collector) EndHeaders() {
 	set := &m.p.set
-	if err := m.dkim.EndHeaders(); err != nil {
+	if err := m.dkim.EndHeaders(m.msg.Header); err != nil {
 		set.Log.Debug().Err(err).Msg("dkim: header")
 	}
 	// The From field is known: start the Author Domain's policy lookup

@@ -116,12 +116,12 @@ var arcKinds = [3]string{"arc-authentication-results", "arc-message-signature", 
 // steps 1 to 3), checks their structure, computes the header hash of each
 // ARC-Message-Signature and asks for their body hashes. hdr is the header
 // rebuilt, nil if it has no ARC field.
-func (v *Verifier) collectARC(fields []headerField, hdr *header) *arcChain {
+func (v *Verifier) collectARC(fields []rfc5322.Field, hdr *header) *arcChain {
 	c := &arcChain{}
 	for i, f := range fields {
 		kind := -1
 		for k, name := range arcKinds {
-			if strings.EqualFold(strings.TrimSpace(f.name), name) {
+			if strings.EqualFold(strings.TrimSpace(f.Name), name) {
 				kind = k
 			}
 		}
@@ -131,7 +131,7 @@ func (v *Verifier) collectARC(fields []headerField, hdr *header) *arcChain {
 		if c.err != nil {
 			continue
 		}
-		inst, sig, err := parseARCField(kind, f.value)
+		inst, sig, err := parseARCField(kind, f.Value)
 		if err != nil {
 			c.err = fmt.Errorf("%w: %s: %v", errARCStructure, arcKinds[kind], err)
 			continue

@@ -53,7 +53,9 @@ func trimWSP(s string) string { return strings.Trim(s, " \t") }
 func headerHash(sig *signature, hdr *header, sigField string) []byte {
 	h := sig.hash.New()
 	next := map[string]int32{} // name -> its next field to take, from the bottom; -1: none left
-	buf := make([]byte, 0, 512)
+	sigField = stripB(sigField)
+	// Room for the signature field, which is most often the longest.
+	buf := make([]byte, 0, len(sigField))
 	for _, name := range sig.headers {
 		i, ok := next[name]
 		if !ok {
@@ -68,7 +70,7 @@ func headerHash(sig *signature, hdr *header, sigField string) []byte {
 		buf = canonHeader(buf[:0], sig.headerCanon, hdr.raw[i])
 		h.Write(buf)
 	}
-	buf = canonHeader(buf[:0], sig.headerCanon, stripB(sigField))
+	buf = canonHeader(buf[:0], sig.headerCanon, sigField)
 	buf = buf[:len(buf)-2] // without the CRLF
 	h.Write(buf)
 	return h.Sum(nil)
@@ -84,19 +86,19 @@ type header struct {
 	prev []int32          // index of the field of the same name before, -1 if none
 }
 
-func newHeader(fields []headerField, leadingSpace bool) *header {
+func newHeader(fields []rfc5322.Field, leadingSpace bool) *header {
 	size := 0
 	for _, f := range fields {
-		size += len(f.name) + len(f.value) + 4
+		size += len(f.Name) + len(f.Value) + 4
 	}
 	var b strings.Builder
 	b.Grow(size + 64) // room for some bare LFs made CRLF
 	ends := make([]int, len(fields))
 	hdr := &header{raw: make([]string, len(fields)), last: make(map[string]int32, len(fields)), prev: make([]int32, len(fields))}
 	for i, f := range fields {
-		rfc5322.WriteField(&b, f.name, f.value, leadingSpace)
+		rfc5322.WriteField(&b, f.Name, f.Value, leadingSpace)
 		ends[i] = b.Len()
-		n := lowerName(strings.TrimRight(f.name, " \t"))
+		n := lowerName(strings.TrimRight(f.Name, " \t"))
 		if j, ok := hdr.last[n]; ok {
 			hdr.prev[i] = j
 		} else {

@@ -37,6 +37,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
 )
 
 // Status is a DKIM result value for Authentication-Results (RFC 8601 section
@@ -150,25 +152,21 @@ type Options struct {
 	weak bool
 }
 
-// Verifier verifies the DKIM signatures of one message. Call AddHeader for
-// each header field, EndHeaders, WriteBody for each body chunk, then Close;
-// or Abort at any point. Its methods must not be called concurrently.
+// Verifier verifies the DKIM signatures of one message. Call EndHeaders
+// with the header, WriteBody for each body chunk, then Close; or Abort at
+// any point. Its methods must not be called concurrently.
 type Verifier struct {
 	opts Options
 	ctx  context.Context // Close's, for its key lookups
 
-	fields   []headerField // the header fields so far, as the MTA delivered them
-	sigs     []*signature  // DKIM-Signature fields, in header order
-	bodies   []*bodyHash   // the distinct body hashes the signatures need
-	arc      *arcChain     // the ARC chain, with Options.ARC
-	arcDone  ARCResult     // its validation, at Close
-	started  bool          // EndHeaders called
-	closed   bool          // Close or Abort called
-	tooLarge bool          // HeaderTooLarge called
+	sigs     []*signature // DKIM-Signature fields, in header order
+	bodies   []*bodyHash  // the distinct body hashes the signatures need
+	arc      *arcChain    // the ARC chain, with Options.ARC
+	arcDone  ARCResult    // its validation, at Close
+	started  bool         // EndHeaders called
+	closed   bool         // Close or Abort called
+	tooLarge bool         // HeaderTooLarge called
 }
-
-// headerField is one header field as the MTA delivered it.
-type headerField struct{ name, value string }
 
 // NewVerifier returns a Verifier for one message.
 func NewVerifier(opts Options) *Verifier {
@@ -181,42 +179,31 @@ func NewVerifier(opts Options) *Verifier {
 	return &Verifier{opts: opts}
 }
 
-// AddHeader adds the next header field, as delivered by the MTA.
-func (v *Verifier) AddHeader(name, value string) {
-	if v.started || v.closed || v.tooLarge {
-		return
-	}
-	// Kept as delivered (the strings are shared with the caller, not
-	// copied); the header is rebuilt only if a signature needs it.
-	if v.fields == nil {
-		v.fields = make([]headerField, 0, 16)
-	}
-	v.fields = append(v.fields, headerField{name, value})
-}
-
-// HeaderTooLarge tells the Verifier that the caller stops passing header
-// fields because the header outgrew its bounds. The fields kept so far are
-// released; the signatures among them get PermError (ErrHeaderTooLarge),
-// since their header hash needs every field.
-func (v *Verifier) HeaderTooLarge() {
+// HeaderTooLarge tells the Verifier that the caller stopped keeping header
+// fields because the header outgrew its bounds; fields are those it kept.
+// The signatures among them get PermError (ErrHeaderTooLarge), since their
+// header hash needs every field, and EndHeaders ignores its fields.
+func (v *Verifier) HeaderTooLarge(fields []rfc5322.Field) {
 	if v.started || v.closed {
 		return
 	}
 	v.tooLarge = true
-	for _, f := range v.fields {
-		if strings.EqualFold(strings.TrimSpace(f.name), "DKIM-Signature") {
-			sig := parseSignature(f.value, v.opts.Now(), v.opts.weak)
+	for _, f := range fields {
+		if strings.EqualFold(strings.TrimSpace(f.Name), "DKIM-Signature") {
+			sig := parseSignature(f.Value, v.opts.Now(), v.opts.weak)
 			sig.err = ErrHeaderTooLarge
 			v.sigs = append(v.sigs, sig)
 		}
 	}
-	v.fields = nil
 }
 
-// EndHeaders marks the end of the header. Each DKIM-Signature field is
-// parsed, its header hash computed and its key lookup prefetched; the
-// header is then released. Without a DKIM-Signature the body is ignored.
-func (v *Verifier) EndHeaders() error {
+// EndHeaders takes the header: fields are the message's header fields as
+// the MTA delivered them, in order, read during the call and not kept (the
+// strings are shared, never copied, and the header is rebuilt only if a
+// signature needs it). Each DKIM-Signature field is parsed, its header
+// hash computed and its key lookup prefetched. Without a DKIM-Signature
+// the body is ignored.
+func (v *Verifier) EndHeaders(fields []rfc5322.Field) error {
 	if v.closed {
 		return ErrClosed
 	}
@@ -224,15 +211,16 @@ func (v *Verifier) EndHeaders() error {
 		return nil
 	}
 	v.started = true
-	fields := v.fields
-	v.fields = nil
+	if v.tooLarge {
+		fields = nil
+	}
 	var hdr *header // rebuilt once a signature needs it
 	now := v.opts.Now()
 	for i, f := range fields {
-		if !strings.EqualFold(strings.TrimSpace(f.name), "DKIM-Signature") {
+		if !strings.EqualFold(strings.TrimSpace(f.Name), "DKIM-Signature") {
 			continue
 		}
-		sig := parseSignature(f.value, now, v.opts.weak)
+		sig := parseSignature(f.Value, now, v.opts.weak)
 		v.sigs = append(v.sigs, sig)
 		if sig.err != nil || len(v.sigs) > v.opts.MaxSignatures {
 			continue
@@ -256,9 +244,9 @@ func (v *Verifier) EndHeaders() error {
 }
 
 // hasARC reports whether the header has an ARC field.
-func hasARC(fields []headerField) bool {
+func hasARC(fields []rfc5322.Field) bool {
 	for _, f := range fields {
-		if len(f.name) > 4 && strings.EqualFold(f.name[:4], "ARC-") {
+		if len(f.Name) > 4 && strings.EqualFold(f.Name[:4], "ARC-") {
 			return true
 		}
 	}
@@ -290,7 +278,7 @@ func (v *Verifier) WriteBody(chunk []byte) error {
 		return ErrClosed
 	}
 	if !v.started {
-		if err := v.EndHeaders(); err != nil {
+		if err := v.EndHeaders(nil); err != nil {
 			return err
 		}
 	}
@@ -310,7 +298,7 @@ func (v *Verifier) Close(ctx context.Context) (results []Result) {
 		return nil
 	}
 	if !v.started {
-		_ = v.EndHeaders()
+		_ = v.EndHeaders(nil)
 	}
 	v.closed = true
 	v.ctx = ctx
@@ -470,5 +458,5 @@ func (v *Verifier) Abort() {
 		return
 	}
 	v.closed = true
-	v.fields, v.sigs, v.bodies, v.arc = nil, nil, nil, nil
+	v.sigs, v.bodies, v.arc = nil, nil, nil
 }

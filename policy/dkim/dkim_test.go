@@ -24,11 +24,12 @@ import (
 	msgauth "github.com/emersion/go-msgauth/dkim"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/internal/rfc5322"
 	"github.com/dmarc-milter/dmarc-milter/internal/testutil"
 )
 
 // field is a header field as the MTA delivers it to a milter.
-type field struct{ name, value string }
+type field = rfc5322.Field
 
 // splitMessage splits a message (CRLF or LF line ends) into header fields as
 // Postfix sends them to a milter, and the body: values keep their folding
@@ -51,15 +52,15 @@ func splitMessage(raw []byte, leadingSpace bool) ([]field, []byte) {
 			break
 		}
 		if (line[0] == ' ' || line[0] == '\t') && len(fields) > 0 {
-			fields[len(fields)-1].value += "\n" + string(line)
+			fields[len(fields)-1].Value += "\n" + string(line)
 			continue
 		}
 		name, value, _ := strings.Cut(string(line), ":")
-		fields = append(fields, field{name, value})
+		fields = append(fields, field{Name: name, Value: value})
 	}
 	if !leadingSpace {
 		for i := range fields {
-			fields[i].value = strings.TrimPrefix(fields[i].value, " ")
+			fields[i].Value = strings.TrimPrefix(fields[i].Value, " ")
 		}
 	}
 	return fields, body
@@ -78,10 +79,7 @@ func feed(t testing.TB, v *Verifier, fields []field, body []byte, sizes []int) [
 // keeps it.
 func write(t testing.TB, v *Verifier, fields []field, body []byte, sizes []int) {
 	t.Helper()
-	for _, f := range fields {
-		v.AddHeader(f.name, f.value)
-	}
-	if err := v.EndHeaders(); err != nil {
+	if err := v.EndHeaders(fields); err != nil {
 		t.Fatalf("EndHeaders: %v", err)
 	}
 	buf := make([]byte, 0, 64<<10)
@@ -470,10 +468,7 @@ func allStacks() string {
 func TestNoSignatureNoGoroutine(t *testing.T) {
 	v := NewVerifier(Options{LookupTXT: (&dnstest.Resolver{}).LookupTXT, LeadingSpace: true})
 	fields, body := splitMessage([]byte(testMessage), true)
-	for _, f := range fields {
-		v.AddHeader(f.name, f.value)
-	}
-	if err := v.EndHeaders(); err != nil {
+	if err := v.EndHeaders(fields); err != nil {
 		t.Fatal(err)
 	}
 	if len(v.bodies) != 0 || strings.Contains(allStacks(), "dkim.(*Verifier)") {
@@ -535,11 +530,8 @@ func TestAbort(t *testing.T) {
 			before := runtime.NumGoroutine()
 			fields, body := splitMessage(tt.msg, true)
 			v := NewVerifier(Options{LookupTXT: tt.lookup, LeadingSpace: true})
-			for _, f := range fields {
-				v.AddHeader(f.name, f.value)
-			}
 			if tt.bodyBytes >= 0 {
-				if err := v.EndHeaders(); err != nil {
+				if err := v.EndHeaders(fields); err != nil {
 					t.Fatal(err)
 				}
 				for b := body[:tt.bodyBytes]; len(b) > 0; b = b[min(len(b), 4000):] {
@@ -623,10 +615,7 @@ func TestMemory(t *testing.T) {
 
 	h := watchHeap()
 	v := NewVerifier(Options{LookupTXT: z.LookupTXT, LeadingSpace: true})
-	for _, f := range fields {
-		v.AddHeader(f.name, f.value)
-	}
-	if err := v.EndHeaders(); err != nil {
+	if err := v.EndHeaders(fields); err != nil {
 		t.Fatal(err)
 	}
 	h.stream(t, v, chunk, chunks)
@@ -691,10 +680,7 @@ func BenchmarkVerify(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		v := NewVerifier(opts)
-		for _, f := range fields {
-			v.AddHeader(f.name, f.value)
-		}
-		if err := v.EndHeaders(); err != nil {
+		if err := v.EndHeaders(fields); err != nil {
 			b.Fatal(err)
 		}
 		if err := v.WriteBody(rawBody); err != nil {
@@ -758,10 +744,7 @@ func TestBlankRunBounded(t *testing.T) {
 
 		h := watchHeap()
 		v := NewVerifier(Options{LookupTXT: z.LookupTXT, LeadingSpace: true})
-		for _, f := range fields {
-			v.AddHeader(f.name, f.value)
-		}
-		v.EndHeaders()
+		v.EndHeaders(fields)
 		v.WriteBody([]byte("x\r\n"))
 		h.stream(t, v, blank, chunks)
 		v.WriteBody([]byte("y\r\n"))
