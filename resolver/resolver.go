@@ -419,6 +419,8 @@ func (r *Resolver) lookupAnswer(ctx context.Context, name string, qtype uint16) 
 	if c == nil {
 		return ans, nil
 	}
+	ctx, cancel := budget(ctx)
+	defer cancel()
 	select {
 	case <-c.done:
 		if c.err != nil {

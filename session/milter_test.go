@@ -418,6 +418,37 @@ func TestDNSTimeoutIsTempFail(t *testing.T) {
 	check(t, got, want{code: 451, text: "4.7.5"})
 }
 
+// TestCheckTimeoutBoundsEachStage: when a DNS server does not answer, a
+// stage waits check_timeout, not the resolver's longer query timeout. The
+// budget is armed only when a lookup waits (resolver.WithBudget), so this
+// is what proves it armed: the query timeout is 10 s, the budget 300 ms.
+func TestCheckTimeoutBoundsEachStage(t *testing.T) {
+	const budget = 300 * time.Millisecond
+	for _, tc := range []struct {
+		name  string
+		qname string // the question left unanswered
+		log   string // what the verdict line says of it
+	}{
+		// An aligned SPF temperror makes DMARC's outcome unknown too.
+		{"SPF at MAIL FROM", "slow.example.", `"spf":"temperror"`},
+		{"DMARC at end of message", "_dmarc.slow.example.", `"dmarc":"temperror"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{dnsTimout: 10 * time.Second, settings: func(s *session.Settings) { s.CheckTimeout = budget }})
+			e.dns.SetTimeout(tc.qname, dns.TypeTXT)
+			start := time.Now()
+			got := e.run(badIP, "x.example", msg{mailFrom: "bob@slow.example", raw: plainMessage("bob@slow.example", "slow")})
+			if elapsed := time.Since(start); elapsed > 5*time.Second {
+				t.Errorf("the message took %v with a %v budget: the stage waited for the query timeout", elapsed, budget)
+			}
+			check(t, got, want{code: 451, text: "4.7.5"})
+			if !strings.Contains(e.logs.String(), tc.log) {
+				t.Errorf("the verdict line does not say %s:\n%s", tc.log, e.logs.String())
+			}
+		})
+	}
+}
+
 // Three messages on one connection are each judged with the connection's
 // client address and HELO, across a reject and an abort.
 func TestThreeMessagesOnOneConnection(t *testing.T) {

@@ -37,6 +37,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy"
 	"github.com/dmarc-milter/dmarc-milter/policy/dkim"
 	"github.com/dmarc-milter/dmarc-milter/policy/spf"
+	"github.com/dmarc-milter/dmarc-milter/resolver"
 )
 
 // Settings configure DMARC sessions.
@@ -54,7 +55,9 @@ type Settings struct {
 	// CheckTimeout bounds the DNS time a message waits for at each of
 	// its two stages, from when the stage starts: SPF at MAIL FROM, and
 	// the DKIM key lookups with DMARC at end of message. The time the
-	// client takes to send the message never counts.
+	// client takes to send the message never counts. The bound is set
+	// with resolver.WithBudget, which the lookups (LookupTXT and the
+	// Evaluator's resolver) must apply: the daemon's Resolver does.
 	CheckTimeout time.Duration
 	Log          zerolog.Logger
 	Now          func() time.Time
@@ -199,11 +202,9 @@ func (p *Pipeline) Begin(c Client, reversePath, authUser string) *Collector {
 	// meanwhile, so DNS time overlaps the transfer without a goroutine
 	// per message.
 	m.msg.From = m.fromField[:0]
-	spfCtx, spfCancel := context.WithTimeout(context.Background(), set.CheckTimeout)
 	t0 := set.Now()
-	m.msg.SPF, m.msg.HeloSPF = m.checkSPF(spfCtx)
+	m.msg.SPF, m.msg.HeloSPF = m.checkSPF(stage(set.CheckTimeout))
 	m.spfTime = set.Now().Sub(t0)
-	spfCancel()
 	m.dkim = dkim.NewVerifier(dkim.Options{
 		LookupTXT:     set.LookupTXT,
 		Prefetch:      set.PrefetchTXT,
@@ -317,8 +318,7 @@ func (m *Collector) End(queueID string) (*policy.Judged, Stages) {
 	msg := &m.msg
 	// One DNS budget for the end of the message: the DKIM keys (looked
 	// up since the end of the header) and the DMARC policy.
-	ctx, cancel := context.WithTimeout(context.Background(), set.CheckTimeout)
-	defer cancel()
+	ctx := stage(set.CheckTimeout)
 	t0 := set.Now()
 	msg.DKIM = m.dkim.Close(ctx)
 	msg.ARC = m.dkim.ARC()
@@ -330,6 +330,13 @@ func (m *Collector) End(queueID string) (*policy.Judged, Stages) {
 	j.AuthResults = policy.AuthenticationResults(ev.AuthservID(), msg, &j.Verdict)
 	t2 := set.Now()
 	return j, Stages{SPF: m.spfTime, DKIM: t1.Sub(t0), DMARC: t2.Sub(t1), Total: t2.Sub(msg.Arrival)}
+}
+
+// stage returns the context of a stage's DNS lookups, bounded by
+// budget from now. Contexts and deadlines are in real time, whatever
+// Settings.Now says.
+func stage(budget time.Duration) context.Context {
+	return resolver.WithBudget(context.Background(), time.Now().Add(budget))
 }
 
 // Abort drops the message. Calling it again, or after End, does nothing.
