@@ -117,7 +117,7 @@ func stripFWS(s string) string {
 // prefixWithoutFWS returns the first n characters of s that are not
 // folding white space.
 func prefixWithoutFWS(s string, n int) string {
-	if k := min(n, len(s)); strings.IndexAny(s[:k], " \t\r\n") < 0 {
+	if k := min(n, len(s)); !strings.ContainsAny(s[:k], " \t\r\n") {
 		return s[:k]
 	}
 	b := make([]byte, 0, n)
