@@ -109,13 +109,55 @@ func (c *Config) limits() store.Limits {
 	}
 }
 
-// take asks the Reporter's limiter. A shared limiter that cannot be
-// reached falls back to this host's, logged.
+// LimiterWait bounds the time a message waits for the store's limits;
+// LimiterRetry is how long, after the store failed to answer, messages use
+// this host's limits without asking it.
+const (
+	LimiterWait  = 100 * time.Millisecond
+	LimiterRetry = 5 * time.Second
+)
+
+// take asks the Reporter's limiter. A store that does not answer within
+// LimiterWait, or failed within LimiterRetry, is not waited for: this
+// host's limits apply (Stats.LimitFallbacks), and the outage is logged
+// when it starts and when it ends, with the messages it affected.
 func (r *Reporter) take(ctx context.Context, cfg *Config, key, dest string, now time.Time) Reason {
-	why, err := r.limiter.Take(ctx, key, dest, now, cfg.limits())
-	if err != nil {
-		r.log.Error().Err(err).Msg("cannot apply the shared failure-report limits; using this host's")
-		why, _ = r.local.Take(ctx, key, dest, now, cfg.limits())
+	if r.limiter == Limiter(r.local) {
+		why, _ := r.local.Take(ctx, key, dest, now, cfg.limits())
+		return Reason(why)
 	}
+	r.mu.Lock()
+	skip := !r.limitDown.IsZero() && now.Before(r.limitRetry)
+	r.mu.Unlock()
+	var err error
+	if !skip {
+		lctx, cancel := context.WithTimeout(ctx, LimiterWait)
+		var why string
+		why, err = r.limiter.Take(lctx, key, dest, now, cfg.limits())
+		cancel()
+		if err == nil {
+			r.mu.Lock()
+			if !r.limitDown.IsZero() {
+				r.log.Warn().Str("limits", r.limiterName).Time("since", r.limitDown).Uint64("messages", r.limitAffected).
+					Msg("the store's failure-report limits are back")
+				r.limitDown, r.limitAffected = time.Time{}, 0
+			}
+			r.mu.Unlock()
+			return Reason(why)
+		}
+	}
+	r.mu.Lock()
+	r.stats.LimitFallbacks++
+	r.limitAffected++
+	if err != nil {
+		r.limitRetry = now.Add(LimiterRetry)
+	}
+	if r.limitDown.IsZero() {
+		r.limitDown = now
+		r.log.Error().Err(err).Str("limits", r.limiterName).
+			Msg("cannot apply the store's failure-report limits; using this host's until the store answers")
+	}
+	r.mu.Unlock()
+	why, _ := r.local.Take(ctx, key, dest, now, cfg.limits())
 	return Reason(why)
 }

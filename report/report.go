@@ -75,6 +75,9 @@ const (
 type Stats struct {
 	Submitted  uint64
 	Suppressed map[Reason]uint64
+	// LimitFallbacks counts the destinations whose limits were this
+	// host's because the store's did not answer in time.
+	LimitFallbacks uint64
 	outbox.Stats
 }
 
@@ -93,12 +96,18 @@ type Reporter struct {
 
 	// limiter applies the limits (local, or the store's when UseLimiter
 	// gave one); local is the fallback when the store cannot be reached.
-	limiter Limiter
-	local   *MemoryLimiter
+	limiter     Limiter
+	limiterName string // what the limits are, for logs
+	local       *MemoryLimiter
 
 	mu    sync.Mutex
 	stats Stats
 	authz map[string]authzEntry
+	// limitDown is when the store's limits stopped answering (zero while
+	// they do); limitRetry when to ask again; limitAffected the messages
+	// that used this host's limits meanwhile.
+	limitDown, limitRetry time.Time
+	limitAffected         uint64
 }
 
 // New returns a Reporter that spools its reports in out. With cfg.Enabled
@@ -148,9 +157,11 @@ func (r *Reporter) usable(cfg Config) error {
 	return nil
 }
 
-// UseLimiter makes the Reporter apply its limits through l, the store's
-// (shared by the fleet with PostgreSQL). Call it before the first Submit.
-func (r *Reporter) UseLimiter(l Limiter) { r.limiter = l }
+// UseLimiter makes the Reporter apply its limits through l, the store's,
+// which name says for logs (shared by the fleet with PostgreSQL; this
+// host's, kept across restarts, with SQLite). Call it before the first
+// Submit.
+func (r *Reporter) UseLimiter(l Limiter, name string) { r.limiter, r.limiterName = l, name }
 
 // Config returns the configuration with defaults applied.
 func (r *Reporter) Config() Config { return *r.cfg.Load() }

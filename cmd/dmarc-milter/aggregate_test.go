@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -234,4 +237,88 @@ func TestAggregateFleet(t *testing.T) {
 	if n != 5 {
 		t.Errorf("the report holds %d messages, want both hosts' 5", n)
 	}
+}
+
+// TestAggregateStoreDownAtStart: a daemon that starts while its
+// PostgreSQL is down checks mail as usual, keeps the rows of that time in
+// memory, and writes them once the database is up; its metrics say the
+// store is down, then up. The log says each change once.
+func TestAggregateStoreDownAtStart(t *testing.T) {
+	dnsSrv, bin := daemonPrereqs(t)
+	pg := pgtest.New(t)
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	metricsAddr := l.Addr().String()
+	l.Close()
+	conf := writeFile(t, fmt.Sprintf("aggregate_flush_interval = \"200ms\"\nfailure_reports = false\nstore = %q\n", pg.URL()))
+	sock := filepath.Join(t.TempDir(), "m.sock")
+	d := startDaemon(t, bin, "serve", "--config", conf, "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--state-dir", t.TempDir(),
+		"--report-smtp", "127.0.0.1:9", "--authserv-id", "mx.cli.example", "--metrics-listen", metricsAddr)
+	d.waitFor("the store does not answer at start")
+	d.waitFor("dmarc-milter ready")
+	for range 6 {
+		if code := spoof(t, "unix", sock); code != 550 {
+			t.Fatalf("spoof with the store down: %d, want 550 as always", code)
+		}
+	}
+	scrape := func() string {
+		resp, err := http.Get("http://" + metricsAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	d.waitFor("aggregate report store unavailable")
+	if m := scrape(); !strings.Contains(m, "dmarc_milter_store_up 0") || !strings.Contains(m, "dmarc_milter_aggregate_messages_recorded_total 6") {
+		t.Errorf("metrics with the store down:\n%s", grepLines(m, "dmarc_milter_store_up", "dmarc_milter_aggregate"))
+	}
+
+	pg.Start()
+	d.waitFor("aggregate report store back")
+	if m := scrape(); !strings.Contains(m, "dmarc_milter_store_up 1") {
+		t.Errorf("metrics with the store back:\n%s", grepLines(m, "dmarc_milter_store_up"))
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.waitFor("stopped")
+	d.cmd.Wait()
+	if n := strings.Count(strings.Join(d.logSoFar(), "\n"), "aggregate report store unavailable"); n != 1 {
+		t.Errorf("the outage is logged %d times, want once", n)
+	}
+	st, err := store.Open(context.Background(), pg.URL(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	keys, err := st.Keys(context.Background(), time.Now().Add(-48*time.Hour), time.Now().Add(48*time.Hour), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, k := range keys {
+		rows, err := st.Rows(context.Background(), k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			n += r.Count
+		}
+	}
+	if n != 6 {
+		t.Errorf("%d messages in the store, want the 6 of the outage", n)
+	}
+}
+
+// grepLines returns the lines of s that contain any of subs.
+func grepLines(s string, subs ...string) string {
+	var out []string
+	for _, line := range strings.Split(s, "\n") {
+		for _, sub := range subs {
+			if strings.Contains(line, sub) {
+				out = append(out, line)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
 }

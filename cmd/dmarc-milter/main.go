@@ -288,8 +288,8 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	ev := policy.New(policyConfig(cfg), res)
 
 	// The store keeps aggregate report rows and claims, and (shared with
-	// PostgreSQL) the failure-report limits. One that cannot be opened is
-	// logged loudly and mail flows without aggregate reports.
+	// PostgreSQL) the failure-report limits. It connects when it can: mail
+	// never waits for it.
 	st := openStore(cfg, logger)
 	if st != nil {
 		defer st.Close()
@@ -312,7 +312,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if reporter != nil && st != nil {
-		reporter.UseLimiter(st)
+		reporter.UseLimiter(st, limitsName(st))
 	}
 	reportCtx, stopReports := context.WithCancel(context.Background())
 	defer stopReports()
@@ -322,7 +322,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	settings.DKIMKeys = dkim.NewKeyCache(dkimKeyCacheSize)
 	// Prometheus metrics: the session reports each message; the rest is
 	// read from the parts at scrape time.
-	src := &sources{res: res, outbox: out, reporter: reporter}
+	src := &sources{res: res, outbox: out, reporter: reporter, store: st}
 	met := newMetrics(src)
 	settings.Metrics = met
 	if reporter != nil {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/report"
 	"github.com/dmarc-milter/dmarc-milter/report/aggregate"
 	"github.com/dmarc-milter/dmarc-milter/report/outbox"
+	"github.com/dmarc-milter/dmarc-milter/report/store"
 	"github.com/dmarc-milter/dmarc-milter/resolver"
 	"github.com/dmarc-milter/dmarc-milter/session"
 )
@@ -41,6 +43,7 @@ type sources struct {
 	reporter *report.Reporter
 	outbox   *outbox.Outbox
 	recorder *aggregate.Recorder
+	store    *store.Store
 }
 
 func newMetrics(src *sources) *metrics {
@@ -60,7 +63,10 @@ func newMetrics(src *sources) *metrics {
 			Buckets: stageBuckets,
 		}, []string{"stage"}),
 	}
-	m.reg.MustRegister(m.messages, m.overrides, m.stages, &collector{src: src})
+	m.reg.MustRegister(m.messages, m.overrides, m.stages, &collector{src: src},
+		// go_* (memory, goroutines, GC) and process_* (CPU, RSS, open
+		// files), to watch the daemon's own growth.
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []policy.OverrideType{policy.OverrideMailingList, policy.OverrideTrustedForwarder,
 		policy.OverrideLocalPolicy, policy.OverrideOther, policy.OverrideTestMode} {
 		m.overrides.WithLabelValues(string(r)) // exported at 0 from the start
@@ -101,11 +107,13 @@ var (
 	descAggRows     = prometheus.NewDesc("dmarc_milter_aggregate_messages_recorded_total", "Messages counted into aggregate report rows.", nil, nil)
 	descAggDropped  = prometheus.NewDesc("dmarc_milter_aggregate_messages_dropped_total", "Messages not counted because the store fell behind.", nil, nil)
 	descAggFlushErr = prometheus.NewDesc("dmarc_milter_aggregate_flush_errors_total", "Writes of aggregate report rows to the store that failed (retried).", nil, nil)
+	descStoreUp     = prometheus.NewDesc("dmarc_milter_store_up", "1 if the store (aggregate rows, failure-report limits) answered its last operation, 0 if not.", nil, nil)
+	descLimitFall   = prometheus.NewDesc("dmarc_milter_report_limit_fallbacks_total", "Failure-report destinations whose limits were this host's because the store did not answer in time.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descDNSLookups, descDNSUp, descDNSErrors, descDNSEntries, descConns,
-		descReports, descSuppressed, descSpool, descAggRows, descAggDropped, descAggFlushErr} {
+		descReports, descSuppressed, descSpool, descAggRows, descAggDropped, descAggFlushErr, descStoreUp, descLimitFall} {
 		ch <- d
 	}
 }
@@ -141,9 +149,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descSpool, float64(o.Size()))
 	}
 	if r := c.src.reporter; r != nil {
-		for reason, n := range r.Stats().Suppressed {
+		st := r.Stats()
+		for reason, n := range st.Suppressed {
 			counter(descSuppressed, float64(n), string(reason))
 		}
+		counter(descLimitFall, float64(st.LimitFallbacks))
+	}
+	if s := c.src.store; s != nil {
+		up := 0.0
+		if s.Up() {
+			up = 1
+		}
+		gauge(descStoreUp, up)
 	}
 	if r := c.src.recorder; r != nil {
 		st := r.Stats()

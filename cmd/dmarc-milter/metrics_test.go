@@ -63,12 +63,29 @@ func TestGrafanaDashboard(t *testing.T) {
 		t.Fatalf("dashboard is not JSON: %v", err)
 	}
 	names := metricNames(t)
+	// The Go runtime's and the process's metrics, as the registry gathers
+	// them (summaries with their _sum and _count).
+	families, err := newMetrics(&sources{}).reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtimeNames := map[string]bool{}
+	for _, f := range families {
+		for _, suffix := range []string{"", "_sum", "_count"} {
+			runtimeNames[f.GetName()+suffix] = true
+		}
+	}
 	used := map[string]bool{}
 	for _, p := range dash.Panels {
 		if len(p.Targets) == 0 {
 			t.Errorf("panel %q has no query", p.Title)
 		}
 		for _, tg := range p.Targets {
+			for _, n := range regexp.MustCompile(`\b(go|process)_[a-z_]+`).FindAllString(tg.Expr, -1) {
+				if !runtimeNames[n] {
+					t.Errorf("panel %q uses %s, which the daemon does not export", p.Title, n)
+				}
+			}
 			for _, n := range regexp.MustCompile(`dmarc_milter_[a-z_]+`).FindAllString(tg.Expr, -1) {
 				if !names[n] {
 					t.Errorf("panel %q uses %s, which the daemon does not export", p.Title, n)
@@ -132,6 +149,14 @@ func TestMetrics(t *testing.T) {
 		`dmarc_milter_messages_total{action="quarantine",dmarc="fail"} 1`,
 		`dmarc_milter_policy_overrides_total{reason="mailing_list"} 1`,
 		`dmarc_milter_dns_upstream_errors_total{kind="timeout"} 0`,
+		// The Go runtime's and the process's own, for the dashboard's
+		// memory, goroutine and GC panels.
+		`go_goroutines `,
+		`go_memstats_heap_inuse_bytes `,
+		`go_gc_duration_seconds_count `,
+		`process_resident_memory_bytes `,
+		`process_cpu_seconds_total `,
+		`process_open_fds `,
 		// Exported from the start, before any override of its reason.
 		`dmarc_milter_policy_overrides_total{reason="trusted_forwarder"} 0`,
 	} {

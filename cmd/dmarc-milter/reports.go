@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/mail"
 	"os"
@@ -77,21 +78,43 @@ func reportConfig(cfg Config) report.Config {
 	return rc
 }
 
-// openStore opens the store when aggregate reports are on or a shared store
-// is configured for the failure-report limits; nil if it cannot be opened
-// (logged at error level).
+// openStore returns the store when aggregate reports are on or a shared
+// store is configured for the failure-report limits (nil otherwise). The
+// store connects lazily and retries (store.Store): one that is down at
+// start, or goes down later, costs no mail and no rows while the memory
+// buffer lasts, and is used again once it answers. It is tried once now,
+// so that the log says at start whether it answers.
 func openStore(cfg Config, logger zerolog.Logger) *store.Store {
 	if !cfg.AggregateReports && (cfg.Store == "" || !cfg.FailureReports) {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := store.Open(ctx, cfg.Store, cfg.StateDir)
+	log := logger.With().Str("component", "store").Logger()
+	var where string
+	st, err := store.New(cfg.Store, cfg.StateDir, store.Options{Notify: func(e store.Event) {
+		if errors.Is(e.Err, store.ErrFileReplaced) {
+			log.Error().Str("store", where).Msg("the store file was deleted or replaced while open; recreated, and what follows is written there")
+		}
+	}})
 	if err != nil {
-		logger.Error().Err(err).Str("state_dir", cfg.StateDir).Msg("AGGREGATE REPORTS DISABLED: cannot open the store; mail is still checked")
+		logger.Error().Err(err).Msg("AGGREGATE REPORTS DISABLED: bad store setting; mail is still checked")
 		return nil
 	}
+	where = st.Where
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := st.Ping(ctx); err != nil {
+		log.Error().Err(err).Str("store", st.Where).
+			Msg("the store does not answer at start; aggregate report rows wait in memory and it is retried")
+	}
 	return st
+}
+
+// limitsName says whose failure-report limits st keeps, for logs.
+func limitsName(st *store.Store) string {
+	if st.Postgres() {
+		return "shared by the fleet, in " + st.Where
+	}
+	return "this host's, in " + st.Where
 }
 
 // owner names this daemon in aggregate report claims: the host and its

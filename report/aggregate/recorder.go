@@ -19,7 +19,10 @@ import (
 // distinct tuple), and once more when it stops: SIGTERM loses nothing,
 // kill -9 at most FlushInterval of counts. If the store cannot be written
 // the counts stay in memory and are written later, up to MaxPending rows;
-// beyond, new rows are dropped and counted (Stats.Dropped), logged.
+// beyond, new rows are dropped and counted (Stats.Dropped), logged. What
+// cannot be written at shutdown is counted as dropped too, and the log
+// line says how many messages. An outage is logged when it starts and when
+// it ends, never once per flush.
 type Recorder struct {
 	st  *store.Store
 	log zerolog.Logger
@@ -38,6 +41,10 @@ type Recorder struct {
 	kick     chan struct{}
 
 	recorded, dropped, flushErrors atomic.Uint64
+
+	// downSince is when the store stopped taking writes; zero while it
+	// takes them. Run's own.
+	downSince time.Time
 }
 
 type rowKey struct {
@@ -117,18 +124,48 @@ func (r *Recorder) Run(ctx context.Context) {
 			// The last write must not be cut by the ended context.
 			fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			if err := r.Flush(fctx); err != nil {
-				r.log.Error().Err(err).Msg("aggregate report rows not written at shutdown; lost")
+				msgs, rows := r.pending()
+				r.dropped.Add(msgs)
+				r.log.Error().Err(err).Str("store", r.st.Where).Uint64("messages", msgs).Int("rows", rows).
+					Msg("aggregate report rows not written at shutdown: these messages are missing from the reports")
 			}
 			cancel()
 			return
 		case <-t.C:
 		case <-r.kick:
 		}
-		if err := r.Flush(ctx); err != nil && ctx.Err() == nil {
-			r.flushErrors.Add(1)
-			r.log.Error().Err(err).Str("store", r.st.Where).Msg("cannot write aggregate report rows; kept in memory, retried")
-		}
+		r.flushed(r.Flush(ctx), ctx)
 	}
+}
+
+// flushed logs the store's state changes: down at the first failed flush,
+// back at the first flush that works after.
+func (r *Recorder) flushed(err error, ctx context.Context) {
+	switch {
+	case err != nil && ctx.Err() == nil:
+		r.flushErrors.Add(1)
+		if r.downSince.IsZero() {
+			r.downSince = r.now()
+			msgs, _ := r.pending()
+			r.log.Error().Err(err).Str("store", r.st.Where).Uint64("messages", msgs).
+				Msg("aggregate report store unavailable: rows kept in memory and retried each flush")
+		}
+	case err == nil && !r.downSince.IsZero():
+		r.log.Warn().Str("store", r.st.Where).Time("since", r.downSince).
+			Str("outage", r.now().Sub(r.downSince).Round(time.Second).String()).
+			Msg("aggregate report store back: the rows kept meanwhile are written")
+		r.downSince = time.Time{}
+	}
+}
+
+// pending returns the messages and distinct rows in memory.
+func (r *Recorder) pending() (messages uint64, rows int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, row := range r.rows {
+		messages += uint64(row.Count)
+	}
+	return messages, len(r.rows)
 }
 
 // Flush writes what is in memory to the store now. On error the counts

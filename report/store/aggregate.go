@@ -36,8 +36,13 @@ type Policy struct {
 // same key and fingerprint) and records the policies seen, in one
 // transaction: rows are aggregated as they are written, so a report reads
 // one row per distinct tuple however many messages and hosts made it.
-func (s *Store) Add(ctx context.Context, rows []Row, policies []Policy) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+func (s *Store) Add(ctx context.Context, rows []Row, policies []Policy) (err error) {
+	defer s.observe(&err)
+	db, err := s.conn(ctx)
+	if err != nil {
+		return err
+	}
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
@@ -73,8 +78,13 @@ func (s *Store) Add(ctx context.Context, rows []Row, policies []Policy) error {
 
 // Due returns the reports of periods that ended by now (their start plus
 // interval) that are not done and not claimed under a live lease.
-func (s *Store) Due(ctx context.Context, interval time.Duration, now time.Time) ([]Key, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT DISTINCT r.period, r.domain FROM agg_rows r
+func (s *Store) Due(ctx context.Context, interval time.Duration, now time.Time) (_ []Key, err error) {
+	defer s.observe(&err)
+	db, err := s.conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := db.QueryContext(ctx, s.q(`SELECT DISTINCT r.period, r.domain FROM agg_rows r
 		WHERE r.period + ? <= ?
 		AND NOT EXISTS (SELECT 1 FROM agg_reports a WHERE a.period = r.period AND a.domain = r.domain
 			AND (a.state = 'done' OR a.lease_until > ?))
@@ -87,8 +97,13 @@ func (s *Store) Due(ctx context.Context, interval time.Duration, now time.Time) 
 
 // Keys returns the reports with rows whose period starts in [from, until),
 // of domain only if it is not empty.
-func (s *Store) Keys(ctx context.Context, from, until time.Time, domain string) ([]Key, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT DISTINCT period, domain FROM agg_rows
+func (s *Store) Keys(ctx context.Context, from, until time.Time, domain string) (_ []Key, err error) {
+	defer s.observe(&err)
+	db, err := s.conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := db.QueryContext(ctx, s.q(`SELECT DISTINCT period, domain FROM agg_rows
 		WHERE period >= ? AND period < ? AND (? = '' OR domain = ?) ORDER BY period, domain`),
 		unix(from), unix(until), domain, domain)
 	if err != nil {
@@ -114,8 +129,13 @@ func scanKeys(rows *sql.Rows) ([]Key, error) {
 // lease: it succeeds when nobody claimed k yet, or when the last claim's
 // lease ran out before the report was done (its host died). A report
 // already done is never claimed again.
-func (s *Store) Claim(ctx context.Context, k Key, owner string, now time.Time, lease time.Duration) (bool, error) {
-	res, err := s.db.ExecContext(ctx, s.q(`INSERT INTO agg_reports (period, domain, state, owner, lease_until) VALUES (?, ?, 'claimed', ?, ?)
+func (s *Store) Claim(ctx context.Context, k Key, owner string, now time.Time, lease time.Duration) (_ bool, err error) {
+	defer s.observe(&err)
+	db, err := s.conn(ctx)
+	if err != nil {
+		return false, err
+	}
+	res, err := db.ExecContext(ctx, s.q(`INSERT INTO agg_reports (period, domain, state, owner, lease_until) VALUES (?, ?, 'claimed', ?, ?)
 		ON CONFLICT (period, domain) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
 		WHERE agg_reports.state = 'claimed' AND (agg_reports.lease_until <= ? OR agg_reports.owner = excluded.owner)`),
 		k.Period, k.Domain, owner, unix(now.Add(lease)), unix(now))
@@ -133,8 +153,13 @@ func (s *Store) Claim(ctx context.Context, k Key, owner string, now time.Time, l
 // or there was nothing to send): no host claims it again. It returns false,
 // changing nothing, when owner no longer holds the claim (its lease ran out
 // and another host took it): owner must then drop what it spooled.
-func (s *Store) Done(ctx context.Context, k Key, owner, reportID string, now time.Time) (bool, error) {
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE agg_reports SET state = 'done', report_id = ?,
+func (s *Store) Done(ctx context.Context, k Key, owner, reportID string, now time.Time) (_ bool, err error) {
+	defer s.observe(&err)
+	db, err := s.conn(ctx)
+	if err != nil {
+		return false, err
+	}
+	res, err := db.ExecContext(ctx, s.q(`UPDATE agg_reports SET state = 'done', report_id = ?,
 		done_at = CASE WHEN done_at = 0 THEN ? ELSE done_at END
 		WHERE period = ? AND domain = ? AND owner = ?`), reportID, unix(now), k.Period, k.Domain, owner)
 	if err != nil {
@@ -148,8 +173,13 @@ func (s *Store) Done(ctx context.Context, k Key, owner, reportID string, now tim
 }
 
 // Rows returns the rows of report k, the largest counts first.
-func (s *Store) Rows(ctx context.Context, k Key) ([]Row, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT fp, data, count FROM agg_rows WHERE period = ? AND domain = ?
+func (s *Store) Rows(ctx context.Context, k Key) (_ []Row, err error) {
+	defer s.observe(&err)
+	db, err := s.conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := db.QueryContext(ctx, s.q(`SELECT fp, data, count FROM agg_rows WHERE period = ? AND domain = ?
 		ORDER BY count DESC, fp`), k.Period, k.Domain)
 	if err != nil {
 		return nil, fmt.Errorf("store: rows of %s: %w", k, err)
@@ -167,9 +197,14 @@ func (s *Store) Rows(ctx context.Context, k Key) ([]Row, error) {
 }
 
 // PolicyOf returns the last policy seen for report k ("" if none).
-func (s *Store) PolicyOf(ctx context.Context, k Key) (string, error) {
+func (s *Store) PolicyOf(ctx context.Context, k Key) (_ string, err error) {
 	var data string
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT data FROM agg_policies WHERE period = ? AND domain = ?`), k.Period, k.Domain).Scan(&data)
+	defer s.observe(&err)
+	db, err := s.conn(ctx)
+	if err != nil {
+		return "", err
+	}
+	err = db.QueryRowContext(ctx, s.q(`SELECT data FROM agg_policies WHERE period = ? AND domain = ?`), k.Period, k.Domain).Scan(&data)
 	if err == sql.ErrNoRows {
 		return "", nil
 	}
@@ -181,8 +216,13 @@ func (s *Store) PolicyOf(ctx context.Context, k Key) (string, error) {
 
 // Expire deletes the rows, policies and claims of reports done before
 // before. It returns how many reports it removed.
-func (s *Store) Expire(ctx context.Context, before time.Time) (int64, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
+func (s *Store) Expire(ctx context.Context, before time.Time) (_ int64, err error) {
+	defer s.observe(&err)
+	db, err := s.conn(ctx)
+	if err != nil {
+		return 0, err
+	}
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("store: %w", err)
 	}

@@ -33,9 +33,14 @@ const (
 // and records it if so: "" means yes, otherwise one of the Limit reasons.
 // Decision and record are one transaction (with PostgreSQL under an
 // advisory lock, so two hosts cannot both take the last slot).
-func (s *Store) Take(ctx context.Context, dedup, dest string, now time.Time, l Limits) (string, error) {
+func (s *Store) Take(ctx context.Context, dedup, dest string, now time.Time, l Limits) (_ string, err error) {
 	dest = strings.ToLower(dest)
-	tx, err := s.db.BeginTx(ctx, nil)
+	defer s.observe(&err)
+	db, err := s.conn(ctx)
+	if err != nil {
+		return "", err
+	}
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return "", fmt.Errorf("store: %w", err)
 	}

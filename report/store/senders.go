@@ -16,8 +16,13 @@ type Sender struct {
 
 // AddSenders records senders, keeping the latest Last of each (Org,
 // Network), in one transaction.
-func (s *Store) AddSenders(ctx context.Context, senders []Sender) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+func (s *Store) AddSenders(ctx context.Context, senders []Sender) (err error) {
+	defer s.observe(&err)
+	db, err := s.conn(ctx)
+	if err != nil {
+		return err
+	}
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
@@ -41,8 +46,13 @@ func (s *Store) AddSenders(ctx context.Context, senders []Sender) error {
 
 // Senders returns at most limit senders seen since since, the most
 // recently seen first.
-func (s *Store) Senders(ctx context.Context, since time.Time, limit int) ([]Sender, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT org, net, last FROM known_senders WHERE last >= ?
+func (s *Store) Senders(ctx context.Context, since time.Time, limit int) (_ []Sender, err error) {
+	defer s.observe(&err)
+	db, err := s.conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := db.QueryContext(ctx, s.q(`SELECT org, net, last FROM known_senders WHERE last >= ?
 		ORDER BY last DESC LIMIT ?`), unix(since), limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: senders: %w", err)
@@ -63,8 +73,13 @@ func (s *Store) Senders(ctx context.Context, since time.Time, limit int) ([]Send
 
 // ExpireSenders deletes the senders last seen before before and returns
 // how many.
-func (s *Store) ExpireSenders(ctx context.Context, before time.Time) (int64, error) {
-	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM known_senders WHERE last < ?`), unix(before))
+func (s *Store) ExpireSenders(ctx context.Context, before time.Time) (_ int64, err error) {
+	defer s.observe(&err)
+	db, err := s.conn(ctx)
+	if err != nil {
+		return 0, err
+	}
+	res, err := db.ExecContext(ctx, s.q(`DELETE FROM known_senders WHERE last < ?`), unix(before))
 	if err != nil {
 		return 0, fmt.Errorf("store: expire senders: %w", err)
 	}

@@ -22,72 +22,265 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
 	_ "modernc.org/sqlite"             // database/sql driver "sqlite"
 )
 
-// Store is an open store. It is safe for concurrent use.
+// Store is a store. It is safe for concurrent use.
+//
+// The database is a dependency that comes and goes: a fleet host may boot
+// before its PostgreSQL, which may fail over or freeze; a SQLite file may
+// be deleted or its disk fill up. New never connects: each operation
+// connects (and migrates the schema) if the store is not connected yet,
+// and fails fast, with the last error, during the backoff after a failed
+// attempt (1 s, doubling to 30 s), so that callers on a message's path
+// never wait on a store known to be down. A SQLite file that disappears or
+// is replaced while open is noticed at the next operation: it is reopened,
+// created anew if needed, and that operation goes to the new file.
+// Changes of state (down, back, file replaced) go to Options.Notify.
 type Store struct {
-	db       *sql.DB
 	postgres bool
 	// Where is the store, for logs: the SQLite file, or the PostgreSQL
 	// host and database (no password).
 	Where string
+
+	dsn, path string // path: the SQLite file
+	notify    func(Event)
+	now       func() time.Time
+
+	mu      sync.Mutex
+	db      *sql.DB     // nil until connected and migrated
+	file    os.FileInfo // SQLite: the file db has open
+	lastErr error       // why the last attempt failed; nil while up
+	since   time.Time   // when the store went down
+	retryAt time.Time   // no new attempt before
+	backoff time.Duration
 }
+
+// An Event is a change of the store's state.
+type Event struct {
+	Up bool // the store can be used again (false: it went down)
+	// Err is why it went down; for a SQLite file that was replaced or
+	// deleted, ErrFileReplaced (the store is up again on a new file).
+	Err   error
+	Since time.Time // Up: when it went down
+}
+
+// ErrFileReplaced says that the SQLite file was deleted or replaced while
+// open; the store has reopened it.
+var ErrFileReplaced = errors.New("store: the SQLite file was deleted or replaced while open; reopened")
 
 // FileName is the SQLite store's file under the state directory.
 const FileName = "dmarc-milter.db"
 
-// Open opens the store dsn names: "" for SQLite in stateDir, a
-// "postgres://" or "postgresql://" URL for PostgreSQL. It creates or
-// migrates the schema.
+// Backoff between attempts to connect.
+const (
+	minBackoff = time.Second
+	maxBackoff = 30 * time.Second
+)
+
+// Options are New's.
+type Options struct {
+	// Notify, if set, is told each change of state, synchronously with
+	// the operation that found it.
+	Notify func(Event)
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+}
+
+// Open opens the store dsn names ("" for SQLite in stateDir, a
+// "postgres://" or "postgresql://" URL for PostgreSQL) and connects to
+// it now, creating or migrating the schema: for the operator's commands,
+// which want the error at once. The daemon uses New.
 func Open(ctx context.Context, dsn, stateDir string) (*Store, error) {
-	s := &Store{}
-	var err error
-	switch {
-	case dsn == "":
-		if err := os.MkdirAll(stateDir, 0o750); err != nil {
-			return nil, fmt.Errorf("store: %w", err)
-		}
-		path := filepath.Join(stateDir, FileName)
-		s.Where = path
-		// WAL lets readers (report building) run beside the writer; the
-		// busy timeout covers a second process (report aggregate).
-		s.db, err = sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)")
-		if err == nil {
-			// One connection: SQLite has one writer anyway, and this
-			// keeps database/sql from meeting SQLITE_BUSY within the
-			// process.
-			s.db.SetMaxOpenConns(1)
-		}
-	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
-		s.postgres = true
-		s.Where = redactDSN(dsn)
-		s.db, err = sql.Open("pgx", dsn)
-		if err == nil {
-			s.db.SetMaxOpenConns(8)
-		}
-	default:
-		return nil, fmt.Errorf("store: %q is neither empty (SQLite) nor a postgres:// URL", redactDSN(dsn))
-	}
+	s, err := New(dsn, stateDir, Options{})
 	if err != nil {
-		return nil, fmt.Errorf("store: open %s: %w", s.Where, err)
+		return nil, err
 	}
-	if err := s.db.PingContext(ctx); err != nil {
-		s.db.Close()
-		return nil, fmt.Errorf("store: %s: %w", s.Where, err)
-	}
-	if err := s.migrate(ctx); err != nil {
-		s.db.Close()
-		return nil, fmt.Errorf("store: %s: %w", s.Where, err)
+	if _, err := s.conn(ctx); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
 
+// New returns the store dsn names without connecting; its operations
+// connect. The error is for a dsn that names no store.
+func New(dsn, stateDir string, o Options) (*Store, error) {
+	s := &Store{dsn: dsn, notify: o.Notify, now: o.Now}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	switch {
+	case dsn == "":
+		s.path = filepath.Join(stateDir, FileName)
+		s.Where = s.path
+	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
+		s.postgres = true
+		s.Where = redactDSN(dsn)
+	default:
+		return nil, fmt.Errorf("store: %q is neither empty (SQLite) nor a postgres:// URL", redactDSN(dsn))
+	}
+	return s, nil
+}
+
+// Ping connects now if the store is not connected, and reports whether it
+// answers.
+func (s *Store) Ping(ctx context.Context) (err error) {
+	defer s.observe(&err)
+	db, err := s.conn(ctx)
+	if err != nil {
+		return err
+	}
+	return db.PingContext(ctx)
+}
+
+// Up reports whether the store was usable at its last operation.
+func (s *Store) Up() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.db != nil && s.lastErr == nil
+}
+
+// conn returns the database, connecting first if needed. An operation
+// that fails on an open database does not close it: database/sql
+// reconnects by itself; down marks the store down for Up and Notify.
+func (s *Store) conn(ctx context.Context) (*sql.DB, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.db != nil && !s.postgres {
+		s.checkFile()
+	}
+	if s.db != nil {
+		return s.db, nil
+	}
+	now := s.now()
+	if s.lastErr != nil && now.Before(s.retryAt) {
+		return nil, s.lastErr
+	}
+	db, err := s.open(ctx)
+	if err != nil {
+		s.backoff = min(max(2*s.backoff, minBackoff), maxBackoff)
+		s.retryAt = now.Add(s.backoff)
+		s.fail(err, now)
+		return nil, err
+	}
+	s.db, s.backoff = db, 0
+	if s.lastErr != nil {
+		s.lastErr = nil
+		s.tell(Event{Up: true, Since: s.since})
+	}
+	return db, nil
+}
+
+// observe records the outcome of an operation on an open database: a
+// failure marks the store down (Up false; Notify once), a success after
+// one marks it up again.
+func (s *Store) observe(err *error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case *err != nil && s.db != nil:
+		s.fail(*err, s.now())
+	case *err == nil && s.lastErr != nil && s.db != nil:
+		s.lastErr = nil
+		s.tell(Event{Up: true, Since: s.since})
+	}
+}
+
+// fail marks the store down with err (once per outage for Notify).
+func (s *Store) fail(err error, now time.Time) {
+	if s.lastErr == nil {
+		s.since = now
+		s.lastErr = err
+		s.tell(Event{Err: err})
+		return
+	}
+	s.lastErr = err
+}
+
+func (s *Store) tell(e Event) {
+	if s.notify != nil {
+		s.notify(e)
+	}
+}
+
+// checkFile reopens a SQLite file that is no longer the one open: deleted
+// (its inode lives on, unreachable, until closed) or replaced.
+func (s *Store) checkFile() {
+	fi, err := os.Stat(s.path)
+	if err == nil && os.SameFile(fi, s.file) {
+		return
+	}
+	// Closing checkpoints into the old inode and removes the -wal and
+	// -shm files by name; remove any left, which belong to no file now,
+	// before a new file is made beside them.
+	s.db.Close()
+	s.db = nil
+	if err != nil {
+		os.Remove(s.path + "-wal")
+		os.Remove(s.path + "-shm")
+	}
+	s.tell(Event{Err: ErrFileReplaced})
+	s.lastErr = nil
+}
+
+// open connects and migrates.
+func (s *Store) open(ctx context.Context) (*sql.DB, error) {
+	var db *sql.DB
+	var err error
+	if s.postgres {
+		db, err = sql.Open("pgx", s.dsn)
+		if err == nil {
+			db.SetMaxOpenConns(8)
+		}
+	} else {
+		if err := os.MkdirAll(filepath.Dir(s.path), 0o750); err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
+		// WAL lets readers (report building) run beside the writer; the
+		// busy timeout covers a second process (report aggregate).
+		db, err = sql.Open("sqlite", "file:"+s.path+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)")
+		if err == nil {
+			// One connection: SQLite has one writer anyway, and this
+			// keeps database/sql from meeting SQLITE_BUSY within the
+			// process.
+			db.SetMaxOpenConns(1)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", s.Where, err)
+	}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %s: %w", s.Where, err)
+	}
+	if err := migrate(ctx, db, s); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %s: %w", s.Where, err)
+	}
+	if !s.postgres {
+		if s.file, err = os.Stat(s.path); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("store: %w", err)
+		}
+	}
+	return db, nil
+}
+
 // Close closes the store.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.db == nil {
+		return nil
+	}
+	err := s.db.Close()
+	s.db = nil
+	return err
+}
 
 // Postgres reports whether the store is PostgreSQL (shared by a fleet).
 func (s *Store) Postgres() bool { return s.postgres }
@@ -181,8 +374,8 @@ var SchemaVersion = len(migrations)
 
 // migrate brings the schema to SchemaVersion. With PostgreSQL an advisory
 // lock keeps two hosts starting together from migrating at once.
-func (s *Store) migrate(ctx context.Context) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+func migrate(ctx context.Context, db *sql.DB, s *Store) error {
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
