@@ -2,6 +2,9 @@ package session_test
 
 import (
 	"fmt"
+	"github.com/dmarc-milter/dmarc-milter/policy"
+	"github.com/dmarc-milter/dmarc-milter/policy/spf"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -174,5 +177,25 @@ func TestFaultyAnswers(t *testing.T) {
 	for _, d := range []string{"loopy.example", "chain.example", "owner.example"} {
 		got = e.run(badIP, "x.example", msg{mailFrom: "bob@" + d, raw: plainMessage("bob@"+d, "faulty")})
 		check(t, got, want{code: 451, text: "4.7.5"})
+	}
+}
+
+// TestSPFIdentitiesInParallel: the HELO and MAIL FROM checks do not
+// depend on each other (RFC 7208 section 2.3), so a black-holed name
+// server costs their first lookups one timeout, not one each.
+func TestSPFIdentitiesInParallel(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	e := newEnv(t, envOptions{dnsTimout: timeout})
+	e.dns.SetTimeout("slowmail.example.", dns.TypeTXT)
+	e.dns.SetTimeout("slowhelo.example.", dns.TypeTXT)
+	p := session.NewPipeline(e.settings)
+	c := session.Client{IP: net.ParseIP(goodIP), Helo: "slowhelo.example", LeadingSpace: true}
+	j, st := p.Evaluate(c, "bob@slowmail.example", "", nil,
+		[]policy.Field{{Name: "From", Value: "bob@pass.example"}}, []byte("hi\r\n"), "")
+	if j.SPF.Status != spf.TempError || j.HeloSPF.Status != spf.TempError {
+		t.Fatalf("SPF %s, HELO %s, want both temperror", j.SPF.Status, j.HeloSPF.Status)
+	}
+	if st.SPF >= 2*timeout {
+		t.Errorf("the SPF stage took %v: the two identities waited one after the other (%v each)", st.SPF, timeout)
 	}
 }

@@ -106,11 +106,32 @@ func (c *Checker) CheckMailFrom(ctx context.Context, ip net.IP, helo, mailFrom s
 // gives None: section 2.3 applies the check only to domain names, and
 // section 4.3 makes a name that is not a multi-label domain "none".
 func (c *Checker) CheckHelo(ctx context.Context, ip net.IP, helo string) Result {
-	h := strings.TrimSuffix(helo, ".")
-	if h == "" || strings.HasPrefix(h, "[") || isIP(h) || !strings.Contains(h, ".") {
+	h, ok := HeloDomain(helo)
+	if !ok {
 		return Result{Status: None, Domain: helo, Identity: IdentityHelo}
 	}
 	return c.check(ctx, ip, helo, "postmaster@"+h, h, IdentityHelo)
+}
+
+// HeloDomain returns the domain CheckHelo checks for helo, without a
+// trailing dot; false when there is nothing to check (an address literal,
+// an IP address, a name of one label).
+func HeloDomain(helo string) (string, bool) {
+	h := strings.TrimSuffix(helo, ".")
+	if h == "" || strings.HasPrefix(h, "[") || isIP(h) || !strings.Contains(h, ".") {
+		return "", false
+	}
+	return h, true
+}
+
+// MailFromDomain returns the domain of the MAIL FROM identity
+// (reversePath as the MTA gives it), "" for the null sender.
+func MailFromDomain(reversePath string) string {
+	addr := ReversePath(reversePath)
+	if at := strings.LastIndexByte(addr, '@'); at >= 0 {
+		return strings.TrimSuffix(addr[at+1:], ".")
+	}
+	return ""
 }
 
 // isIP reports whether s is an IP address (without allocating, as
