@@ -134,13 +134,13 @@ func (r *Recorder) Run(ctx context.Context) {
 		case <-t.C:
 		case <-r.kick:
 		}
-		r.flushed(r.Flush(ctx), ctx)
+		r.flushed(ctx, r.Flush(ctx))
 	}
 }
 
 // flushed logs the store's state changes: down at the first failed flush,
 // back at the first flush that works after.
-func (r *Recorder) flushed(err error, ctx context.Context) {
+func (r *Recorder) flushed(ctx context.Context, err error) {
 	switch {
 	case err != nil && ctx.Err() == nil:
 		r.flushErrors.Add(1)
