@@ -254,6 +254,15 @@ func NormalizeDomain(s string) (string, error) {
 	if d == "" {
 		return "", fmt.Errorf("%w: empty domain", ErrInvalidDomain)
 	}
+	if a, ok := plainDomain(d); ok {
+		return a, nil
+	}
+	return normalizeIDNA(s, d)
+}
+
+// normalizeIDNA is NormalizeDomain's general path: d (s without its
+// trailing dot) through UTS #46 lookup processing.
+func normalizeIDNA(s, d string) (string, error) {
 	a, err := idna.Lookup.ToASCII(d)
 	if err != nil {
 		return "", fmt.Errorf("%w: %q: %v", ErrInvalidDomain, s, err)
@@ -268,4 +277,43 @@ func NormalizeDomain(s string) (string, error) {
 		return "", fmt.Errorf("%w: %q: too long", ErrInvalidDomain, s)
 	}
 	return a, nil
+}
+
+// plainDomain is NormalizeDomain's short path for the names nearly all mail
+// carries: letters, digits and hyphens in labels of 1 to 63 octets, none
+// starting or ending with a hyphen or with hyphens in its third and fourth
+// positions (which would make it an A-label, "xn--", to decode and check),
+// at most 253 octets. For such a name idna.Lookup only lower-cases (UTS #46
+// maps A-Z to a-z; RFC 5891 Section 4.2.3.1's hyphen rules are the ones
+// checked here), so the answer is the same without its per-rune mapping;
+// FuzzNormalizeDomain checks that. d is returned as it is when already
+// lower-case.
+func plainDomain(d string) (string, bool) {
+	if len(d) > 253 {
+		return "", false
+	}
+	upper := false
+	start := 0
+	for i := 0; i <= len(d); i++ {
+		if i == len(d) || d[i] == '.' {
+			n := i - start
+			if n == 0 || n > 63 || d[start] == '-' || d[i-1] == '-' ||
+				n >= 4 && d[start+2] == '-' && d[start+3] == '-' {
+				return "", false
+			}
+			start = i + 1
+			continue
+		}
+		switch c := d[i]; {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-':
+		case 'A' <= c && c <= 'Z':
+			upper = true
+		default:
+			return "", false
+		}
+	}
+	if upper {
+		return strings.ToLower(d), true
+	}
+	return d, true
 }

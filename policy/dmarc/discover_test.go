@@ -235,3 +235,27 @@ func TestOrganizationalDomain(t *testing.T) {
 		}
 	}
 }
+
+// FuzzNormalizeDomain checks NormalizeDomain's short path against the
+// general one: whenever plainDomain answers, UTS #46 processing gives the
+// same name and no error.
+func FuzzNormalizeDomain(f *testing.F) {
+	for _, s := range []string{
+		"example.com", "Example.COM", "a-b.example", "-a.example", "a-.example",
+		"xn--bcher-kva.example", "ab--c.example", "a..b", "_dmarc.example",
+		"Bücher.example", "1.2.3.4", strings.Repeat("a", 64) + ".example",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d := strings.TrimSuffix(s, ".")
+		got, ok := plainDomain(d)
+		if !ok {
+			return
+		}
+		want, err := normalizeIDNA(s, d)
+		if err != nil || got != want {
+			t.Fatalf("%q: short path %q, UTS #46 %q (%v)", s, got, want, err)
+		}
+	})
+}

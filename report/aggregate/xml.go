@@ -143,8 +143,8 @@ func Parse(data []byte) (*Feedback, error) {
 }
 
 func marshalPublished(p Published) string {
-	data, _ := json.Marshal(p) // plain strings: cannot fail
-	return string(data)
+	var buf [256]byte
+	return string(appendPublished(buf[:0], &p))
 }
 
 // Meta is what the report says about its sender.
