@@ -2,12 +2,14 @@ package session_test
 
 import (
 	"fmt"
-	"github.com/dmarc-milter/dmarc-milter/policy"
-	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/policy"
+	"github.com/dmarc-milter/dmarc-milter/policy/dmarc"
+	"github.com/dmarc-milter/dmarc-milter/policy/spf"
 
 	gomilter "github.com/emersion/go-milter"
 	msgdkim "github.com/emersion/go-msgauth/dkim"
@@ -197,5 +199,29 @@ func TestSPFIdentitiesInParallel(t *testing.T) {
 	}
 	if st.SPF >= 2*timeout {
 		t.Errorf("the SPF stage took %v: the two identities waited one after the other (%v each)", st.SPF, timeout)
+	}
+}
+
+// TestTreeWalkInParallel: the names of a DMARC tree walk (RFC 9989
+// section 4.10) do not depend on each other's answers, so a black-holed
+// name server costs the walk one timeout, not one per name (issue 21: a
+// never-seen domain waited about 12 s, three names of 4 s each).
+func TestTreeWalkInParallel(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	e := newEnv(t, envOptions{dnsTimout: timeout})
+	// _dmarc.a.b.walk.example is not there (NXDOMAIN, at once): the walk
+	// goes on to its three parents, which never answer.
+	for _, n := range []string{"_dmarc.b.walk.example.", "_dmarc.walk.example.", "_dmarc.example."} {
+		e.dns.SetTimeout(n, dns.TypeTXT)
+	}
+	p := session.NewPipeline(e.settings)
+	c := session.Client{IP: net.ParseIP(goodIP), Helo: "mx.pass.example", LeadingSpace: true}
+	j, st := p.Evaluate(c, "bob@pass.example", "", nil,
+		[]policy.Field{{Name: "From", Value: "bob@a.b.walk.example"}}, []byte("hi\r\n"), "")
+	if j.Verdict.DMARC.Status != dmarc.TempError {
+		t.Fatalf("DMARC %s (%v), want temperror", j.Verdict.DMARC.Status, j.Verdict.DMARC.Err)
+	}
+	if wait := st.DKIM + st.DMARC; wait >= 2*timeout {
+		t.Errorf("the end of the message waited %v: the walk's names were asked one after the other (%v each)", wait, timeout)
 	}
 }

@@ -449,6 +449,30 @@ func TestCheckTimeoutBoundsEachStage(t *testing.T) {
 	}
 }
 
+// TestCheckTimeoutBoundsTheMessage: check_timeout is the whole message's
+// DNS wait, not each stage's. With both the MAIL FROM domain's SPF record
+// and its DMARC record unanswered, SPF waits out the budget and the end of
+// the message has nothing left to wait for: the reply comes after about
+// one budget (issue 21; two budgets before, one per stage).
+func TestCheckTimeoutBoundsTheMessage(t *testing.T) {
+	const budget = time.Second
+	e := newEnv(t, envOptions{dnsTimout: 10 * time.Second, settings: func(s *session.Settings) { s.CheckTimeout = budget }})
+	e.dns.SetTimeout("slow.example.", dns.TypeTXT)
+	e.dns.SetTimeout("_dmarc.slow.example.", dns.TypeTXT)
+	start := time.Now()
+	got := e.run(badIP, "x.example", msg{mailFrom: "bob@slow.example", raw: plainMessage("bob@slow.example", "slow")})
+	elapsed := time.Since(start)
+	if elapsed < budget || elapsed > budget*3/2 {
+		t.Errorf("the message waited %v for DNS with check_timeout %v, want about %v", elapsed, budget, budget)
+	}
+	check(t, got, want{code: 451, text: "4.7.5"})
+	for _, s := range []string{`"spf":"temperror"`, `"dmarc":"temperror"`} {
+		if !strings.Contains(e.logs.String(), s) {
+			t.Errorf("the verdict line does not say %s:\n%s", s, e.logs.String())
+		}
+	}
+}
+
 // Three messages on one connection are each judged with the connection's
 // client address and HELO, across a reject and an abort.
 func TestThreeMessagesOnOneConnection(t *testing.T) {

@@ -52,12 +52,14 @@ type Settings struct {
 	DKIMKeys *dkim.KeyCache
 	// MaxDKIMSignatures bounds the signatures verified per message.
 	MaxDKIMSignatures int
-	// CheckTimeout bounds the DNS time a message waits for at each of
-	// its two stages, from when the stage starts: SPF at MAIL FROM, and
-	// the DKIM key lookups with DMARC at end of message. The time the
-	// client takes to send the message never counts. The bound is set
-	// with resolver.WithBudget, which the lookups (LookupTXT and the
-	// Evaluator's resolver) must apply: the daemon's Resolver does.
+	// CheckTimeout bounds the DNS time a whole message waits for, over
+	// its two stages: SPF at MAIL FROM, and the DKIM key lookups with
+	// DMARC at end of message, which get what SPF left. The time the
+	// client takes to send the message never counts; lookups started
+	// early (at end of header) run meanwhile. The bound is set with
+	// resolver.WithBudget, which the lookups (LookupTXT and the
+	// Evaluator's resolver) must apply: the daemon's Resolver does. An
+	// answer already cached is used whatever is left.
 	CheckTimeout time.Duration
 	Log          zerolog.Logger
 	Now          func() time.Time
@@ -85,8 +87,10 @@ type Settings struct {
 	ARC bool
 }
 
-// DefaultCheckTimeout bounds each check's DNS time when
-// Settings.CheckTimeout is not set.
+// DefaultCheckTimeout bounds a message's DNS time when
+// Settings.CheckTimeout is not set: inside Postfix's milter_command_timeout
+// (30 s), which bounds a reply at MAIL FROM, and its
+// milter_content_timeout (300 s) for the end of message.
 const DefaultCheckTimeout = 20 * time.Second
 
 // Header bounds by default: ten times Postfix's header_size_limit for one
@@ -171,8 +175,9 @@ type Collector struct {
 	// outgrew the bounds, and no more fields are kept.
 	headerBytes int
 	tooLarge    bool
-	// spfTime is how long the SPF checks took.
-	spfTime time.Duration
+	// spfTime is how long the SPF checks took (Settings.Now), spfWait
+	// the same in real time: what the end of message's budget lacks.
+	spfTime, spfWait time.Duration
 
 	dkim *dkim.Verifier
 	// fromField holds msg.From's one value without another allocation.
@@ -202,9 +207,9 @@ func (p *Pipeline) Begin(c Client, reversePath, authUser string) *Collector {
 	// meanwhile, so DNS time overlaps the transfer without a goroutine
 	// per message.
 	m.msg.From = m.fromField[:0]
-	t0 := set.Now()
+	t0, w0 := set.Now(), time.Now()
 	m.msg.SPF, m.msg.HeloSPF = m.checkSPF(stage(set.CheckTimeout))
-	m.spfTime = set.Now().Sub(t0)
+	m.spfTime, m.spfWait = set.Now().Sub(t0), time.Since(w0)
 	m.dkim = dkim.NewVerifier(dkim.Options{
 		LookupTXT:     set.LookupTXT,
 		Prefetch:      set.PrefetchTXT,
@@ -316,9 +321,10 @@ func (m *Collector) End(queueID string) (*policy.Judged, Stages) {
 	set := &m.p.set
 	defer m.Abort()
 	msg := &m.msg
-	// One DNS budget for the end of the message: the DKIM keys (looked
-	// up since the end of the header) and the DMARC policy.
-	ctx := stage(set.CheckTimeout)
+	// The end of the message shares one DNS budget, what SPF left of
+	// the message's: the DKIM keys (looked up since the end of the
+	// header) and the DMARC policy.
+	ctx := stage(max(set.CheckTimeout-m.spfWait, 0))
 	t0 := set.Now()
 	msg.DKIM = m.dkim.Close(ctx)
 	msg.ARC = m.dkim.ARC()

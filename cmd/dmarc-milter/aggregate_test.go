@@ -246,6 +246,18 @@ func TestAggregateFleet(t *testing.T) {
 func TestAggregateStoreDownAtStart(t *testing.T) {
 	dnsSrv, bin := daemonPrereqs(t)
 	pg := pgtest.New(t)
+	// A known sending network from an earlier run, in the store, which is
+	// then stopped: the daemon cannot load it at start.
+	pg.Start()
+	seed, err := store.Open(context.Background(), pg.URL(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := seed.AddSenders(context.Background(), []store.Sender{{Org: "list.example", Network: "198.51.100.0/24", Last: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	seed.Close()
+	pg.Stop()
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	metricsAddr := l.Addr().String()
 	l.Close()
@@ -276,6 +288,11 @@ func TestAggregateStoreDownAtStart(t *testing.T) {
 
 	pg.Start()
 	d.waitFor("aggregate report store back")
+	// The known sending networks are loaded once the store answers.
+	// (every 10 s, as the store's own retries allow: within 45 s).
+	if l := d.waitAny("known sending networks loaded: the store answers again", 45*time.Second); !strings.Contains(l, `"pairs":1,`) {
+		t.Errorf("the known sending networks loaded late: %s, want the one pair in the store", l)
+	}
 	if m := scrape(); !strings.Contains(m, "dmarc_milter_store_up 1") {
 		t.Errorf("metrics with the store back:\n%s", grepLines(m, "dmarc_milter_store_up"))
 	}

@@ -335,7 +335,8 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	known, n, err := knownSenders(loadCtx, ev, res, st, logger)
 	loaded()
 	if err != nil {
-		logger.Warn().Err(err).Msg("cannot load the known sending networks from the store; starting without them")
+		logger.Warn().Err(err).Str("retry", known.LoadRetry.String()).
+			Msg("cannot load the known sending networks from the store; starting without them, and trying again until it answers")
 	} else if st != nil {
 		logger.Info().Int("pairs", n).Msg("known sending networks loaded")
 	}

@@ -361,7 +361,25 @@ func (d *runningDaemon) logSoFar() []string {
 // waitFor reads the log until a line contains substr.
 func (d *runningDaemon) waitFor(substr string) string {
 	d.t.Helper()
-	deadline := time.After(10 * time.Second)
+	return d.waitWithin(substr, 10*time.Second)
+}
+
+// waitAny returns the first line logged so far, or read within the time
+// given, that contains substr: for a line whose order with others is not
+// fixed.
+func (d *runningDaemon) waitAny(substr string, within time.Duration) string {
+	d.t.Helper()
+	for _, l := range d.logSoFar() {
+		if strings.Contains(l, substr) {
+			return l
+		}
+	}
+	return d.waitWithin(substr, within)
+}
+
+func (d *runningDaemon) waitWithin(substr string, within time.Duration) string {
+	d.t.Helper()
+	deadline := time.After(within)
 	for {
 		select {
 		case l, ok := <-d.lines:

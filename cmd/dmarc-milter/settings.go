@@ -85,7 +85,7 @@ var settings = []setting{
 	{Key: "dns_failure_ttl", Default: dur(resolver.DefaultFailureTTL), Restart: true, Min: 0,
 		Usage: `how long a DNS temporary failure is remembered ("0s": not at all)`},
 	{Key: "check_timeout", Default: dur(session.DefaultCheckTimeout), Restart: true, Min: 1,
-		Usage: "DNS time a message may wait at each stage (SPF at MAIL FROM; DKIM keys and DMARC at end of message), from when it starts"},
+		Usage: "DNS time a message may wait in all: SPF at MAIL FROM, then the DKIM keys and DMARC at end of message with what SPF left"},
 	// Policy.
 	{Key: "authserv_id", Flag: true, Default: `"` + hostToken + `"`, Check: checkAuthservID,
 		Usage: "authserv-id of Authentication-Results; incoming fields carrying it are removed"},

@@ -15,8 +15,18 @@ import (
 // Names are passed fully qualified, with a trailing dot. Errors should be
 // *net.DNSError: IsNotFound (NXDOMAIN or NODATA) means there is no record;
 // any other error is treated as temporary.
+//
+// A Resolver that also has a method PrefetchTXT(name string), which starts
+// a lookup without waiting for it (the daemon's resolver.Resolver), gets
+// the names of a tree walk asked for together: they do not depend on each
+// other's answers.
 type Resolver interface {
 	LookupTXT(ctx context.Context, name string) ([]string, error)
+}
+
+// prefetcher is a Resolver that can start lookups without waiting.
+type prefetcher interface {
+	PrefetchTXT(name string)
 }
 
 // maxTreeWalkQueries is the query limit of the DNS Tree Walk (RFC 9989
@@ -69,6 +79,12 @@ func (e walkEntry) psd() PSD {
 // each parent up to the top-level domain, so at most 8 queries. It stops
 // early at a name with exactly one DMARC record carrying psd=y or psd=n.
 //
+// The names do not depend on each other's answers: with a prefetcher
+// they are all asked for at the start, and then read in order, so that a
+// name server that is slow or does not answer costs the walk one wait, not
+// one per name. (The walk can stop early, at a psd=y or psd=n record; the
+// names after it were then asked for in vain, at most a few queries.)
+//
 // It returns the names with exactly one DMARC record, longest first. TXT
 // records that are not DMARC records are ignored and names with more than
 // one DMARC record are skipped (Section 4.10 step 2). A DNS error other
@@ -81,6 +97,11 @@ func treeWalk(ctx context.Context, r Resolver, domain string, keepGoing bool) (e
 	// Steps 3-4 and 7: drop to at most 7 labels, then one label at a time.
 	for n := min(len(labels)-1, maxTreeWalkQueries-1); n >= 1; n-- {
 		targets = append(targets, strings.Join(labels[len(labels)-n:], "."))
+	}
+	if p, ok := r.(prefetcher); ok {
+		for _, target := range targets[1:] {
+			p.PrefetchTXT("_dmarc." + target + ".")
+		}
 	}
 	for _, target := range targets {
 		queries++

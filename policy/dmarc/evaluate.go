@@ -548,6 +548,21 @@ type cachingResolver struct {
 
 func (c *cachingResolver) parseRecord(txt string) (*Record, error) { return c.records.Parse(txt) }
 
+// PrefetchTXT passes a prefetch on to the resolver when it can take one
+// and the answer is not already known.
+func (c *cachingResolver) PrefetchTXT(name string) {
+	p, ok := c.r.(prefetcher)
+	if !ok {
+		return
+	}
+	for _, a := range c.answers {
+		if strings.EqualFold(a.name, name) {
+			return
+		}
+	}
+	p.PrefetchTXT(name)
+}
+
 func (c *cachingResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
 	for _, a := range c.answers {
 		if strings.EqualFold(a.name, name) {

@@ -34,6 +34,11 @@ type Recorder struct {
 
 	// FlushInterval is how often new pairs are written to the store.
 	FlushInterval time.Duration
+	// LoadRetry is how often Run tries Load again while it has not
+	// worked: a store that did not answer at start (a host that boots
+	// before its database) still gives its pairs once it answers.
+	LoadRetry time.Duration
+	loaded    atomic.Bool
 
 	queue   chan pass
 	dropped atomic.Uint64
@@ -74,7 +79,7 @@ func NewRecorder(set *Set, res dmarc.Resolver, st Store, log zerolog.Logger, now
 		now = time.Now
 	}
 	return &Recorder{set: set, res: res, st: st, log: log.With().Str("component", "known-senders").Logger(), now: now,
-		FlushInterval: time.Minute, queue: make(chan pass, queueSize), recent: map[recentKey]time.Time{}}
+		FlushInterval: time.Minute, LoadRetry: 10 * time.Second, queue: make(chan pass, queueSize), recent: map[recentKey]time.Time{}}
 }
 
 // Dropped is how many passes were not noted because Run fell behind.
@@ -116,15 +121,18 @@ func (r *Recorder) Submit(j *policy.Judged) {
 }
 
 // Load fills the Set from the store: the most recent pairs of the last
-// Window, at most the Set's bound. It returns how many.
+// Window, at most the Set's bound. It returns how many. When it fails,
+// Run tries again every LoadRetry until it works.
 func (r *Recorder) Load(ctx context.Context) (int, error) {
 	if r.st == nil {
+		r.loaded.Store(true)
 		return 0, nil
 	}
 	rows, err := r.st.Senders(ctx, r.now().Add(-Window), r.set.max)
 	if err != nil {
 		return 0, err
 	}
+	r.loaded.Store(true)
 	// Oldest first, so that the most recent end up least likely evicted.
 	n := 0
 	for i := len(rows) - 1; i >= 0; i-- {
@@ -142,16 +150,32 @@ func (r *Recorder) Load(ctx context.Context) (int, error) {
 const lookupTimeout = 5 * time.Second
 
 // Run notes the queued passes until ctx ends, writing them to the store
-// every FlushInterval and once more at the end.
+// every FlushInterval and once more at the end. Until Load has worked, it
+// tries it again every LoadRetry; the pairs loaded join those noted
+// meanwhile (Set.Note keeps the latest time of each).
 func (r *Recorder) Run(ctx context.Context) {
 	pending := map[key]time.Time{}
 	tick := time.NewTicker(r.FlushInterval)
 	defer tick.Stop()
+	var retry <-chan time.Time
+	if !r.loaded.Load() {
+		t := time.NewTicker(r.LoadRetry)
+		defer t.Stop()
+		retry = t.C
+	}
 	lastExpire := time.Time{}
 	for {
 		select {
 		case p := <-r.queue:
 			r.note(ctx, p, pending)
+		case <-retry:
+			lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			n, err := r.Load(lctx)
+			cancel()
+			if err == nil {
+				r.log.Info().Int("pairs", n).Msg("known sending networks loaded: the store answers again")
+				retry = nil
+			}
 		case <-tick.C:
 			r.flush(ctx, pending)
 			if now := r.now(); now.Sub(lastExpire) > time.Hour && r.st != nil {
