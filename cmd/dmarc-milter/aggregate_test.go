@@ -307,21 +307,7 @@ func TestAggregateStoreDownAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	keys, err := st.Keys(context.Background(), time.Now().Add(-48*time.Hour), time.Now().Add(48*time.Hour), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int64
-	for _, k := range keys {
-		rows, err := st.Rows(context.Background(), k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rows {
-			n += r.Count
-		}
-	}
-	if n != 6 {
+	if n := countMessages(t, st); n != 6 {
 		t.Errorf("%d messages in the store, want the 6 of the outage", n)
 	}
 }
