@@ -8,7 +8,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -119,7 +118,7 @@ func (e *env) startPass(t *testing.T, transport string) *pass {
 	case "unix":
 		listen = "unix:" + filepath.Join(sockDir, "milter.sock")
 	case "inet":
-		listen = "inet:" + freeAddr(t)
+		listen = "inet:" + testutil.FreeAddr(t)
 	default:
 		t.Fatalf("unknown transport %q", transport)
 	}
@@ -140,17 +139,6 @@ func (e *env) startPass(t *testing.T, transport string) *pass {
 	p.postfix = newPostfix(t, filepath.Join(dir, "postfix"), listen)
 	p.postfix.start(t)
 	return p
-}
-
-// freeAddr returns a loopback address with a port nobody listens on.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // begin starts a scenario: it returns the transcript for its SMTP

@@ -4,10 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -17,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/pgtest"
+	"github.com/dmarc-milter/dmarc-milter/internal/testutil"
 	"github.com/dmarc-milter/dmarc-milter/report/store"
 )
 
@@ -69,16 +67,6 @@ func metric(t *testing.T, addr, name string) float64 {
 	return v
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestFullStateDir: the state directory (SQLite store and report spool)
 // on a small tmpfs that fills up while the daemon runs. Mail is answered
 // as always; the aggregate rows wait in memory and are written once there
@@ -86,22 +74,10 @@ func freeAddr(t *testing.T) string {
 // with the disk full again, the rows not written are counted with their
 // messages.
 func TestFullStateDir(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("a full disk needs a small tmpfs, which needs root")
-	}
+	dir, fill, free := testutil.SmallDisk(t, "16m")
 	dnsSrv, bin := daemonPrereqs(t)
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	filler := filepath.Join(dir, "filler")
-	fill := func() {
-		// dd stops with "No space left on device": the disk is full.
-		exec.Command("dd", "if=/dev/zero", "of="+filler, "bs=4k").Run()
-	}
 
-	metricsAddr := freeAddr(t)
+	metricsAddr := testutil.FreeAddr(t)
 	conf := writeFile(t, "aggregate_flush_interval = \"200ms\"\n")
 	sock := filepath.Join(t.TempDir(), "m.sock")
 	d := startDaemon(t, bin, "serve", "--config", conf, "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--state-dir", dir,
@@ -122,7 +98,7 @@ func TestFullStateDir(t *testing.T) {
 	}
 
 	// Room again: the rows kept in memory are written.
-	os.Remove(filler)
+	free()
 	d.waitAny("aggregate report store back", 10*time.Second)
 	spoofs(t, sock, 5)
 
@@ -142,7 +118,7 @@ func TestFullStateDir(t *testing.T) {
 		t.Errorf("the store's outages are logged %d times, want once each", n)
 	}
 
-	os.Remove(filler)
+	free()
 	st, err := store.Open(context.Background(), "", dir)
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +138,7 @@ func TestFrozenPostgresOnTheReplyPath(t *testing.T) {
 	dnsSrv, bin := daemonPrereqs(t)
 	pg := pgtest.New(t)
 	pg.Start()
-	metricsAddr := freeAddr(t)
+	metricsAddr := testutil.FreeAddr(t)
 	conf := writeFile(t, fmt.Sprintf("aggregate_flush_interval = \"200ms\"\nstore = %q\n", pg.URL()))
 	sock := filepath.Join(t.TempDir(), "m.sock")
 	d := startDaemon(t, bin, "serve", "--config", conf, "--listen", "unix:"+sock, "--dns", dnsSrv.Addr, "--state-dir", t.TempDir(),

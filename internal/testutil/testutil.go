@@ -1,7 +1,8 @@
 // Package testutil holds the helpers the tests of several packages share,
 // written once: a buffer safe for concurrent writers (log output of
-// sessions and senders), the PEM key loader of the DKIM test keys, and a
-// DKIM signer over go-msgauth. It does not import testing: a TB is what it
+// sessions and senders), the PEM key loader of the DKIM test keys, a
+// DKIM signer over go-msgauth, an ARC sealer (dkimpy), a small tmpfs that
+// can be filled (SmallDisk) and a free loopback port (FreeAddr). It does not import testing: a TB is what it
 // needs of a test.
 package testutil
 

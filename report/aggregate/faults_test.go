@@ -3,9 +3,6 @@ package aggregate
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -24,14 +21,7 @@ import (
 // store, and what cannot be written at shutdown is counted as dropped,
 // with the number in the log line.
 func TestRecorderFullDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("a full disk needs a small tmpfs, which needs root")
-	}
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	dir, fill, free := testutil.SmallDisk(t, "16m")
 	st, err := store.Open(context.Background(), "", dir)
 	if err != nil {
 		t.Fatal(err)
@@ -40,11 +30,6 @@ func TestRecorderFullDisk(t *testing.T) {
 	logs := &testutil.SyncBuffer{}
 	rec := NewRecorder(st, 24*time.Hour, 20*time.Millisecond, Facts{}, zerolog.New(logs), nil)
 
-	filler := filepath.Join(dir, "filler")
-	fill := func() {
-		// dd stops with "No space left on device": the disk is full.
-		exec.Command("dd", "if=/dev/zero", "of="+filler, "bs=4k").Run()
-	}
 	submit := func(from, n int) {
 		for i := from; i < from+n; i++ {
 			rec.Submit(judged(t, fmt.Sprintf("d%d.example", i), "v=DMARC1; p=reject; rua=mailto:agg@example.com",
@@ -76,7 +61,7 @@ func TestRecorderFullDisk(t *testing.T) {
 		t.Errorf("flush errors = %d, want several", rec.Stats().FlushErrors)
 	}
 
-	os.Remove(filler)
+	free()
 	waitLog("aggregate report store back")
 	if got := storedMessages(t, st); got != 3000 {
 		t.Errorf("%d messages in the store after the outage, want 3000", got)
